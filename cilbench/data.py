@@ -1,0 +1,157 @@
+"""Image sources (where pixels come from) and dataset views (which images, with which labels).
+
+A source is one split of a data set on disk or in memory, with a fingerprint that identifies its
+content; the feature cache is keyed by it. A view selects indices of a source and maps their
+original labels into the stream's label space (position in the class order), which is all a split
+policy needs. Images leave a source as uint8 tensors (C, H, W) with three channels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cilbench.errors import DataError
+
+SampleTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ImageSource(Protocol):
+    """One split of a data set: decoded images with their original integer labels."""
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the content: equal fingerprints mean equal images in equal order."""
+        ...
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Original label of every image, shape (N,)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> torch.Tensor:
+        """Image `index` as a uint8 tensor of shape (3, H, W)."""
+        ...
+
+
+class ArraySource:
+    """Images held in memory as a uint8 array (N, H, W) or (N, H, W, C)."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, name: str):
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(f"images must be uint8 (N,H,W[,C]); got {images.dtype} {images.shape}")
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self._images = images
+        self._targets = np.asarray(targets, dtype=np.int64)
+        self.name = name
+        digest = hashlib.sha256()
+        digest.update(str(images.shape).encode())
+        digest.update(np.ascontiguousarray(images).data)
+        digest.update(self._targets.tobytes())
+        self._fingerprint = f"{name}:{digest.hexdigest()[:32]}"
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self._targets
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def load(self, index: int) -> torch.Tensor:
+        image = torch.from_numpy(self._images[index])
+        if image.ndim == 2:
+            return image.unsqueeze(0).expand(3, -1, -1)
+        return image.permute(2, 0, 1)
+
+
+class FileSource:
+    """Images stored as files (JPEG, PNG, ...), decoded on access.
+
+    The fingerprint hashes the relative paths, sizes and labels rather than every byte, so that
+    fingerprinting a 30k-image folder takes milliseconds; replacing a file with one of the same
+    size and name is not detected.
+    """
+
+    def __init__(self, root: Path, files: Sequence[str], targets: Sequence[int], name: str):
+        if len(files) != len(targets):
+            raise ValueError(f"{len(files)} files but {len(targets)} targets")
+        self.root = Path(root)
+        self.files = list(files)
+        self._targets = np.asarray(targets, dtype=np.int64)
+        self.name = name
+        digest = hashlib.sha256()
+        for relative, target in zip(self.files, self._targets):
+            size = (self.root / relative).stat().st_size
+            digest.update(f"{relative}\0{size}\0{target}\n".encode())
+        self._fingerprint = f"{name}:{digest.hexdigest()[:32]}"
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self._targets
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_image
+
+        path = self.root / self.files[index]
+        try:
+            return decode_image(str(path), mode=ImageReadMode.RGB)
+        except (RuntimeError, OSError) as error:
+            raise DataError(f"Cannot decode image {path}: {error}") from error
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetView:
+    """The images `indices` of `source`, labelled `labels` (the stream's label space)."""
+
+    source: ImageSource
+    indices: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.indices) != len(self.labels):
+            raise ValueError(f"{len(self.indices)} indices but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def classes(self) -> tuple[int, ...]:
+        """The distinct labels in this view, sorted."""
+        return tuple(int(c) for c in np.unique(self.labels))
+
+    def with_transform(self, transform: SampleTransform) -> Dataset:
+        """A torch Dataset of (transformed image, label) pairs, ready for a DataLoader."""
+        return _TransformedView(self, transform)
+
+
+class _TransformedView(Dataset):
+    def __init__(self, view: DatasetView, transform: SampleTransform):
+        self.view = view
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = self.view.source.load(int(self.view.indices[i]))
+        return self.transform(image), int(self.view.labels[i])

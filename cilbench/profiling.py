@@ -1,0 +1,91 @@
+"""`cilbench profile`: what the pipeline costs, measured side by side in one process.
+
+Three measurements on the same images with the same backbone and batch size:
+
+1. bare: a timm forward loop over batches already decoded, resized and normalised in memory;
+2. cold: cilbench's feature extraction into an empty cache (decoding + preprocessing + forward
+   + checksummed cache write);
+3. cold vs warm run: a whole frozen-strategy run with an empty cache, then the same run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from cilbench.data import DatasetView
+from cilbench.features import FeatureStore
+from cilbench.runner import RunSpec, prepare, run
+
+
+@dataclass(frozen=True)
+class ProfileReport:
+    images: int
+    bare_images_per_second: float
+    cold_images_per_second: float
+    cold_run_seconds: float
+    warm_run_seconds: float
+    warm_images_forwarded: int
+
+    @property
+    def cold_vs_bare(self) -> float:
+        return self.cold_images_per_second / self.bare_images_per_second
+
+    @property
+    def warm_speedup(self) -> float:
+        return self.cold_run_seconds / self.warm_run_seconds
+
+
+def profile(spec: RunSpec) -> ProfileReport:
+    """Measure bare forward, cold extraction and cold/warm runs of `spec` (cache in a temp dir)."""
+    prepared = prepare(spec)
+    backbone = prepared.backbone
+    source = prepared.stream.experiences[0].train.source
+    view = DatasetView(source, np.arange(len(source)), np.zeros(len(source), dtype=np.int64))
+    loader = DataLoader(
+        view.with_transform(backbone.preprocessing.sample_transform()), batch_size=spec.batch_size
+    )
+    batches = [backbone.prepare(images) for images, _ in loader]
+    with torch.inference_mode():
+        backbone.forward_features(batches[0])  # warm-up: first-call allocations, lazy init
+        start = time.perf_counter()
+        for batch in batches:
+            backbone.forward_features(batch)
+        _sync(backbone.device)
+        bare = len(source) / (time.perf_counter() - start)
+    del batches
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = FeatureStore(backbone, Path(tmp), batch_size=spec.batch_size)
+        start = time.perf_counter()
+        store.source_features(source)
+        cold = len(source) / (time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = dataclasses.replace(spec, cache_dir=Path(tmp) / "cache", out_dir=Path(tmp) / "runs")
+        start = time.perf_counter()
+        run(runs)
+        cold_run = time.perf_counter() - start
+        start = time.perf_counter()
+        warm = run(runs)
+        warm_run = time.perf_counter() - start
+    return ProfileReport(
+        images=len(source),
+        bare_images_per_second=bare,
+        cold_images_per_second=cold,
+        cold_run_seconds=cold_run,
+        warm_run_seconds=warm_run,
+        warm_images_forwarded=int(warm.cost["images_forwarded"]),
+    )
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,128 @@
+"""Conformance checks that run over the registries, plus small fixtures for tests.
+
+`check_strategy` and `check_stream` are what a new strategy or stream must pass; the test suite
+parametrises them over every registered name, so adding one needs no new test code. Strategies
+keep smoke runs fast with a recipe for the `synthetic` stream (e.g. one epoch).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream
+from cilbench.backbones import Backbone, create_backbone
+from cilbench.config import resolve
+from cilbench.features import FeatureStore
+from cilbench.runner import evaluate
+
+TINY_BACKBONE = "tiny-vit-random"
+
+
+def tiny_backbone(**settings: Any) -> Backbone:
+    """The seeded random 2-block ViT at 32 px."""
+    return create_backbone(TINY_BACKBONE, **settings)
+
+
+def synthetic_stream(**options: Any) -> Stream:
+    """The tiny generated stream (see benchmarks/synthetic.py) with option overrides."""
+    return resolve(STREAMS.get("synthetic"), options).build(None)
+
+
+def make_strategy(
+    name: str, backbone: Backbone, stream: Stream, seed: int = 0, **overrides: Any
+) -> BaseStrategy:
+    """Strategy `name` with its synthetic recipe, set up on `backbone` with an in-memory store."""
+    cls = STRATEGIES.get(name)
+    config = resolve(cls.Config, cls.recipes.get("synthetic", {}), overrides)
+    strategy = cls(config, seed=seed)
+    strategy.setup(backbone, stream.info, FeatureStore(backbone, cache_dir=None))
+    return strategy
+
+
+def _test_batch(stream: Stream, backbone: Backbone, size: int = 16) -> torch.Tensor:
+    view = stream.test_sets[0]
+    transform = backbone.preprocessing.sample_transform()
+    images = [transform(view.source.load(int(i))) for i in view.indices[:size]]
+    return backbone.prepare(torch.stack(images))
+
+
+def _run(name: str, stream: Stream, seed: int, **overrides: Any) -> tuple[BaseStrategy, list]:
+    backbone = tiny_backbone()
+    strategy = make_strategy(name, backbone, stream, seed=seed, **overrides)
+    frozen = copy.deepcopy(backbone.model.state_dict())
+    batch = _test_batch(stream, backbone)
+    outputs = []
+    for experience in stream:
+        strategy.train_experience(experience)
+        with torch.no_grad():
+            scores = strategy.predict(batch)
+        assert scores.shape == (len(batch), experience.num_seen_classes), (
+            f"{name}: predict gave {tuple(scores.shape)} after experience {experience.index}, "
+            f"expected {(len(batch), experience.num_seen_classes)}"
+        )
+        assert torch.isfinite(scores).all(), f"{name}: non-finite scores"
+        row = evaluate(strategy, stream, experience.index, strategy.features)
+        outputs.append((scores.cpu(), row))
+    for key, value in backbone.model.state_dict().items():
+        assert torch.equal(value, frozen[key]), f"{name} changed the frozen backbone ({key})"
+    assert all(p.grad is None for p in backbone.model.parameters()), (
+        f"{name}: the frozen backbone received gradients"
+    )
+    return strategy, outputs
+
+
+def check_strategy(name: str, **overrides: Any) -> None:
+    """Shapes after every experience, determinism, state-dict round trip, frozen stays frozen."""
+    stream = synthetic_stream()
+    strategy, first = _run(name, stream, seed=0, **overrides)
+    _, second = _run(name, stream, seed=0, **overrides)
+    for (scores_a, row_a), (scores_b, row_b) in zip(first, second):
+        assert torch.equal(scores_a, scores_b) and row_a == row_b, f"{name} is not deterministic"
+
+    state = {k: v.clone() for k, v in strategy.state_dict().items()}
+    assert all(isinstance(v, torch.Tensor) for v in state.values()), (
+        f"{name}: state_dict must map names to tensors"
+    )
+    backbone = tiny_backbone()
+    restored = make_strategy(name, backbone, stream, seed=0, **overrides)
+    restored.load_state_dict(state)
+    batch = _test_batch(stream, backbone)
+    with torch.no_grad():
+        assert torch.allclose(restored.predict(batch).cpu(), first[-1][0], atol=1e-5), (
+            f"{name}: predictions differ after a state_dict round trip"
+        )
+
+
+def check_stream(name: str, data_root: Path | None = None, **options: Any) -> Stream:
+    """Structural checks every stream must pass; returns the stream for further checks."""
+    builder = resolve(STREAMS.get(name), options)
+    stream = builder.build(data_root)
+    again = builder.build(data_root)
+    info = stream.info
+    assert info.class_order == again.info.class_order, f"{name}: class order is not stable"
+    assert sorted(info.class_order) == list(range(info.num_classes))
+    assert len(stream.experiences) == info.num_experiences
+    assert len(stream.test_sets) == len(stream.test_available_from)
+    seen: set[int] = set()
+    for t, experience in enumerate(stream):
+        assert experience.index == t
+        labels = set(int(c) for c in np.unique(experience.train.labels))
+        assert labels == set(experience.classes), f"{name}: experience {t} labels != classes"
+        if info.scenario == "class-incremental":
+            assert not labels & seen, f"{name}: experience {t} repeats classes"
+        assert set(experience.new_classes) == labels - seen
+        seen |= labels
+        assert max(seen) < experience.num_seen_classes <= info.num_classes
+    for test in stream.test_sets:
+        for experience in stream:
+            if experience.train.source.fingerprint == test.source.fingerprint:
+                overlap = np.intersect1d(experience.train.indices, test.indices)
+                assert not len(overlap), f"{name}: train and test share images"
+    nested = [(a.index, b.index) for a in stream for b in stream]
+    assert len(nested) == len(stream) ** 2, f"{name}: nested iteration is broken"
+    return stream

@@ -1,0 +1,1 @@
+"""Built-in strategies, one module each; every module registers itself on import."""
