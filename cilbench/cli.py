@@ -167,14 +167,20 @@ def _print_summary(result: Any, path: Path) -> None:
 @app.command("ls")
 @user_errors
 def ls_command(
-    what: Annotated[str, typer.Argument(help="strategies, streams or backbones")] = "all",
+    what: Annotated[str, typer.Argument(help="strategies, streams, backbones or profiles")] = "all",
 ) -> None:
-    """List registered strategies, streams and backbone presets."""
+    """List registered strategies, streams, backbone presets and profiles."""
     from cilbench.api import STRATEGIES, STREAMS
     from cilbench.backbones import BACKBONES
     from cilbench.errors import ConfigError, did_you_mean
+    from cilbench.profiles import PROFILES
 
-    kinds = {"strategies": STRATEGIES, "streams": STREAMS, "backbones": BACKBONES}
+    kinds = {
+        "strategies": STRATEGIES,
+        "streams": STREAMS,
+        "backbones": BACKBONES,
+        "profiles": PROFILES,
+    }
     if what != "all" and what not in kinds:
         raise ConfigError(
             f"Cannot list {what!r}.{did_you_mean(what, kinds)} Choose one of {', '.join(kinds)}."
@@ -202,6 +208,9 @@ def _first_line(obj: Any) -> str:
 @app.command("profile")
 @user_errors
 def profile_command(
+    name: Annotated[str, typer.Argument(help="Which benchmark (see `cilbench ls profiles`).")] = (
+        "pipeline"
+    ),
     strategy: StrategyOpt = "nmc",
     stream: StreamOpt = "split-fashion-mnist-mini",
     backbone: BackboneOpt = None,
@@ -211,36 +220,19 @@ def profile_command(
     batch_size: BatchOpt = 128,
     as_json: Annotated[bool, typer.Option("--json", help="Print figures as JSON.")] = False,
 ) -> None:
-    """Bare timm forward vs cold-cache extraction vs warm re-run, side by side."""
-    from cilbench.profiling import profile
+    """Measure costs side by side in one run (default: bare forward vs cold vs warm cache)."""
+    from cilbench.profiles import PROFILES
 
     spec = _spec(strategy, stream, backbone, 0, assignments, data_root, device, batch_size)
-    report = profile(spec)
-    figures = {
-        "images": report.images,
-        "bare_forward_images_per_second": report.bare_images_per_second,
-        "cold_extraction_images_per_second": report.cold_images_per_second,
-        "cold_vs_bare": report.cold_vs_bare,
-        "cold_run_seconds": report.cold_run_seconds,
-        "warm_run_seconds": report.warm_run_seconds,
-        "warm_speedup": report.warm_speedup,
-        "warm_images_forwarded": report.warm_images_forwarded,
-    }
+    figures = PROFILES.get(name)(spec)
     if as_json:
         print(json.dumps(figures, indent=2))
         return
-    table = Table(title=f"{stream}, {report.images} training images, batch {batch_size}")
+    table = Table(title=f"profile {name}: {strategy} on {stream}, batch {batch_size}")
     table.add_column("measurement")
     table.add_column("figure", justify="right")
-    table.add_row("bare timm forward (img/s)", f"{report.bare_images_per_second:.0f}")
-    table.add_row(
-        "cold extraction: load+forward+cache (img/s)", f"{report.cold_images_per_second:.0f}"
-    )
-    table.add_row("cold / bare (target >= 0.9)", f"{report.cold_vs_bare:.2f}")
-    table.add_row(f"{strategy} run, cold cache (s)", f"{report.cold_run_seconds:.2f}")
-    table.add_row(f"{strategy} run, warm cache (s)", f"{report.warm_run_seconds:.3f}")
-    table.add_row("warm speed-up (target >= 20)", f"{report.warm_speedup:.0f}x")
-    table.add_row("images forwarded in the warm run", str(report.warm_images_forwarded))
+    for label, value in figures.items():
+        table.add_row(label, str(value))
     stdout.print(table)
 
 
