@@ -163,6 +163,10 @@ class BaseStrategy:
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore what `state_dict` returned."""
 
+    def report(self) -> dict[str, Any]:
+        """Strategy-specific figures for the result file (JSON-serialisable), e.g. key usage."""
+        return {}
+
     def trainable_parameters(self) -> int:
         """Number of parameters this strategy trains (a cost figure)."""
         return 0

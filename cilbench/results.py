@@ -42,6 +42,8 @@ class RunResult:
     environment: dict[str, Any] = field(default_factory=dict)
     flags: dict[str, Any] = field(default_factory=dict)
     """Leaderboard flags, e.g. uses_exemplars."""
+    strategy_report: dict[str, Any] = field(default_factory=dict)
+    """What the strategy's `report()` returned after the last finished experience."""
     complete: bool = False
     schema_version: int = SCHEMA_VERSION
 

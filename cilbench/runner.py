@@ -155,6 +155,7 @@ def run(
         result.accuracy_matrix.append(row)
         _update_cost(cost, strategy, store, before)
         result.metrics = summarize(result.matrix(), np.array(result.test_sizes))
+        result.strategy_report = strategy.report()
         _save_checkpoint(prepared, strategy, result)
         for callback in callbacks:
             callback.on_experience_end(experience, row)
