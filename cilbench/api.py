@@ -86,7 +86,7 @@ class StreamBuilder:
     version: ClassVar[str] = "1"
     default_backbone: ClassVar[str] = "tiny-vit-random"
     default_backbone_settings: ClassVar[Mapping[str, Any]] = {}
-    """Backbone settings (image_size, ...) applied only when the default backbone is used."""
+    """Backbone settings (image_size, ...) applied whenever the default backbone is used."""
 
     def build(self, data_root: Path | None) -> Stream:
         """Load or locate the data under `data_root` and split it into a stream."""

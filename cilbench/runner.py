@@ -97,9 +97,10 @@ def prepare(spec: RunSpec) -> PreparedRun:
         sections["strategy"],
         what=f"strategy {spec.strategy!r} config",
     )
-    settings = dict(builder_cls.default_backbone_settings) if spec.backbone is None else {}
-    settings.update(resolve_settings(sections["backbone"], BACKBONE_SETTINGS, "backbone"))
     backbone_name = spec.backbone or builder_cls.default_backbone
+    is_default = backbone_name == builder_cls.default_backbone
+    settings = dict(builder_cls.default_backbone_settings) if is_default else {}
+    settings.update(resolve_settings(sections["backbone"], BACKBONE_SETTINGS, "backbone"))
     backbone = create_backbone(backbone_name, device=device, **settings)
     stream = builder.build(spec.data_root)
     resolved = {
