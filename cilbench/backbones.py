@@ -190,13 +190,15 @@ class Backbone:
 
     @property
     def feature_dim(self) -> int:
-        return int(self.model.num_features)
+        model: Any = self.model
+        return int(model.num_features)
 
     def build_model(self, num_classes: int = 0) -> nn.Module:
         """A new model with the pinned weights (trainable copy for strategies that adapt it)."""
         import timm
 
         kind, _, arg = self.spec.weights.partition(":")
+        model: Any
         if kind == "hub":
             model = timm.create_model(self.spec.name, pretrained=True, num_classes=num_classes)
         elif kind == "random":
@@ -214,8 +216,7 @@ class Backbone:
             model.load_state_dict(state)
             if num_classes != model.num_classes:
                 model.reset_classifier(num_classes)
-        model = model.to(self.device, memory_format=torch.channels_last)
-        return model
+        return model.to(self.device).to(memory_format=torch.channels_last)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch from a data loader -> normalised float batch on the device."""
@@ -271,7 +272,10 @@ def _pretrained_cfg(spec: BackboneSpec) -> dict[str, Any]:
     import timm
 
     tag = spec.name if spec.weights == "hub" else spec.architecture
-    return dict(timm.models.get_pretrained_cfg(tag).to_dict())
+    cfg = timm.models.get_pretrained_cfg(tag)
+    if cfg is None:
+        raise RegistryError(f"timm has no pretrained config for {tag!r}")
+    return dict(cfg.to_dict())
 
 
 def _weight_file(weights: str) -> Path:

@@ -174,8 +174,9 @@ def ls_command(
     from cilbench.backbones import BACKBONES
     from cilbench.errors import ConfigError, did_you_mean
     from cilbench.profiles import PROFILES
+    from cilbench.registry import Registry
 
-    kinds = {
+    kinds: dict[str, Registry[Any]] = {
         "strategies": STRATEGIES,
         "streams": STREAMS,
         "backbones": BACKBONES,

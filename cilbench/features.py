@@ -56,7 +56,8 @@ def extract_features(
         persistent_workers=False,
     )
     chunks = []
-    with progress.task(description, total=len(dataset)) as advance, torch.inference_mode():
+    total = len(dataset)  # type: ignore[arg-type]
+    with progress.task(description, total=total) as advance, torch.inference_mode():
         for images, _ in loader:
             chunks.append(forward(backbone.prepare(images)).float().cpu())
             advance(len(images))

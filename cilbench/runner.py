@@ -12,7 +12,7 @@ import hashlib
 import json
 import resource
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream
 from cilbench.backbones import Backbone, create_backbone
 from cilbench.callbacks import Progress, RunCallback, SilentProgress
 from cilbench.config import BACKBONE_SETTINGS, as_dict, resolve, resolve_settings, split_sections
+from cilbench.data import DatasetView
 from cilbench.errors import CilbenchError, CorruptFileError
 from cilbench.features import FeatureStore, default_cache_dir
 from cilbench.metrics import summarize
@@ -91,7 +92,7 @@ def prepare(spec: RunSpec) -> PreparedRun:
     builder_cls = STREAMS.get(spec.stream)
     strategy_cls = STRATEGIES.get(spec.strategy)
     builder = resolve(builder_cls, sections["stream"], what=f"stream {spec.stream!r} option")
-    config = resolve(
+    config: Any = resolve(
         strategy_cls.Config,
         strategy_cls.recipes.get(spec.stream, {}),
         sections["strategy"],
@@ -191,7 +192,14 @@ def evaluate(
     return row
 
 
-def _scored_batches(strategy, view, store, batch_size, progress):  # type: ignore[no-untyped-def]
+def _scored_batches(
+    strategy: BaseStrategy,
+    view: DatasetView,
+    store: FeatureStore,
+    batch_size: int,
+    progress: Progress | None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(scores, labels) batches: from cached features when the strategy allows, else images."""
     if strategy.predicts_from_features:
         features, labels = store.get(view)
         with torch.no_grad():

@@ -38,7 +38,7 @@ def make_strategy(
 ) -> BaseStrategy:
     """Strategy `name` with its synthetic recipe, set up on `backbone` with an in-memory store."""
     cls = STRATEGIES.get(name)
-    config = resolve(cls.Config, cls.recipes.get("synthetic", {}), overrides)
+    config: Any = resolve(cls.Config, cls.recipes.get("synthetic", {}), overrides)
     strategy = cls(config, seed=seed)
     strategy.setup(backbone, stream.info, FeatureStore(backbone, cache_dir=None))
     return strategy

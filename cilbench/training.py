@@ -54,7 +54,7 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """SGD (momentum), Adam or AdamW over parameter groups; a group may set its own lr."""
     groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
-    kwargs = {"lr": settings.lr, "weight_decay": settings.weight_decay}
+    kwargs: dict[str, Any] = {"lr": settings.lr, "weight_decay": settings.weight_decay}
     if settings.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=settings.momentum, **kwargs)
     if settings.optimizer == "adam":
