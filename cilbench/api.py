@@ -141,6 +141,7 @@ class BaseStrategy:
         self.backbone = backbone
         self.info = info
         self.features = features
+        self.progress = features.progress  # for training loops: rich bars under the CLI
 
     def train_experience(self, experience: Experience) -> None:
         raise NotImplementedError

@@ -114,6 +114,7 @@ def prepare(spec: RunSpec) -> PreparedRun:
         "seed": spec.seed,
         "eval_batch_size": spec.batch_size,
     }
+    resolved = json.loads(json.dumps(resolved))  # tuples -> lists, as the checkpoint stores them
     digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:10]
     run_id = f"{spec.stream}/{spec.strategy}-{backbone_name}-seed{spec.seed}-{digest}"
     strategy = strategy_cls(config, seed=spec.seed, device=device)

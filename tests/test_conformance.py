@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cilbench.api import STRATEGIES
+from cilbench.runner import RunSpec, prepare
 from cilbench.testing import check_strategy, check_stream
 
 
@@ -24,3 +27,10 @@ def test_strategy_conformance(name: str):
 )
 def test_offline_stream_conformance(name: str, options: dict):
     check_stream(name, **options)
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_resolved_config_survives_a_json_round_trip(name: str, tmp_path):
+    """Resume compares the stored config with the new one: JSON must not change it."""
+    prepared = prepare(RunSpec(strategy=name, stream="synthetic", out_dir=tmp_path))
+    assert json.loads(json.dumps(prepared.config)) == prepared.config
