@@ -105,14 +105,14 @@ class DecodedSource:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._header_path.unlink(missing_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        resize = v2.Resize(self.size, antialias=True)
+        square = v2.Compose([v2.Resize(self.size, antialias=True), v2.CenterCrop(self.size)])
         array = np.memmap(
             tmp, dtype=np.uint8, mode="w+", shape=(len(self), 3, self.size, self.size)
         )
         try:
             with progress.task(f"decoding {self.name}", total=len(self)) as advance:
                 for index in range(len(self)):
-                    array[index] = square(resize(self.source.load(index)), self.size).numpy()
+                    array[index] = square(self.source.load(index)).numpy()
                     advance(1)
             array.flush()
             del array
@@ -120,13 +120,6 @@ class DecodedSource:
         finally:
             tmp.unlink(missing_ok=True)
         self._header_path.write_text(json.dumps(self._header()))
-
-
-def square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """The centre `size` x `size` crop of an image whose shorter side is `size`."""
-    height, width = image.shape[-2:]
-    top, left = (height - size) // 2, (width - size) // 2
-    return image[:, top : top + size, left : left + size]
 
 
 def maybe_decoded(source: ImageSource, size: int, cache_dir: Path | None = None) -> ImageSource:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cilbench.benchmarks import core50, imagenet_r, vtab
 from torchvision.io import encode_jpeg, encode_png
 
-from cilbench.benchmarks import core50, imagenet_r, vtab
 from cilbench.downloads import record_checksums
 
 WNIDS = tuple(sorted(f"n{1440764 + 37 * i:08d}" for i in range(imagenet_r.NUM_CLASSES)))
@@ -125,4 +125,21 @@ def write_vtab(root: Path, train_per_class: int = 3, test_per_class: int = 1) ->
                 write_image(folder / relative, class_image(rng, label, 16, 20))
                 files.append(relative)
     record_checksums(folder, files)
+    return root
+
+
+def write_fashion_mnist(root: Path, per_class: int = 4) -> Path:
+    """The four IDX files (unsigned-byte format, uncompressed) of Fashion-MNIST in `root`."""
+    from cilbench.benchmarks.fashion_mnist import FILES
+
+    rng = np.random.default_rng(4)
+    root.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
+        images = np.stack([class_image(rng, int(c), 28, 28)[0].numpy() for c in labels])
+        for key, array in ((f"{split}_images", images), (f"{split}_labels", labels)):
+            header = bytes([0, 0, 8, array.ndim]) + b"".join(
+                d.to_bytes(4, "big") for d in array.shape
+            )
+            (root / FILES[key]).write_bytes(header + array.tobytes())
     return root
