@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from cilbench.callbacks import Progress
+from cilbench.data import FileSource, ImageSource
+from cilbench.decoded_cache import maybe_decoded
 from cilbench.downloads import CheckRow, default_data_root, record_checksums, verify_checksums
 from cilbench.errors import DataError
 
@@ -68,6 +70,12 @@ def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> Image
         files.extend(found)
         labels.extend([label] * len(found))
     return ImageFolder(root, tuple(names), tuple(files), np.asarray(labels, dtype=np.int64))
+
+
+def file_source(part: ImageFolder, name: str, decoded_size: int) -> ImageSource:
+    """The images of `part` as a source, read through the decoded cache when `decoded_size`."""
+    source = FileSource(part.root, part.files, part.labels.tolist(), name)
+    return maybe_decoded(source, decoded_size)
 
 
 def count_rows(split: str, folder: ImageFolder, expected_images: int | None) -> list[CheckRow]:

@@ -119,7 +119,7 @@ class Core50(ClassIncrementalOptions):
         """Sessions and objects present, frames per split, NC file lists, checksums."""
         folder = self._folder(root)
         rows = []
-        files = {}
+        files: dict[str, list[str]] = {}
         for split, sessions in (("train", TRAIN_SESSIONS), ("test", TEST_SESSIONS)):
             files[split] = session_files(folder, sessions)
             note = official_note(len(files[split]), OFFICIAL_COUNTS[split], "frames")
@@ -152,7 +152,7 @@ class Core50(ClassIncrementalOptions):
 
 def session_files(folder: Path, sessions: tuple[int, ...] | list[int]) -> list[str]:
     """Frames of `sessions` relative to the image folder, sorted; every object must be there."""
-    files = []
+    files: list[str] = []
     for session in sessions:
         for obj in range(1, NUM_OBJECTS + 1):
             path = folder / IMAGES / f"s{session}" / f"o{obj}"

@@ -36,14 +36,13 @@ from cilbench.benchmarks._shared import (
     checksum_rows,
     count_rows,
     data_root_or_default,
+    file_source,
     missing_data,
     scan_image_folder,
 )
 
 from cilbench.api import Stream, register_stream
 from cilbench.callbacks import Progress
-from cilbench.data import FileSource
-from cilbench.decoded_cache import maybe_decoded
 from cilbench.downloads import CheckRow, Remote, download, record_checksums, unpack
 from cilbench.errors import DataError
 from cilbench.streams import ClassIncrementalOptions, class_incremental_stream
@@ -80,12 +79,10 @@ class SplitImagenetR(ClassIncrementalOptions):
     def build(self, data_root: Path | None = None) -> Stream:
         root = data_root_or_default(data_root)
         train, test = self.splits(root)
-        sources = [
-            maybe_decoded(
-                FileSource(part.root, part.files, part.labels, f"{NAME}-{split}"), self.decoded_size
-            )
-            for split, part in (("train", train), ("test", test))
-        ]
+        sources = (
+            file_source(train, f"{NAME}-train", self.decoded_size),
+            file_source(test, f"{NAME}-test", self.decoded_size),
+        )
         return class_incremental_stream(NAME, self.version, *sources, train.classes, self)
 
     def splits(self, root: Path) -> tuple[ImageFolder, ImageFolder]:

@@ -132,10 +132,10 @@ def unpack(archive: Path, folder: Path, progress: Progress | None = None) -> Non
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zipped:
-                members = zipped.infolist()
-                with progress.task(f"unpacking {archive.name}", total=len(members)) as advance:
-                    for member in members:
-                        zipped.extract(member, folder)
+                entries = zipped.infolist()
+                with progress.task(f"unpacking {archive.name}", total=len(entries)) as advance:
+                    for entry in entries:
+                        zipped.extract(entry, folder)
                         advance(1)
             return
         with tarfile.open(archive) as tarred:
