@@ -108,6 +108,8 @@ class SplitImagenetR(ClassIncrementalOptions):
 
     def check(self, root: Path, progress: Progress, record: bool = False) -> list[CheckRow]:
         """Layout, classes, images per split, split manifest, checksums."""
+        manifest = split_path(root, self.split_seed)
+        existed = manifest.exists()
         train, test = self.splits(root)
         pre_split = train.root != test.root
         rows = [
@@ -117,8 +119,8 @@ class SplitImagenetR(ClassIncrementalOptions):
             *count_rows("test", test, OFFICIAL_COUNTS["test"] if pre_split else None),
         ]
         if not pre_split:
-            path = split_path(root, self.split_seed)
-            rows.append(CheckRow("split manifest", "sha256 ok", path.name))
+            state = "sha256 ok" if existed else "written now"
+            rows.append(CheckRow("split manifest", state, str(manifest)))
         folder = root / FOLDER
         files = [*(f"train/{f}" for f in train.files), *(f"test/{f}" for f in test.files)]
         return rows + checksum_rows(

@@ -199,10 +199,11 @@ def verify_checksums(folder: Path, progress: Progress | None = None) -> list[Che
         for relative, entry in entries.items():
             problems.extend(_file_problem(folder / relative, relative, entry))
             advance(1)
-    rows = [CheckRow("checksums", f"{len(entries) - len(problems)} ok", f"{len(entries)} files")]
-    if problems:
-        rows[0] = CheckRow(rows[0].item, rows[0].found, rows[0].expected, ok=False)
-    return rows + problems
+    found, expected = f"{len(entries) - len(problems)} ok", f"{len(entries)} files"
+    if not problems:
+        return [CheckRow("checksums", found, expected)]
+    note = f"{len(problems)} file(s) damaged or missing, listed below"
+    return [CheckRow("checksums", found, expected, ok=False, note=note), *problems]
 
 
 def _file_problem(path: Path, relative: str, entry: dict) -> list[CheckRow]:

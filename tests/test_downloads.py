@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import pickle
+import shutil
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -17,10 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cilbench.benchmarks import imagenet_r
 from cilbench.benchmarks.cifar100 import SplitCifar100
-from stream_fixtures import write_cifar100, write_imagenet_r
+from cilbench.benchmarks.core50 import Core50
+from cilbench.benchmarks.imagenet_r import SplitImagenetR
+from stream_fixtures import write_cifar100, write_core50, write_imagenet_r
 from torchvision.transforms import v2
 
+from cilbench.callbacks import SilentProgress
 from cilbench.data import FileSource
 from cilbench.decoded_cache import DecodedSource
 from cilbench.downloads import Remote, download, unpack, verify_checksums
@@ -116,8 +121,6 @@ def test_cifar_fetch_end_to_end(server: _Server, tmp_path, monkeypatch) -> None:
     meta_md5 = hashlib.md5((source / "meta").read_bytes()).hexdigest()
     monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": meta_md5})
     root = tmp_path / "data"
-    from cilbench.callbacks import SilentProgress
-
     SplitCifar100().fetch(root, SilentProgress())
     rows = verify_checksums(root / "cifar-100-python")
     assert rows[0].ok and rows[0].found == "3 ok"
@@ -180,3 +183,46 @@ def test_stream_option_uses_the_decoded_cache(tmp_path, monkeypatch) -> None:  #
     assert isinstance(source, DecodedSource)
     assert source.load(0).shape == (3, 16, 16)
     assert list((tmp_path / "cache" / "decoded").glob("*.u8"))
+
+
+def _archive(server: _Server, folder: Path, name: str, arcname: str) -> Remote:
+    path = folder.parent / name
+    if name.endswith(".zip"):
+        shutil.make_archive(str(path)[:-4], "zip", folder.parent, arcname)
+    else:
+        with tarfile.open(path, "w") as tar:
+            tar.add(folder, arcname=arcname)
+    return _serve(server, name, path.read_bytes())
+
+
+def test_imagenet_r_fetch_end_to_end(server: _Server, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    source = write_imagenet_r(tmp_path / "src") / "imagenet-r"
+    (source / "cilbench-checksums.json").unlink()
+    monkeypatch.setattr(
+        imagenet_r, "REMOTE", _archive(server, source, "imagenet-r.tar", "imagenet-r")
+    )
+    root = tmp_path / "data"
+    SplitImagenetR().fetch(root, SilentProgress())
+    assert (root / "imagenet-r-split-v1-seed1993.json").is_file()
+    rows = SplitImagenetR().check(root, SilentProgress())
+    assert all(row.ok for row in rows) and rows[-1].found == "1000 ok"
+
+
+def test_core50_fetch_end_to_end(server: _Server, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from avalanche.benchmarks.datasets.core50 import core50_data
+
+    source = write_core50(tmp_path / "src", frames=1) / "core50"
+    remotes = [
+        _archive(server, source / "core50_128x128", "core50_128x128.zip", "core50_128x128"),
+        _archive(
+            server, source / "batches_filelists", "batches_filelists.zip", "batches_filelists"
+        ),
+    ]
+    unrelated = ("labels.pkl", "http://127.0.0.1:9/never", "0" * 32)  # must not be fetched
+    monkeypatch.setattr(
+        core50_data, "data", [(r.filename, r.url, r.md5) for r in remotes] + [unrelated]
+    )
+    root = tmp_path / "data"
+    Core50().fetch(root, SilentProgress())
+    rows = Core50().check(root, SilentProgress())
+    assert all(row.ok for row in rows) and rows[-1].found == "550 ok"
