@@ -1,9 +1,12 @@
-"""`cilbench data fetch|check <stream>`: get a data set onto disk and verify it.
+"""`cilbench data fetch|check|decode <stream>`: get a data set onto disk, verify it, pre-decode it.
 
 `fetch` downloads (resumable, md5-verified against the authors' checksums), unpacks and records a
 checksum manifest where a public URL exists, and otherwise prints what to get and where to put
 it. `check` prints a table (layout, images per split, checksums against the manifest) and exits
-with status 2 naming the problem when anything is wrong.
+with status 2 naming the problem when anything is wrong. `decode` builds the decoded-image cache
+(cilbench/decoded_cache.py) with a progress bar; a run with `--set stream.decoded_size=N` would
+otherwise build it silently on first use. The cache lives under $CILBENCH_CACHE (default
+~/.cache/cilbench), whatever `run --cache-dir` says: stream builders only see the environment.
 """
 
 from __future__ import annotations
@@ -95,3 +98,31 @@ def check_command(
         more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
         raise DataError(f"{stream} data under {root} failed {len(failed)} checks: {problems}{more}")
     stdout.print(f"{stream}: all checks passed.")
+
+
+@data_app.command("decode")
+@_user_errors
+def decode_command(
+    stream: StreamArg,
+    size: Annotated[int, typer.Option(help="Side of the stored centre squares, in pixels.")] = 256,
+    root: RootOpt = None,
+) -> None:
+    """Build a stream's decoded-image cache now, with a progress bar (runs then reuse it)."""
+    from cilbench.api import STREAMS
+    from cilbench.callbacks import RichProgress
+    from cilbench.cli import stderr, stdout
+    from cilbench.decoded_cache import DecodedSource
+    from cilbench.features import default_cache_dir
+
+    builder = STREAMS.get(stream)()
+    if "decoded_size" not in builder.options():
+        raise DataError(f"Stream {stream!r} has no decoded cache (no option decoded_size).")
+    built = builder.build(root or default_data_root())
+    views = [e.train for e in built] + list(built.test_sets)
+    sources = {view.source.fingerprint: view.source for view in views}
+    for source in sources.values():
+        DecodedSource(source, size, default_cache_dir(), RichProgress(stderr))
+    stdout.print(
+        f"{stream}: decoded cache of {sum(len(s) for s in sources.values())} images ready under "
+        f"{default_cache_dir() / 'decoded'}. Use it with --set stream.decoded_size={size}."
+    )

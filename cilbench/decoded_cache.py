@@ -4,6 +4,9 @@ Trained strategies read each JPEG/PNG once per epoch, and decoding dominates the
 `DecodedSource` wraps an image source: the first time, it decodes every image, takes the centre
 square and resizes it to `size` x `size`, and writes all of them into one memory-mapped uint8 file
 (N, 3, size, size) under `<cache>/decoded/`; afterwards `load` is a copy out of the page cache.
+Stream builders with a `decoded_size` option build it on first use (silently: builders get no
+progress object); `cilbench data decode <stream> --size N` builds it beforehand with a progress bar.
+Images are resized with antialiased bilinear interpolation.
 
 What changes: evaluation transforms (resize shorter side, centre crop) see the same centre square
 as before, resampled once more; training crops are drawn from the centre square rather than the

@@ -226,3 +226,21 @@ def test_core50_fetch_end_to_end(server: _Server, tmp_path, monkeypatch) -> None
     Core50().fetch(root, SilentProgress())
     rows = Core50().check(root, SilentProgress())
     assert all(row.ok for row in rows) and rows[-1].found == "550 ok"
+
+
+def test_data_decode_prebuilds_what_runs_reuse(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from cilbench.cli import app
+
+    monkeypatch.setenv("CILBENCH_CACHE", str(tmp_path / "cache"))
+    root = write_imagenet_r(tmp_path / "d", layout="split")
+    result = CliRunner().invoke(
+        app, ["data", "decode", "split-imagenet-r", "--size", "12", "--root", str(root)]
+    )
+    assert result.exit_code == 0, result.output
+    files = sorted((tmp_path / "cache" / "decoded").glob("*.u8"))
+    assert len(files) == 2  # train and test
+    stamps = [f.stat().st_mtime_ns for f in files]
+    SplitImagenetR(decoded_size=12).build(root)
+    assert [f.stat().st_mtime_ns for f in files] == stamps
