@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -322,7 +323,7 @@ def test_data_check_names_the_problem(damage, tmp_path: Path) -> None:  # type: 
     pattern = damage(root)
     result = CliRunner().invoke(app, ["data", "check", "vtab", "--root", str(root)])
     assert result.exit_code == 2
-    assert __import__("re").search(pattern, _text(result.output)), result.output
+    assert re.search(pattern, _text(result.output)), result.output
 
 
 def test_data_check_record_pins_an_existing_copy(tmp_path: Path) -> None:
