@@ -8,6 +8,7 @@ keep smoke runs fast with a recipe for the `synthetic` stream (e.g. one epoch).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,17 @@ def check_strategy(name: str, **overrides: Any) -> None:
         )
 
 
-def check_stream(name: str, data_root: Path | None = None, **options: Any) -> Stream:
-    """Structural checks every stream must pass; returns the stream for further checks."""
+def check_stream(
+    name: str,
+    data_root: Path | None = None,
+    counts: Mapping[str, int] | None = None,
+    **options: Any,
+) -> Stream:
+    """Structural checks every stream must pass; returns the stream for further checks.
+
+    `counts` ({"train": n, "test": m}, e.g. from a split manifest) must equal the images the
+    stream's experiences and test sets hold.
+    """
     builder = resolve(STREAMS.get(name), options)
     stream = builder.build(data_root)
     again = builder.build(data_root)
@@ -125,4 +135,32 @@ def check_stream(name: str, data_root: Path | None = None, **options: Any) -> St
                 assert not len(overlap), f"{name}: train and test share images"
     nested = [(a.index, b.index) for a in stream for b in stream]
     assert len(nested) == len(stream) ** 2, f"{name}: nested iteration is broken"
+    _check_views(name, stream)
+    if counts is not None:
+        found = {
+            "train": sum(len(e.train) for e in stream),
+            "test": sum(len(v) for v in stream.test_sets),
+        }
+        assert found == dict(counts), f"{name}: {found} images, manifest says {dict(counts)}"
     return stream
+
+
+def _check_views(name: str, stream: Stream) -> None:
+    """Indices inside their source, labels in range, test sets matching their experiences."""
+    info = stream.info
+    for view in [e.train for e in stream] + list(stream.test_sets):
+        assert len(view) > 0, f"{name}: an empty training or test set"
+        assert view.indices.min() >= 0 and view.indices.max() < len(view.source)
+        assert view.labels.min() >= 0 and view.labels.max() < info.num_classes
+    if info.scenario == "class-incremental":
+        assert stream.test_available_from == tuple(range(len(stream))), (
+            f"{name}: test set j must become available with experience j"
+        )
+        for experience, test in zip(stream, stream.test_sets):
+            assert test.classes() == experience.classes, (
+                f"{name}: test set {experience.index} holds other classes than its experience"
+            )
+    first = [(e.index, e.classes, len(e.train)) for e in stream]
+    assert first == [(e.index, e.classes, len(e.train)) for e in stream], (
+        f"{name}: iterating twice gives different experiences"
+    )

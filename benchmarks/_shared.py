@@ -1,0 +1,104 @@
+"""Pieces the image-folder stream builders share: locating data, scanning class folders, checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cilbench.callbacks import Progress
+from cilbench.data import FileSource, ImageSource
+from cilbench.decoded_cache import maybe_decoded
+from cilbench.downloads import CheckRow, default_data_root, record_checksums, verify_checksums
+from cilbench.errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def data_root_or_default(data_root: Path | None) -> Path:
+    """`--data-root` if given, else $CILBENCH_DATA or ./data."""
+    return Path(data_root) if data_root is not None else default_data_root()
+
+
+def missing_data(what: str, folder: Path, stream: str, layout: str, fetchable: bool) -> DataError:
+    """The error for data that is not where it should be: the exact command or the layout."""
+    how = (
+        f"Get it with:\n  cilbench data fetch {stream} --root {folder.parent}\n"
+        if fetchable
+        else ""
+    )
+    return DataError(
+        f"{what} not found at {folder}. {how}"
+        f"Expected layout:\n{layout}\n"
+        f"Then run with --data-root {folder.parent} (or set CILBENCH_DATA)."
+    )
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """Image files under `root/<class>/...` (torchvision's ImageFolder layout, sorted names)."""
+
+    root: Path
+    classes: tuple[str, ...]
+    files: tuple[str, ...]
+    """Paths relative to `root`, sorted within each class."""
+    labels: np.ndarray
+    """Index into `classes` of each file."""
+
+    def counts(self) -> list[int]:
+        """Images per class, in `classes` order."""
+        return np.bincount(self.labels, minlength=len(self.classes)).tolist()
+
+
+def scan_image_folder(root: Path, classes: Sequence[str] | None = None) -> ImageFolder:
+    """Every image under `root/<class>/` (recursively), classes sorted by name unless given."""
+    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if classes is None else classes
+    files, labels = [], []
+    for label, name in enumerate(names):
+        folder = root / name
+        if not folder.is_dir():
+            raise DataError(f"Class folder {folder} is missing.")
+        found = sorted(
+            p.relative_to(root).as_posix()
+            for p in folder.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not found:
+            raise DataError(f"Class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+        files.extend(found)
+        labels.extend([label] * len(found))
+    return ImageFolder(root, tuple(names), tuple(files), np.asarray(labels, dtype=np.int64))
+
+
+def file_source(part: ImageFolder, name: str, decoded_size: int) -> ImageSource:
+    """The images of `part` as a source, read through the decoded cache when `decoded_size`."""
+    source = FileSource(part.root, part.files, part.labels.tolist(), name)
+    return maybe_decoded(source, decoded_size)
+
+
+def count_rows(split: str, folder: ImageFolder, expected_images: int | None) -> list[CheckRow]:
+    """Check-table rows for one split: classes and images (with the official count, if known)."""
+    counts = folder.counts()
+    note = official_note(len(folder.files), expected_images)
+    return [
+        CheckRow(
+            f"{split}: images",
+            str(len(folder.files)),
+            f"{min(counts)}-{max(counts)} per class",
+            note=note,
+        )
+    ]
+
+
+def official_note(found: int, official: int | None, unit: str = "images") -> str:
+    """A note for the check table when a count differs from the official release's."""
+    return "" if official is None or found == official else f"official release: {official} {unit}"
+
+
+def checksum_rows(folder: Path, files: Sequence[str], record: bool, progress: Progress) -> list:
+    """Verify the checksum manifest of `folder`; with `record`, write it first."""
+    if record:
+        record_checksums(folder, files, progress)
+    return verify_checksums(folder, progress)

@@ -1,0 +1,137 @@
+"""An optional decoded-image cache: every image decoded once, kept as resized uint8 pixels.
+
+Trained strategies read each JPEG/PNG once per epoch, and decoding dominates their data loading.
+`DecodedSource` wraps an image source: the first time, it decodes every image, takes the centre
+square and resizes it to `size` x `size`, and writes all of them into one memory-mapped uint8 file
+(N, 3, size, size) under `<cache>/decoded/`; afterwards `load` is a copy out of the page cache.
+Stream builders with a `decoded_size` option build it on first use (silently: builders get no
+progress object); `cilbench data decode <stream> --size N` builds it beforehand with a progress bar.
+Images are resized with antialiased bilinear interpolation.
+
+What changes: evaluation transforms (resize shorter side, centre crop) see the same centre square
+as before, resampled once more; training crops are drawn from the centre square rather than the
+whole image. The fingerprint says so (`|decoded-<size>`), so frozen features computed from cached
+pixels never mix with features of the original files. The file is written to a temporary name and
+renamed with its JSON header last, so an interrupted build is rebuilt, never half-used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cilbench.callbacks import Progress, SilentProgress
+from cilbench.data import ImageSource
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class DecodedSource:
+    """`source` with its images decoded once into a memory-mapped (N, 3, size, size) file."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        size: int,
+        cache_dir: Path,
+        progress: Progress | None = None,
+    ):
+        if size <= 0:
+            raise ValueError(f"decoded cache size must be positive; got {size}")
+        self.source = source
+        self.size = size
+        self.name = f"{getattr(source, 'name', 'source')}-decoded{size}"
+        self._fingerprint = f"{source.fingerprint}|decoded-{size}"
+        key = hashlib.sha256(self._fingerprint.encode()).hexdigest()[:32]
+        self.path = Path(cache_dir) / "decoded" / f"{key}.u8"
+        self._array: np.ndarray | None = None
+        if not self._valid_header():
+            self._build(progress or SilentProgress())
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.source.targets
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int) -> torch.Tensor:
+        if self._array is None:  # opened lazily: each data-loader worker maps the file itself
+            shape = (len(self), 3, self.size, self.size)
+            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=shape)
+        return torch.from_numpy(np.array(self._array[index]))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_array": None}
+
+    @property
+    def _header_path(self) -> Path:
+        return self.path.with_suffix(".json")
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "fingerprint": self._fingerprint,
+            "count": len(self),
+            "size": self.size,
+        }
+
+    def _valid_header(self) -> bool:
+        try:
+            header = json.loads(self._header_path.read_text())
+        except (OSError, ValueError):
+            return False
+        expected_bytes = len(self) * 3 * self.size * self.size
+        return (
+            header == self._header()
+            and self.path.is_file()
+            and self.path.stat().st_size == expected_bytes
+        )
+
+    def _build(self, progress: Progress) -> None:
+        from torchvision.transforms import v2
+
+        log.info("building the decoded cache %s (%d images, once)", self.path, len(self))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._header_path.unlink(missing_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        square = v2.Compose([v2.Resize(self.size, antialias=True), v2.CenterCrop(self.size)])
+        array = np.memmap(
+            tmp, dtype=np.uint8, mode="w+", shape=(len(self), 3, self.size, self.size)
+        )
+        try:
+            with progress.task(f"decoding {self.name}", total=len(self)) as advance:
+                for index in range(len(self)):
+                    array[index] = square(self.source.load(index)).numpy()
+                    advance(1)
+            array.flush()
+            del array
+            tmp.replace(self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._header_path.write_text(json.dumps(self._header()))
+
+
+def maybe_decoded(source: ImageSource, size: int, cache_dir: Path | None = None) -> ImageSource:
+    """`source` itself when `size` is 0, else its decoded cache (built now if missing).
+
+    The cache lives under `cache_dir`, default $CILBENCH_CACHE or ~/.cache/cilbench.
+    """
+    if size == 0:
+        return source
+    from cilbench.features import default_cache_dir
+
+    return DecodedSource(source, size, cache_dir or default_cache_dir())
