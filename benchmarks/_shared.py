@@ -16,6 +16,11 @@ from cilbench.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
+REFERENCE_BACKBONE = "vit_base_patch16_224.augreg_in21k"
+"""What the LAMDA codebases (PILOT, APER, EASE, RanPAC's IN21K runs) call "IN21K"."""
+REFERENCE_PREPROCESSING = {"image_size": 224, "crop_pct": 0.875, "normalization": "none"}
+"""Their eval transform: Resize(256, bicubic), CenterCrop(224), ToTensor, and no Normalize."""
+
 
 def data_root_or_default(data_root: Path | None) -> Path:
     """`--data-root` if given, else $CILBENCH_DATA or ./data."""

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 from cilbench.benchmarks._shared import (
+    REFERENCE_BACKBONE,
+    REFERENCE_PREPROCESSING,
     checksum_rows,
     data_root_or_default,
     missing_data,
@@ -48,6 +50,9 @@ LAYOUT = f"  <data-root>/{FOLDER}/train\n  <data-root>/{FOLDER}/test\n  <data-ro
 @dataclass(frozen=True)
 class SplitCifar100(ClassIncrementalOptions):
     """CIFAR-100 (torchvision pickles) in class-incremental tasks, default B0-Inc10 pycil-1993."""
+
+    default_backbone = REFERENCE_BACKBONE
+    default_backbone_settings = REFERENCE_PREPROCESSING
 
     def build(self, data_root: Path | None = None) -> Stream:
         folder = self._folder(data_root)

@@ -26,6 +26,8 @@ from typing import Literal
 
 from cilbench.benchmarks._shared import (
     IMAGE_SUFFIXES,
+    REFERENCE_BACKBONE,
+    REFERENCE_PREPROCESSING,
     checksum_rows,
     data_root_or_default,
     missing_data,
@@ -70,6 +72,9 @@ _OBJECT = re.compile(r"(?:^|/)o(\d+)/")
 @dataclass(frozen=True)
 class Core50(ClassIncrementalOptions):
     """CoRe50, `ni` (8 sessions, domain-incremental, default) or `nc` (10 + 8 x 5 objects)."""
+
+    default_backbone = REFERENCE_BACKBONE
+    default_backbone_settings = REFERENCE_PREPROCESSING
 
     scenario: Literal["ni", "nc"] = "ni"
     run: int = 0

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 from cilbench.benchmarks._shared import (
+    REFERENCE_BACKBONE,
+    REFERENCE_PREPROCESSING,
     ImageFolder,
     checksum_rows,
     count_rows,
@@ -69,6 +71,9 @@ LAYOUT = (
 @dataclass(frozen=True)
 class SplitImagenetR(ClassIncrementalOptions):
     """ImageNet-R, 200 classes, default 10 tasks x 20 classes in the pycil-1993 order."""
+
+    default_backbone = REFERENCE_BACKBONE
+    default_backbone_settings = REFERENCE_PREPROCESSING
 
     increment: int = 20
     split_seed: int = 1993

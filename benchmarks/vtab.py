@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cilbench.benchmarks._shared import (
+    REFERENCE_BACKBONE,
+    REFERENCE_PREPROCESSING,
     ImageFolder,
     checksum_rows,
     count_rows,
@@ -70,6 +72,9 @@ HOW_TO_GET = (
 @dataclass(frozen=True)
 class Vtab(ClassIncrementalOptions):
     """VTAB 5-dataset benchmark: 50 classes, 5 tasks x 10, dataset order (no shuffle)."""
+
+    default_backbone = REFERENCE_BACKBONE
+    default_backbone_settings = REFERENCE_PREPROCESSING
 
     class_order: str = "natural"
     decoded_size: int = 0

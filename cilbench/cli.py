@@ -231,7 +231,7 @@ def profile_command(
     if as_json:
         print(json.dumps(figures, indent=2))
         return
-    table = Table(title=f"profile {name}: {strategy} on {stream}, batch {batch_size}")
+    table = Table(title=f"cilbench profile {name}")
     table.add_column("measurement")
     table.add_column("figure", justify="right")
     for label, value in figures.items():

@@ -111,13 +111,15 @@ class FileSource:
         return len(self.files)
 
     def load(self, index: int) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_image
+        from PIL import Image
 
         path = self.root / self.files[index]
         try:
-            return decode_image(str(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, OSError) as error:
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
             raise DataError(f"Cannot decode image {path}: {error}") from error
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
 
 @dataclass(frozen=True, eq=False)

@@ -115,7 +115,8 @@ def prepare(spec: RunSpec) -> PreparedRun:
         "eval_batch_size": spec.batch_size,
     }
     resolved = json.loads(json.dumps(resolved))  # tuples -> lists, as the checkpoint stores them
-    digest = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:10]
+    identity = {"config": resolved, "data": sorted({v.source.fingerprint for v in _views(stream)})}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     run_id = f"{spec.stream}/{spec.strategy}-{backbone_name}-seed{spec.seed}-{digest}"
     strategy = strategy_cls(config, seed=spec.seed, device=device)
     return PreparedRun(spec, stream, backbone, strategy, {**resolved, "device": device}, run_id)
