@@ -54,27 +54,22 @@ def split_sections(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def resolve(cls: type[C], *layers: Mapping[str, Any], what: str = "config") -> C:
     """An instance of dataclass `cls` from its defaults, updated by each layer in turn."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    schema = {f.name: hints[f.name] for f in fields if f.init}
     values: dict[str, Any] = {}
     for layer in layers:
-        for key, raw in layer.items():
-            if key not in fields:
-                raise ConfigError(
-                    f"Unknown {what} key {key!r}.{did_you_mean(key, fields)} "
-                    f"Known keys: {', '.join(sorted(fields)) or '(none)'}."
-                )
-            values[key] = coerce(raw, hints[key], key=key, what=what)
+        values.update(resolve_settings(layer, schema, what))
     return cls(**values)
 
 
-def resolve_settings(settings: Mapping[str, Any], schema: Mapping[str, type], what: str) -> dict:
+def resolve_settings(settings: Mapping[str, Any], schema: Mapping[str, Any], what: str) -> dict:
     """Validate a flat mapping of settings against {key: type}."""
     resolved = {}
     for key, raw in settings.items():
         if key not in schema:
             raise ConfigError(
                 f"Unknown {what} key {key!r}.{did_you_mean(key, schema)} "
-                f"Known keys: {', '.join(sorted(schema))}."
+                f"Known keys: {', '.join(sorted(schema)) or '(none)'}."
             )
         resolved[key] = coerce(raw, schema[key], key=key, what=what)
     return resolved

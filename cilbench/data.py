@@ -43,7 +43,25 @@ class ImageSource(Protocol):
         ...
 
 
-class ArraySource:
+class _LabelledSource:
+    """What every concrete source shares: a fingerprint and one original label per image."""
+
+    _fingerprint: str
+    _targets: np.ndarray
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self._targets
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+
+class ArraySource(_LabelledSource):
     """Images held in memory as a uint8 array (N, H, W) or (N, H, W, C)."""
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, name: str):
@@ -60,17 +78,6 @@ class ArraySource:
         digest.update(self._targets.tobytes())
         self._fingerprint = f"{name}:{digest.hexdigest()[:32]}"
 
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
-    @property
-    def targets(self) -> np.ndarray:
-        return self._targets
-
-    def __len__(self) -> int:
-        return len(self._images)
-
     def load(self, index: int) -> torch.Tensor:
         image = torch.from_numpy(self._images[index])
         if image.ndim == 2:
@@ -78,7 +85,7 @@ class ArraySource:
         return image.permute(2, 0, 1)
 
 
-class FileSource:
+class FileSource(_LabelledSource):
     """Images stored as files (JPEG, PNG, ...), decoded on access.
 
     The fingerprint hashes the relative paths, sizes and labels rather than every byte, so that
@@ -98,17 +105,6 @@ class FileSource:
             size = (self.root / relative).stat().st_size
             digest.update(f"{relative}\0{size}\0{target}\n".encode())
         self._fingerprint = f"{name}:{digest.hexdigest()[:32]}"
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
-    @property
-    def targets(self) -> np.ndarray:
-        return self._targets
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def load(self, index: int) -> torch.Tensor:
         from PIL import Image
