@@ -74,7 +74,7 @@ class Preprocessing:
         """Batch part, run on the model's device: uint8 (B,3,H,W) -> normalised float."""
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+        return images.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)  # keeps memory format
 
     def describe(self) -> str:
         """Stable text identifying this preprocessing (part of the feature-cache key)."""
@@ -222,7 +222,7 @@ class Backbone:
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch from a data loader -> normalised float batch on the device."""
         images = images.to(self.device, non_blocking=True)
-        return self.preprocessing.normalize(images).contiguous(memory_format=torch.channels_last)
+        return self.preprocessing.normalize(images.contiguous(memory_format=torch.channels_last))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, D) of a prepared batch."""
