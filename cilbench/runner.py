@@ -192,7 +192,7 @@ def evaluate(
 
 def _scored_batches(strategy, view, store, batch_size, progress):  # type: ignore[no-untyped-def]
     if strategy.predicts_from_features:
-        features, labels = store.get(view)
+        features, labels = strategy.features_of(view)
         with torch.no_grad():
             for start in range(0, len(labels), batch_size):
                 batch = features[start : start + batch_size].to(strategy.device)
