@@ -151,8 +151,8 @@ def require_vit(variant: str, model: nn.Module, backbone_name: str = "") -> None
     if variant in VIT_ONLY and not is_vit(model):
         name = backbone_name or type(model).__name__
         raise ConfigError(
-            f"peft={variant!r} needs a ViT backbone (timm VisionTransformer); backbone {name!r} "
-            f"is a {type(model).__name__}. The variants {', '.join(VIT_ONLY)} need a ViT; "
+            f"peft={variant!r} needs a ViT backbone (timm VisionTransformer), but backbone "
+            f"{name!r} is a {type(model).__name__}. The variants {', '.join(VIT_ONLY)} need a ViT; "
             "'finetune' works with any backbone. Choose a ViT (e.g. --backbone tiny-vit-random "
             "or vit_base_patch16_224.augreg_in21k) or --set peft=finetune."
         )
