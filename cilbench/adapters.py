@@ -44,7 +44,7 @@ class PeftSettings:
     adapter_dropout: float = 0.1
     vpt_tokens: int = 5
     lora_rank: int = 8
-    lora_alpha: float = 16.0
+    lora_alpha: int = 16
     lora_dropout: float = 0.0
 
     @classmethod
@@ -80,7 +80,7 @@ class AdaptedBlock(nn.Module):
     that input is added to the block output, which is `x + MLP(norm2(x)) + adapter(x)`.
     """
 
-    def __init__(self, block: nn.Module, adapter: ParallelAdapter):
+    def __init__(self, block: Any, adapter: ParallelAdapter):
         super().__init__()
         self.block = block
         self.adapter = adapter
@@ -158,7 +158,7 @@ def require_vit(variant: str, model: nn.Module, backbone_name: str = "") -> None
         )
 
 
-def apply_peft(model: nn.Module, settings: PeftSettings) -> list[str]:
+def apply_peft(model: Any, settings: PeftSettings) -> list[str]:
     """Add the PEFT variant to `model` in place; only its parameters stay trainable.
 
     New parameters are created with torch's global RNG (seed it for reproducibility) on the
@@ -186,7 +186,7 @@ def apply_peft(model: nn.Module, settings: PeftSettings) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
-def _add_adapters(model: nn.Module, settings: PeftSettings) -> None:
+def _add_adapters(model: Any, settings: PeftSettings) -> None:
     for i, block in enumerate(model.blocks):
         adapter = ParallelAdapter(
             model.embed_dim,
@@ -197,7 +197,7 @@ def _add_adapters(model: nn.Module, settings: PeftSettings) -> None:
         model.blocks[i] = AdaptedBlock(block, adapter)
 
 
-def _add_ssf(model: nn.Module) -> None:
+def _add_ssf(model: Any) -> None:
     model.patch_embed = ScaleShift(model.patch_embed, model.embed_dim)
     for block in model.blocks:
         block.attn.qkv = _wrap_linear(block.attn.qkv)
@@ -211,11 +211,11 @@ def _add_ssf(model: nn.Module) -> None:
             setattr(model, name, ScaleShift(getattr(model, name), model.embed_dim))
 
 
-def _wrap_linear(linear: nn.Module) -> ScaleShift:
+def _wrap_linear(linear: Any) -> ScaleShift:
     return ScaleShift(linear, linear.out_features)
 
 
-def _add_lora(model: nn.Module, settings: PeftSettings) -> None:
+def _add_lora(model: Any, settings: PeftSettings) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(

@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ class FirstSessionConfig:
     adapter_dropout: float = 0.1
     vpt_tokens: int = 5
     lora_rank: int = 8
-    lora_alpha: float = 16.0
+    lora_alpha: int = 16
     lora_dropout: float = 0.0
 
 
@@ -159,7 +159,7 @@ class AdaptedBranch:
         self._freeze(model)
 
     def _build(self, num_classes: int, generator: torch.Generator) -> tuple[nn.Module, CosineHead]:
-        model = self.backbone.build_model()
+        model: Any = self.backbone.build_model()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
             trainable = apply_peft(model, self.settings)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -54,7 +54,7 @@ class Adam(PrototypeStrategy):
     """Cosine to class means of [frozen | first-session-adapted] features."""
 
     Config = AdamConfig
-    recipes: Mapping[str, Mapping[str, Any]] = {
+    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "synthetic": {"epochs": 1, "batch_size": 16},
         "split-fashion-mnist-mini": {"peft": "finetune", "epochs": 1, "batch_size": 64},
         "split-cifar100": {"epochs": 20, "lr": 0.01, "batch_size": 48, "weight_decay": 5e-4},

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +92,7 @@ class RanPAC(BaseStrategy):
 
     Config = RanpacConfig
     predicts_from_features = True
-    recipes: Mapping[str, Mapping[str, Any]] = {
+    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "synthetic": {"epochs": 1, "batch_size": 16, "projection_dim": 256},
         # The CPU demo: frozen features from the shared cache, a smaller projection.
         "split-fashion-mnist-mini": {"peft": "none", "projection_dim": 2000},
@@ -100,28 +100,41 @@ class RanPAC(BaseStrategy):
         "split-imagenet-r": {"peft": "ssf", "epochs": 20, "lr": 0.01, "batch_size": 48},
     }
 
-    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
-        super().setup(backbone, info, features)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.branch: AdaptedBranch | None = None
-        if self.config.peft != "none":
-            settings = PeftSettings.from_config(self.config)
-            self.branch = AdaptedBranch(backbone, features, settings, "ranpac")
-            self.branch.check()
         self.projection = torch.empty(0)
         self.gram = torch.empty(0)
         self.targets = torch.empty(0)
         self.weights = torch.empty(0)
         self.ridge = 1.0
 
+    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
+        super().setup(backbone, info, features)
+        if self.config.peft != "none":
+            settings = PeftSettings.from_config(self.config)
+            self.branch = AdaptedBranch(backbone, features, settings, "ranpac")
+            self.branch.check()
+
     def train_experience(self, experience: Experience) -> None:
         generator = self.generator(experience.index)
         if self.branch is not None and not self.branch.ready:
             self.branch.train(experience, TrainSettings.from_config(self.config), generator)
         features, labels = self.features_of(experience.train)
+        self.update(features, labels, experience.num_seen_classes, generator)
+
+    def update(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        num_seen_classes: int,
+        generator: torch.Generator,
+    ) -> None:
+        """Add one experience's features to G and Q, choose lambda, and solve for the head."""
         if self.projection.numel() == 0:
             self._start(features.shape[1], generator)
         projected = self.project(features.to(self.device))
-        onehot = F.one_hot(labels.to(self.device), experience.num_seen_classes).float()
+        onehot = F.one_hot(labels.to(self.device), num_seen_classes).float()
         self._accumulate(projected, onehot)
         self.ridge = self._choose_ridge(projected, onehot, generator)
         self.weights = solve_ridge(self.gram, self.targets, self.ridge)
