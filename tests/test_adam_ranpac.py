@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -135,7 +136,7 @@ def test_after_task_zero_each_image_goes_through_each_branch_once(name, tmp_path
         first = run(spec)
         branches = dict(counts)
         counts.clear()
-        again = run(RunSpec(**{**spec.__dict__, "out_dir": tmp_path / "b"}))
+        again = run(dataclasses.replace(spec, out_dir=tmp_path / "b"))
     finally:
         handle.remove()
     expected_branches = 2 if name == "adam" else 1
