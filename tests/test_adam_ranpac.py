@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 from cilbench.backbones import create_backbone
 from cilbench.errors import ConfigError
 from cilbench.runner import RunSpec, run
-from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
+from cilbench.testing import check_strategy, make_strategy, synthetic_stream, tiny_backbone
 
 
 def _direct_features(model, backbone, view):
@@ -151,3 +151,9 @@ def test_vit_only_variant_on_a_convnet_fails_at_setup(name):
     backbone = create_backbone("efficientnet-lite0-pypi")
     with pytest.raises(ConfigError, match="vpt-shallow, vpt-deep, lora need a ViT"):
         make_strategy(name, backbone, synthetic_stream(), peft="adapter")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["ssf", "vpt-shallow", "vpt-deep", "lora", "finetune"])
+def test_every_adam_variant_passes_the_strategy_conformance_check(variant):
+    check_strategy("adam", peft=variant)  # the registry-wide check covers the default (adapter)
