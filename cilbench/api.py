@@ -157,6 +157,15 @@ class BaseStrategy:
         """Scores (B, num_seen_classes) for frozen-backbone features."""
         raise NotImplementedError(f"{type(self).__name__} does not predict from frozen features")
 
+    def features_of(self, view: DatasetView) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, labels) of every image in `view`, as `predict_features` expects them.
+
+        The frozen store's features by default. A strategy with cached features of its own
+        (ADAM's adapted branch, extracted once after task 0) overrides this, so the runner
+        evaluates it on cached test features too.
+        """
+        return self.features.get(view)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything learned so far, as tensors (saved with safetensors)."""
         return {}

@@ -9,6 +9,7 @@ lazily, so a warm feature-cache run never constructs it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -228,6 +229,14 @@ class Backbone:
         """Pooled features (B, D) of a prepared batch."""
         return self.model(images)
 
+    def derive(self, model: nn.Module, suffix: str) -> Backbone:
+        """A frozen backbone around `model` (e.g. an adapted copy) with this preprocessing.
+
+        Its tag is `<tag>+<suffix>` and its weight digest hashes `model`'s weights, so a
+        FeatureStore over it caches that model's features under a key of their own.
+        """
+        return DerivedBackbone(self, model, suffix)
+
     def describe(self) -> dict[str, Any]:
         """Identity for the result file."""
         return {
@@ -237,6 +246,27 @@ class Backbone:
             "weight_digest": self.weight_digest,
             "preprocessing": dataclasses.asdict(self.preprocessing),
         }
+
+
+class DerivedBackbone(Backbone):
+    """A backbone around a given module (see `Backbone.derive`); its weights are the module's."""
+
+    def __init__(self, base: Backbone, model: nn.Module, suffix: str):
+        spec = dataclasses.replace(base.spec, name=f"{base.tag}+{suffix}")
+        super().__init__(spec, base.preprocessing, device=str(base.device))
+        model.requires_grad_(False)
+        self.__dict__["model"] = model.eval()  # fills the `model` cached property
+
+    @cached_property
+    def weight_digest(self) -> str:
+        return _sha256_state_dict(self.model.state_dict())
+
+    def build_model(self, num_classes: int = 0) -> nn.Module:
+        """A trainable copy of the module."""
+        model = copy.deepcopy(self.model).requires_grad_(True)
+        if num_classes:
+            model.reset_classifier(num_classes)
+        return model
 
 
 def create_backbone(
@@ -350,5 +380,5 @@ def _sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(state):
         digest.update(name.encode())
-        digest.update(state[name].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(state[name].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

@@ -80,7 +80,7 @@ class PrototypeStrategy(BaseStrategy):
         return self.class_means.means(self.num_seen)
 
     def train_experience(self, experience: Experience) -> None:
-        features, labels = self.features.get(experience.train)
+        features, labels = self.features_of(experience.train)
         self.class_means.update(self.embed(features), labels)
         self.num_seen = experience.num_seen_classes
 

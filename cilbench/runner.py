@@ -203,7 +203,7 @@ def _scored_batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(scores, labels) batches: from cached features when the strategy allows, else images."""
     if strategy.predicts_from_features:
-        features, labels = store.get(view)
+        features, labels = strategy.features_of(view)
         with torch.no_grad():
             for start in range(0, len(labels), batch_size):
                 batch = features[start : start + batch_size].to(strategy.device)

@@ -1,0 +1,216 @@
+"""RanPAC: random projection of (first-session adapted) features and a ridge-regression head.
+
+McDonnell et al., "RanPAC: Random Projections and Pre-trained Models for Continual Learning"
+(NeurIPS 2023). Optionally a PEFT copy of the backbone is tuned on the first experience (as in
+ADAM) and frozen. Features f then go through a fixed random projection h = ReLU(f W), W ~ N(0, 1)
+of size D x M. The head keeps the running Gram matrix G = sum h h' and the class-target sums
+Q = sum h y' (one-hot y) over every experience, with no stored exemplars, and solves the ridge
+regression W_o = (G + lambda I)^-1 Q after each experience; scores are h W_o. Lambda is chosen
+after each experience among `ridges` by fitting on 80% of that experience's training features and
+measuring the squared error on the other 20%, as the reference code does (an experience too small
+to split keeps the previous lambda, 1 at the start).
+
+Config: `peft` ('none' skips the first session), the first-session fields of
+`cilbench.first_session.FirstSessionConfig`, `projection_dim` (M), `ridges`, `validation_fraction`.
+
+Memory: G is M x M float32 (381 MiB at M = 10000); the solve and the lambda search run in float64,
+the precision the small ridges need. The lambda search uses one eigendecomposition, of the smaller
+of H H' and H' H, for all candidates instead of one M x M solve per candidate; the selected
+lambda is the same. `cilbench profile first-session` measures the peak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+
+from cilbench.adapters import PeftSettings
+from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
+from cilbench.backbones import Backbone
+from cilbench.data import DatasetView
+from cilbench.features import FeatureStore
+from cilbench.first_session import AdaptedBranch, FirstSessionConfig
+from cilbench.training import TrainSettings
+
+RIDGES = tuple(10.0**k for k in range(-8, 9))
+
+
+@dataclass(frozen=True)
+class RanpacConfig(FirstSessionConfig):
+    """RanPAC hyper-parameters (first-session defaults: the reference CIFAR-100 adapter row)."""
+
+    peft: Literal["none", "adapter", "ssf", "vpt-shallow", "vpt-deep", "lora", "finetune"] = (
+        "adapter"
+    )
+    projection_dim: int = 10000
+    ridges: tuple[float, ...] = RIDGES
+    validation_fraction: float = 0.2
+
+
+def select_ridge(
+    fit_h: torch.Tensor,
+    fit_y: torch.Tensor,
+    val_h: torch.Tensor,
+    val_y: torch.Tensor,
+    ridges: Sequence[float],
+) -> float:
+    """The ridge whose solution fitted on (fit_h, fit_y) has the least MSE on (val_h, val_y).
+
+    With H = fit_h, W(l) = (H'H + l I)^-1 H'Y = H'(HH' + l I)^-1 Y. One eigendecomposition of the
+    smaller Gram matrix (HH' when there are fewer samples than dimensions, else H'H) gives the
+    validation predictions of every candidate as L diag(1 / (e + l)) R.
+    """
+    h, y, hv = fit_h.double(), fit_y.double(), val_h.double()
+    if len(h) < h.shape[1]:
+        eigenvalues, vectors = torch.linalg.eigh(h @ h.T)
+        left, right = hv @ h.T @ vectors, vectors.T @ y
+    else:
+        eigenvalues, vectors = torch.linalg.eigh(h.T @ h)
+        left, right = hv @ vectors, vectors.T @ (h.T @ y)
+    eigenvalues = eigenvalues.clamp(min=0)
+    losses = [
+        F.mse_loss((left / (eigenvalues + ridge)) @ right, val_y.double()).item()
+        for ridge in ridges
+    ]
+    return float(ridges[min(range(len(losses)), key=losses.__getitem__)])
+
+
+def solve_ridge(gram: torch.Tensor, targets: torch.Tensor, ridge: float) -> torch.Tensor:
+    """(G + ridge I)^-1 Q in float64, returned as float32 (M x C)."""
+    system = gram.double()
+    system.diagonal().add_(ridge)
+    return torch.linalg.solve(system, targets.double()).float()
+
+
+@register_strategy("ranpac")
+class RanPAC(BaseStrategy):
+    """Ridge regression on ReLU random projections of (adapted) features, updated per experience."""
+
+    Config = RanpacConfig
+    predicts_from_features = True
+    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "synthetic": {"epochs": 1, "batch_size": 16, "projection_dim": 256},
+        # The CPU demo: frozen features from the shared cache, a smaller projection.
+        "split-fashion-mnist-mini": {"peft": "none", "projection_dim": 2000},
+        "split-cifar100": {"peft": "adapter", "epochs": 20, "lr": 0.01, "batch_size": 48},
+        "split-imagenet-r": {"peft": "ssf", "epochs": 20, "lr": 0.01, "batch_size": 48},
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.branch: AdaptedBranch | None = None
+        self.projection = torch.empty(0)
+        self.gram = torch.empty(0)
+        self.targets = torch.empty(0)
+        self.weights = torch.empty(0)
+        self.ridge = 1.0
+
+    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
+        super().setup(backbone, info, features)
+        if self.config.peft != "none":
+            settings = PeftSettings.from_config(self.config)
+            self.branch = AdaptedBranch(backbone, features, settings, "ranpac")
+            self.branch.check()
+
+    def train_experience(self, experience: Experience) -> None:
+        generator = self.generator(experience.index)
+        if self.branch is not None and not self.branch.ready:
+            self.branch.train(experience, TrainSettings.from_config(self.config), generator)
+        features, labels = self.features_of(experience.train)
+        self.update(features, labels, experience.num_seen_classes, generator)
+
+    def update(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        num_seen_classes: int,
+        generator: torch.Generator,
+    ) -> None:
+        """Add one experience's features to G and Q, choose lambda, and solve for the head."""
+        if self.projection.numel() == 0:
+            self._start(features.shape[1], generator)
+        projected = self.project(features.to(self.device))
+        onehot = F.one_hot(labels.to(self.device), num_seen_classes).float()
+        self._accumulate(projected, onehot)
+        self.ridge = self._choose_ridge(projected, onehot, generator)
+        self.weights = solve_ridge(self.gram, self.targets, self.ridge)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """h = ReLU(f W): the fixed random projection of features (B, D) -> (B, M)."""
+        return torch.relu(features @ self.projection.to(features.device))
+
+    def features_of(self, view: DatasetView) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.branch is None:
+            return self.features.get(view)
+        return self.branch.features(view)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.branch is None:
+                return self.predict_features(self.backbone.forward_features(images))
+            return self.predict_features(self.branch.forward(images))
+
+    def predict_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.project(features.float()) @ self.weights.to(features.device)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {
+            "projection": self.projection,
+            "gram": self.gram,
+            "targets": self.targets,
+            "weights": self.weights,
+            "ridge": torch.tensor(self.ridge, dtype=torch.float64),
+        }
+        return {**state, **(self.branch.state_dict() if self.branch else {})}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.projection = state["projection"].to(self.device)
+        self.gram = state["gram"].to(self.device)
+        self.targets = state["targets"].to(self.device)
+        self.weights = state["weights"].to(self.device)
+        self.ridge = float(state["ridge"])
+        if self.branch is not None:
+            self.branch.load_state_dict(state)
+
+    def trainable_parameters(self) -> int:
+        """Parameters trained by gradient in the first session (the closed-form head is not)."""
+        return self.branch.trained_parameters if self.branch else 0
+
+    def report(self) -> dict[str, Any]:
+        store = self.branch.store if self.branch else None
+        return {
+            "ridge": self.ridge,
+            "first_session_losses": self.branch.losses if self.branch else [],
+            "adapted_images_forwarded": store.images_forwarded if store else 0,
+        }
+
+    def _start(self, dim: int, generator: torch.Generator) -> None:
+        size = self.config.projection_dim
+        self.projection = torch.randn(dim, size, generator=generator).to(self.device)
+        self.gram = torch.zeros(size, size, device=self.device)
+        self.targets = torch.zeros(size, 0, device=self.device)
+
+    def _accumulate(self, projected: torch.Tensor, onehot: torch.Tensor) -> None:
+        """G += H'H and Q += H'Y, widening Q for classes seen for the first time."""
+        extra = onehot.shape[1] - self.targets.shape[1]
+        if extra > 0:
+            self.targets = F.pad(self.targets, (0, extra))
+        self.gram.addmm_(projected.T, projected)
+        self.targets.addmm_(projected.T, onehot)
+
+    def _choose_ridge(
+        self, projected: torch.Tensor, onehot: torch.Tensor, generator: torch.Generator
+    ) -> float:
+        """Lambda from a random split of this experience (or the last one if it cannot split)."""
+        order = torch.randperm(len(projected), generator=generator).to(projected.device)
+        cut = int(len(order) * (1 - self.config.validation_fraction))
+        if cut == 0 or cut == len(order):
+            return self.ridge
+        fit, val = order[:cut], order[cut:]
+        return select_ridge(
+            projected[fit], onehot[fit], projected[val], onehot[val], self.config.ridges
+        )
