@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from cilbench.benchmarks.fashion_mnist import DEBIAN_ROOT, FILES, MINI_FILE, load_idx_arrays
 
 TRAIN_PER_CLASS = 300

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cilbench.api import Stream, register_stream
 from cilbench.benchmarks._shared import (
     REFERENCE_BACKBONE,
     REFERENCE_PREPROCESSING,
@@ -24,8 +26,6 @@ from cilbench.benchmarks._shared import (
     missing_data,
     official_note,
 )
-
-from cilbench.api import Stream, register_stream
 from cilbench.callbacks import Progress
 from cilbench.data import ArraySource
 from cilbench.downloads import CheckRow, Remote, download, record_checksums, unpack

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from cilbench.api import Stream, register_stream
 from cilbench.benchmarks._shared import (
     IMAGE_SUFFIXES,
     REFERENCE_BACKBONE,
@@ -33,8 +34,6 @@ from cilbench.benchmarks._shared import (
     missing_data,
     official_note,
 )
-
-from cilbench.api import Stream, register_stream
 from cilbench.callbacks import Progress
 from cilbench.data import FileSource, ImageSource
 from cilbench.decoded_cache import maybe_decoded

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cilbench.api import Stream, register_stream
 from cilbench.benchmarks._shared import (
     REFERENCE_BACKBONE,
     REFERENCE_PREPROCESSING,
@@ -42,8 +44,6 @@ from cilbench.benchmarks._shared import (
     missing_data,
     scan_image_folder,
 )
-
-from cilbench.api import Stream, register_stream
 from cilbench.callbacks import Progress
 from cilbench.downloads import CheckRow, Remote, download, record_checksums, unpack
 from cilbench.errors import DataError

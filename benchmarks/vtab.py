@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from cilbench.api import Stream, register_stream
 from cilbench.benchmarks._shared import (
     REFERENCE_BACKBONE,
     REFERENCE_PREPROCESSING,
@@ -26,8 +27,6 @@ from cilbench.benchmarks._shared import (
     missing_data,
     scan_image_folder,
 )
-
-from cilbench.api import Stream, register_stream
 from cilbench.callbacks import Progress
 from cilbench.downloads import CheckRow
 from cilbench.errors import DataError

@@ -263,7 +263,7 @@ class DerivedBackbone(Backbone):
 
     def build_model(self, num_classes: int = 0) -> nn.Module:
         """A trainable copy of the module."""
-        model = copy.deepcopy(self.model).requires_grad_(True)
+        model: Any = copy.deepcopy(self.model).requires_grad_(True)
         if num_classes:
             model.reset_classifier(num_classes)
         return model

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cilbench.benchmarks import core50, imagenet_r, vtab
 from torchvision.io import encode_jpeg, encode_png
 
+from cilbench.benchmarks import core50, imagenet_r, vtab
 from cilbench.downloads import record_checksums
 
 WNIDS = tuple(sorted(f"n{1440764 + 37 * i:08d}" for i in range(imagenet_r.NUM_CLASSES)))

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from cilbench.strategies.ranpac import RIDGES, select_ridge
 from sklearn.linear_model import Ridge
 from timm.models.vision_transformer import VisionTransformer
 
 from cilbench.backbones import create_backbone
 from cilbench.errors import ConfigError
 from cilbench.runner import RunSpec, run
+from cilbench.strategies.ranpac import RIDGES, select_ridge
 from cilbench.testing import check_strategy, make_strategy, synthetic_stream, tiny_backbone
 
 

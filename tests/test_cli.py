@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from cilbench.benchmarks import fashion_mnist
 from typer.testing import CliRunner
 
+from cilbench.benchmarks import fashion_mnist
 from cilbench.cli import app
 
 runner = CliRunner()

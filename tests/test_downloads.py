@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from stream_fixtures import write_cifar100, write_core50, write_imagenet_r
+from torchvision.transforms import v2
+
 from cilbench.benchmarks import imagenet_r
 from cilbench.benchmarks.cifar100 import SplitCifar100
 from cilbench.benchmarks.core50 import Core50
 from cilbench.benchmarks.imagenet_r import SplitImagenetR
-from stream_fixtures import write_cifar100, write_core50, write_imagenet_r
-from torchvision.transforms import v2
-
 from cilbench.callbacks import SilentProgress
 from cilbench.data import FileSource
 from cilbench.decoded_cache import DecodedSource

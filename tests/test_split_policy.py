@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cilbench.benchmarks import fashion_mnist
 
+from cilbench.benchmarks import fashion_mnist
 from cilbench.errors import ConfigError, DataError
 from cilbench.streams import class_order, task_classes
 from cilbench.testing import check_stream

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cilbench.benchmarks import core50, imagenet_r, vtab
 from stream_fixtures import (
     WNIDS,
     write_cifar100,
@@ -23,6 +22,7 @@ from stream_fixtures import (
 from typer.testing import CliRunner
 
 from cilbench.api import STRATEGIES, STREAMS
+from cilbench.benchmarks import core50, imagenet_r, vtab
 from cilbench.cli import app
 from cilbench.config import resolve
 from cilbench.errors import DataError
