@@ -16,6 +16,7 @@ from cilbench.strategies.dkvb import (
 )
 
 from cilbench.api import Experience, StreamInfo, unlabelled
+from cilbench.callbacks import RunCallback
 from cilbench.config import resolve
 from cilbench.data import ArraySource, DatasetView
 from cilbench.errors import CilbenchError, RegistryError
@@ -254,3 +255,18 @@ def test_runner_hands_over_unlabelled_views_and_writes_the_report(tmp_path):
     assert result.cost["before_stream_seconds"] > 0
     assert 0 < result.strategy_report["keys_ever_selected"] <= 1
     assert result.metrics["forgetting"] is not None
+
+
+class StopAfterFirstExperience(RunCallback):
+    def on_experience_end(self, experience, accuracies):
+        raise KeyboardInterrupt
+
+
+def test_resumed_run_restores_keys_instead_of_refitting_them(tmp_path):
+    spec = RunSpec(strategy="dkvb", stream="synthetic", out_dir=tmp_path, cache_dir=None)
+    whole = run(spec)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, callbacks=[StopAfterFirstExperience()])
+    resumed = run(spec, resume=True)
+    assert resumed.accuracy_matrix == whole.accuracy_matrix
+    assert resumed.strategy_report == whole.strategy_report
