@@ -254,6 +254,7 @@ def test_runner_hands_over_unlabelled_views_and_writes_the_report(tmp_path):
     result = run(spec)
     assert result.cost["before_stream_seconds"] > 0
     assert 0 < result.strategy_report["keys_ever_selected"] <= 1
+    assert result.strategy_report["key_init_coverage_min_codebook"] >= 0.75  # no dead codebook
     assert result.metrics["forgetting"] is not None
 
 
