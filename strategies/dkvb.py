@@ -199,6 +199,10 @@ def key_coverage(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 class KeyValueBottleneck(torch.nn.Module):
     """Frozen projections (C, D, K) and keys (C, J, K), learnable values (C, J, V), fetch counts."""
 
+    projections: torch.Tensor
+    keys: torch.Tensor
+    fetched: torch.Tensor
+
     def __init__(self, projections: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
         super().__init__()
         self.register_buffer("projections", projections)
