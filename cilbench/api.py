@@ -9,11 +9,12 @@ the stream's class order, so the classes seen after experience t are always 0..n
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from cilbench.data import DatasetView
@@ -79,6 +80,15 @@ class Stream:
         """Indices of the test sets to evaluate after training experience t."""
         return [j for j, first in enumerate(self.test_available_from) if first <= t]
 
+    def unlabelled_train(self) -> list[DatasetView]:
+        """The training images of every experience with their labels removed (see `unlabelled`)."""
+        return [unlabelled(e.train) for e in self.experiences]
+
+
+def unlabelled(view: DatasetView) -> DatasetView:
+    """The same images with every label replaced by -1, so that no label can leak through."""
+    return DatasetView(view.source, view.indices, np.full(len(view), -1, dtype=np.int64))
+
 
 class StreamBuilder:
     """Base of stream builders: subclasses are frozen dataclasses of options with `build`."""
@@ -142,6 +152,17 @@ class BaseStrategy:
         self.info = info
         self.features = features
         self.progress = features.progress  # for training loops: rich bars under the CLI
+
+    def before_stream(
+        self, unlabelled_train: Sequence[DatasetView], data_root: Path | None
+    ) -> None:
+        """Called once before the first experience of a fresh run (not on resume); no-op here.
+
+        `unlabelled_train` holds the training images of every experience, future ones included,
+        with labels removed; `data_root` lets a strategy build another stream for unlabelled data.
+        Only for methods whose paper prepares on unlabelled inputs before the stream (DKVB's key
+        initialisation); a strategy that uses it must say so in `report()`.
+        """
 
     def train_experience(self, experience: Experience) -> None:
         raise NotImplementedError

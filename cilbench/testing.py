@@ -55,6 +55,7 @@ def _test_batch(stream: Stream, backbone: Backbone, size: int = 16) -> torch.Ten
 def _run(name: str, stream: Stream, seed: int, **overrides: Any) -> tuple[BaseStrategy, list]:
     backbone = tiny_backbone()
     strategy = make_strategy(name, backbone, stream, seed=seed, **overrides)
+    strategy.before_stream(stream.unlabelled_train(), None)
     frozen = copy.deepcopy(backbone.model.state_dict())
     batch = _test_batch(stream, backbone)
     outputs = []
