@@ -6,14 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from cilbench.strategies.dkvb import (
-    DKVB,
-    DKVBConfig,
-    EmaKeys,
-    fit_keys,
-    key_coverage,
-    nearest_keys,
-)
 
 from cilbench.api import Experience, StreamInfo, unlabelled
 from cilbench.callbacks import RunCallback
@@ -22,6 +14,14 @@ from cilbench.data import ArraySource, DatasetView
 from cilbench.errors import CilbenchError, RegistryError
 from cilbench.features import FeatureStore
 from cilbench.runner import RunSpec, run
+from cilbench.strategies.dkvb import (
+    DKVB,
+    DKVBConfig,
+    EmaKeys,
+    fit_keys,
+    key_coverage,
+    nearest_keys,
+)
 from cilbench.testing import check_strategy, synthetic_stream, tiny_backbone
 
 
