@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cilbench.api import Experience, StreamInfo, unlabelled
-from cilbench.callbacks import RunCallback
+from cilbench.callbacks import RunCallback, SilentProgress
 from cilbench.config import resolve
 from cilbench.data import ArraySource, DatasetView
 from cilbench.errors import CilbenchError, RegistryError
@@ -27,6 +27,8 @@ from cilbench.testing import check_strategy, synthetic_stream, tiny_backbone
 
 class ArrayStore:
     """Feature-store stand-in: the features of image i of the source are row i of a tensor."""
+
+    progress = SilentProgress()
 
     def __init__(self, features: torch.Tensor):
         self.table = features
