@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from cilbench.data_commands import data_app
@@ -195,7 +196,7 @@ def ls_command(
         table.add_column("name")
         table.add_column("description")
         for name in registry.names():
-            table.add_row(name, _first_line(registry.get(name)))
+            table.add_row(name, escape(_first_line(registry.get(name))))
         stdout.print(table)
     if what in ("all", "backbones"):
         stdout.print(
