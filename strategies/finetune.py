@@ -50,7 +50,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "split-cifar100": {"epochs": 20},
     "split-imagenet-r": {"epochs": 50},
     "synthetic": {"epochs": 1, "batch_size": 16},
-    "split-fashion-mnist-mini": {"epochs": 2, "batch_size": 32},
+    "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},
 }
 
 

@@ -147,3 +147,13 @@ def test_slca_refuses_experiences_without_new_classes():
     strategy.train_experience(stream.experiences[0])
     with pytest.raises(CilbenchError, match="only new classes"):
         strategy.train_experience(stream.experiences[1])
+
+
+def test_profile_reports_throughput_and_stage_shares():
+    from cilbench.profiles import PROFILES
+    from cilbench.runner import RunSpec
+
+    figures = PROFILES.get("slca")(RunSpec(stream="synthetic", cache_dir=None, device="cpu"))
+    assert figures["slow learner, cilbench fit (img/s)"] > 0
+    assert figures["bare timm forward+backward, same batches (img/s)"] > 0
+    assert 0 < figures["classifier alignment share of the experience"] < 1
