@@ -9,6 +9,7 @@ the backbone in front of it; used by every strategy that fine-tunes images end t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ class TaskHeads(nn.Module):
     @property
     def sizes(self) -> list[int]:
         """Number of classes of each head."""
-        return [head.out_features for head in self.heads]
+        return [cast(nn.Linear, head).out_features for head in self.heads]
 
     @property
     def num_classes(self) -> int:
@@ -83,7 +84,7 @@ class HeadedNetwork(nn.Module):
         super().__init__()
         self.train_backbone = train_backbone
         self.backbone = backbone.build_model() if train_backbone else backbone.model
-        self.heads = TaskHeads(int(self.backbone.num_features), backbone.device)
+        self.heads = TaskHeads(cast(int, self.backbone.num_features), backbone.device)
 
     def train(self, mode: bool = True) -> HeadedNetwork:
         super().train(mode)

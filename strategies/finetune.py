@@ -121,7 +121,7 @@ class Finetune(BaseStrategy):
         """(dataset, prepare, model): augmented images, or cached features for a linear probe."""
         if self.config.train_backbone:
             transform = self.backbone.preprocessing.train_transform()
-            data = ConcatDataset([view.with_transform(transform) for view in views])
+            data: Dataset = ConcatDataset([view.with_transform(transform) for view in views])
             return data, self.backbone.prepare, self.network
         pairs = [self.features.get(view) for view in views]
         features = torch.cat([f for f, _ in pairs])

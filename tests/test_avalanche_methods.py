@@ -123,3 +123,14 @@ def test_resumed_state_predicts_but_refuses_to_train_on(stream):
         assert torch.allclose(restored.predict(batch), strategy.predict(batch))
     with pytest.raises(CilbenchError, match="resumed run"):
         restored.train_experience(stream.experiences[1])
+
+
+def test_per_group_learning_rates_survive_avalanches_optimizer_updates(stream):
+    strategy = make_strategy("avalanche-lwf", tiny_backbone(), stream, backbone_lr_scale=0.1)
+    strategy.train_experience(stream.experiences[0])
+    strategy.train_experience(stream.experiences[1])
+    groups = strategy.template.optimizer.param_groups
+    lr = strategy.config.lr
+    by_param = {id(p): g["initial_lr"] for g in groups for p in g["params"]}
+    assert {by_param[id(p)] for p in strategy.network.heads.parameters()} == {lr}
+    assert {by_param[id(p)] for p in strategy.network.backbone.parameters()} == {lr * 0.1}

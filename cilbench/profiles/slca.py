@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from cilbench.backbones import Backbone
 from cilbench.features import FeatureStore
 from cilbench.profiles import Figures, register_profile
 from cilbench.runner import RunSpec, prepare
+from cilbench.strategies.slca import SLCA
 from cilbench.training import TrainSettings, make_optimizer
 
 
@@ -30,7 +31,8 @@ from cilbench.training import TrainSettings, make_optimizer
 def profile_slca(spec: RunSpec) -> Figures:
     """Stage-1 images/s vs a bare forward+backward loop, and each stage's share of the time."""
     prepared = prepare(dataclasses.replace(spec, strategy="slca"))
-    strategy, stream, backbone = prepared.strategy, prepared.stream, prepared.backbone
+    strategy = cast(SLCA, prepared.strategy)
+    stream, backbone = prepared.stream, prepared.backbone
     strategy.setup(backbone, stream.info, FeatureStore(backbone, cache_dir=None))
     first, second = stream.experiences[:2]
     strategy.train_experience(first)
@@ -67,7 +69,7 @@ def _bare_loop(backbone: Backbone, experience: Experience, config: Any) -> float
     )
     batches = [(backbone.prepare(x), y.to(backbone.device)) for x, y in loader]
     model = backbone.build_model()
-    head = torch.nn.Linear(int(model.num_features), len(experience.new_classes))
+    head = torch.nn.Linear(cast(int, model.num_features), len(experience.new_classes))
     head = head.to(backbone.device)
     groups = [
         {"params": model.parameters(), "lr": config.lr * config.backbone_lr_scale},
