@@ -20,7 +20,9 @@ epochs, batch 128); LAMDA-PILOT uses 3 CA epochs, batch 64 and only 5 epochs on 
 milestone 40, so its decay never happens), where the original uses 50. The original scales a
 class's sampled mean by 0.9 + 0.1 (t+1)/(T+1) with t = class // current task size; here t is the
 experience that introduced the class (the same for equal task sizes, correct for unequal ones).
-Sampling uses a Cholesky factor of the float64 covariance and the experience's generator.
+Sampling uses a Cholesky factor of the float64 covariance and the experience's generator. Training
+augmentation is cilbench's shared random-resized-crop + flip (the original adds ColorJitter on
+some data sets). The `split-fashion-mnist-mini` recipe (offline demo, CPU) trains 1 epoch.
 """
 
 from __future__ import annotations
