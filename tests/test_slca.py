@@ -157,3 +157,12 @@ def test_profile_reports_throughput_and_stage_shares():
     assert figures["slow learner, cilbench fit (img/s)"] > 0
     assert figures["bare timm forward+backward, same batches (img/s)"] > 0
     assert 0 < figures["classifier alignment share of the experience"] < 1
+
+
+def test_a_diverging_alignment_stops_with_a_clear_error(stream):
+    from cilbench.training import NonFiniteLossError
+
+    strategy = make_strategy("slca", tiny_backbone(), stream, ca_lr=1e38, epochs=1)
+    strategy.train_experience(stream.experiences[0])
+    with pytest.raises(NonFiniteLossError, match="alignment loss"):
+        strategy.train_experience(stream.experiences[1])
