@@ -45,7 +45,7 @@ from cilbench.backbones import Backbone, Preprocessing
 from cilbench.errors import CilbenchError
 from cilbench.features import FeatureStore
 from cilbench.heads import HeadedNetwork, load_network, network_state
-from cilbench.training import TrainSettings, make_optimizer, make_scheduler
+from cilbench.training import NonFiniteLossError, TrainSettings, make_optimizer, make_scheduler
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class AvalancheStrategy(BaseStrategy):
             train_epochs=config.epochs,
             eval_mb_size=config.batch_size,
             device=self.device,
-            plugins=[scheduler],
+            plugins=[scheduler, _finite_loss_plugin(type(self).__name__)],
             evaluator=EvaluationPlugin(loggers=[]),
             eval_every=-1,
             **self.template_arguments(),
@@ -246,6 +246,23 @@ class AvalancheStrategy(BaseStrategy):
 
     def trainable_parameters(self) -> int:
         return self.network.parameter_count()
+
+
+def _finite_loss_plugin(name: str) -> Any:
+    """An avalanche plugin that stops training on a NaN/inf loss (penalties included)."""
+    from avalanche.core import SupervisedPlugin
+
+    class FiniteLoss(SupervisedPlugin):
+        def before_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+            if not torch.isfinite(strategy.loss):
+                clock = strategy.clock
+                raise NonFiniteLossError(
+                    f"{name}: loss is {strategy.loss.item()} at epoch {clock.train_exp_epochs}, "
+                    f"step {clock.train_epoch_iterations}. Lower the learning rate or the "
+                    "method's penalty weight; the last checkpoint (previous experience) is intact."
+                )
+
+    return FiniteLoss()
 
 
 def _identity(image: torch.Tensor) -> torch.Tensor:

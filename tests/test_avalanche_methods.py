@@ -134,3 +134,11 @@ def test_per_group_learning_rates_survive_avalanches_optimizer_updates(stream):
     by_param = {id(p): g["initial_lr"] for g in groups for p in g["params"]}
     assert {by_param[id(p)] for p in strategy.network.heads.parameters()} == {lr}
     assert {by_param[id(p)] for p in strategy.network.backbone.parameters()} == {lr * 0.1}
+
+
+def test_a_diverging_loss_stops_with_a_clear_error(stream):
+    from cilbench.training import NonFiniteLossError
+
+    strategy = make_strategy("avalanche-ewc", tiny_backbone(), stream, lr=1e30, epochs=2)
+    with pytest.raises(NonFiniteLossError, match="AvalancheEWC: loss is"):
+        strategy.train_experience(stream.experiences[0])
