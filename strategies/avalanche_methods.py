@@ -22,8 +22,9 @@ Config (all methods): `epochs`, `batch_size`, `lr`, `backbone_lr_scale`, `optimi
 `momentum`, `weight_decay`, `schedule`, `milestones`, `gamma` (reset every experience),
 `train_backbone`, `num_workers`. Per method: EWC `ewc_lambda`, `ewc_mode`, `ewc_decay` (online EWC
 by default: one accumulated importance instead of one per experience, so memory stays at two
-copies of the weights; lambda 100 because 1000 made SGD at lr 0.01 with momentum collapse to one
-class on the offline demo); LwF `lwf_alpha`, `lwf_temperature`; replay and DER `mem_size`; DER
+copies of the weights; lambda 10 because with full fine-tuning at SGD lr 0.01 + momentum the
+accumulated penalty made training collapse (1000) or diverge at the fourth experience (100) on the
+offline demo); LwF `lwf_alpha`, `lwf_temperature`; replay and DER `mem_size`; DER
 `der_alpha` (logit MSE), `der_beta` (replay cross-entropy; > 0 is DER++).
 """
 
@@ -67,7 +68,7 @@ class AvalancheConfig:
 
 @dataclass(frozen=True)
 class EWCConfig(AvalancheConfig):
-    ewc_lambda: float = 100.0
+    ewc_lambda: float = 10.0
     ewc_mode: Literal["separate", "online"] = "online"
     ewc_decay: float = 1.0
 
