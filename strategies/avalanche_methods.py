@@ -1,0 +1,320 @@
+"""Classic continual-learning methods from avalanche-lib, run on cilbench's backbones and streams.
+
+One thin adapter, not re-implementations: each experience is wrapped as an avalanche dataset
+(uint8 images; transform group "train" = cilbench's augmentation, "eval" = its test preprocessing)
+and passed to avalanche's own training template (`EWC`, `LwF`, `Replay`, `DER`). The model is a
+trainable copy of the backbone with one linear head over all the stream's classes (fixed size, as
+DER's stored logits require); predictions score the classes seen so far. Evaluation is cilbench's,
+so avalanche's evaluator runs with no metrics and no loggers. Avalanche is imported lazily (it
+takes seconds to import).
+
+Pitfalls of avalanche 0.6.0 avoided here: experiences are built directly (its
+`class_incremental_benchmark` drops classes on uneven splits and reseeds torch's global RNG),
+checkpoints are cilbench's safetensors (its `save_checkpoint` fails to pickle here), and its
+`MetricCollector` is not used. Avalanche draws from the global torch, numpy and `random` RNGs;
+they are seeded from the experience's generator and restored afterwards.
+
+Resuming: the state holds the model, enough to predict, but not the method's memory (EWC
+importances, LwF's previous model, the replay/DER buffers), so training a further experience after
+a resume is refused with a clear message instead of silently diverging from an uninterrupted run.
+
+Config (all methods): `epochs`, `batch_size`, `lr`, `backbone_lr_scale`, `optimizer`,
+`momentum`, `weight_decay`, `schedule`, `milestones`, `gamma` (reset every experience),
+`train_backbone`, `num_workers`. Per method: EWC `ewc_lambda`, `ewc_mode`, `ewc_decay` (online EWC
+by default: one accumulated importance instead of one per experience, so memory stays at two
+copies of the weights; lambda 10 because with full fine-tuning at SGD lr 0.01 + momentum the
+accumulated penalty made training collapse (1000) or diverge at the fourth experience (100) on the
+offline demo); LwF `lwf_alpha`, `lwf_temperature`; replay and DER `mem_size`; DER
+`der_alpha` (logit MSE), `der_beta` (replay cross-entropy; > 0 is DER++).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
+from cilbench.backbones import Backbone, Preprocessing
+from cilbench.errors import CilbenchError
+from cilbench.features import FeatureStore
+from cilbench.heads import HeadedNetwork, load_network, network_state
+from cilbench.training import NonFiniteLossError, TrainSettings, make_optimizer, make_scheduler
+
+
+@dataclass(frozen=True)
+class AvalancheConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 0.01
+    backbone_lr_scale: float = 1.0
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine", "multistep"] = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    train_backbone: bool = True
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class EWCConfig(AvalancheConfig):
+    ewc_lambda: float = 10.0
+    ewc_mode: Literal["separate", "online"] = "online"
+    ewc_decay: float = 1.0
+
+
+@dataclass(frozen=True)
+class LwFConfig(AvalancheConfig):
+    lwf_alpha: float = 1.0
+    lwf_temperature: float = 2.0
+
+
+@dataclass(frozen=True)
+class ReplayConfig(AvalancheConfig):
+    mem_size: int = 2000
+
+
+@dataclass(frozen=True)
+class DERConfig(ReplayConfig):
+    der_alpha: float = 0.1
+    der_beta: float = 0.5
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "synthetic": {"epochs": 1, "batch_size": 16},
+    "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},
+}
+
+
+class _RawImageModel(nn.Module):
+    """Takes the uint8 batches avalanche's loaders produce and normalises them on the device."""
+
+    def __init__(self, network: HeadedNetwork, preprocessing: Preprocessing):
+        super().__init__()
+        self.network = network
+        self.preprocessing = preprocessing
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        prepared = self.preprocessing.normalize(images)
+        return self.network(prepared.contiguous(memory_format=torch.channels_last))
+
+
+@contextlib.contextmanager
+def quiet_avalanche() -> Iterator[None]:
+    """Drop warnings raised inside avalanche (and its optional qpsolvers), pass on all others.
+
+    Avalanche's deprecation decorator inserts its own "once" filter, so filters cannot silence
+    it; warnings are recorded instead and the ones from other libraries re-emitted.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for warning in caught:
+        path = Path(warning.filename).parts
+        if "avalanche" not in path and "qpsolvers" not in path:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(generator: torch.Generator) -> Iterator[None]:
+    """Seed torch's, numpy's and Python's global RNGs from `generator`; restore them after."""
+    seeds = torch.randint(2**31 - 1, (3,), generator=generator).tolist()
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seeds[0])
+        np.random.seed(seeds[1])
+        random.seed(seeds[2])
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+
+
+class AvalancheStrategy(BaseStrategy):
+    """Runs an avalanche training template on each experience; subclasses pick the template."""
+
+    Config: ClassVar[type] = AvalancheConfig
+    recipes = RECIPES
+    template_name: ClassVar[str] = ""
+
+    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
+        super().setup(backbone, info, features)
+        self.network = HeadedNetwork(backbone, self.config.train_backbone)
+        self.network.heads.grow(info.num_classes, self.generator(-1))
+        self.model = _RawImageModel(self.network, backbone.preprocessing)
+        self.template: Any = None
+        self.num_seen = 0
+        self.resumed = False
+
+    def template_arguments(self) -> dict[str, Any]:
+        """The method's own keyword arguments for its avalanche template."""
+        return {}
+
+    def _make_template(self) -> Any:
+        import avalanche.training as templates
+        from avalanche.training.plugins import EvaluationPlugin, LRSchedulerPlugin
+
+        config = self.config
+        settings = TrainSettings.from_config(config)
+        groups = [{"params": self.network.heads.parameters(), "lr": config.lr}]
+        if config.train_backbone:
+            lr = config.lr * config.backbone_lr_scale
+            groups.append({"params": self.network.backbone.parameters(), "lr": lr})
+        optimizer = make_optimizer(groups, settings)
+        scheduler = LRSchedulerPlugin(
+            make_scheduler(optimizer, settings), reset_scheduler=True, reset_lr=True
+        )
+        return getattr(templates, self.template_name)(
+            model=self.model,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            train_mb_size=config.batch_size,
+            train_epochs=config.epochs,
+            eval_mb_size=config.batch_size,
+            device=self.device,
+            plugins=[scheduler, _finite_loss_plugin(type(self).__name__)],
+            evaluator=EvaluationPlugin(loggers=[]),
+            eval_every=-1,
+            **self.template_arguments(),
+        )
+
+    def _avalanche_experience(self, experience: Experience) -> Any:
+        from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+        from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream
+        from avalanche.benchmarks.utils.classification_dataset import (
+            _make_taskaware_classification_dataset,
+        )
+
+        preprocessing = self.backbone.preprocessing
+        dataset = _make_taskaware_classification_dataset(
+            experience.train.with_transform(_identity),
+            transform_groups={
+                "train": (preprocessing.train_transform(), None),
+                "eval": (preprocessing.sample_transform(), None),
+            },
+            initial_transform_group="train",
+            task_labels=0,
+            targets=[int(label) for label in experience.train.labels],
+        )
+        wrapped = DatasetExperience(dataset=dataset)
+        stream = EagerCLStream("train", [wrapped])  # sets the experience's origin stream
+        wrapped.current_experience = experience.index
+        return stream[0]
+
+    def train_experience(self, experience: Experience) -> None:
+        if self.resumed:
+            raise CilbenchError(
+                f"{type(self).__name__}: avalanche methods cannot continue a resumed run (their "
+                "memory, e.g. EWC importances or replay buffers, is not checkpointed); run "
+                "without --resume."
+            )
+        with quiet_avalanche():
+            self._train(experience)
+        self.network.eval()
+        self.network.zero_grad(set_to_none=True)  # free the last step's gradients
+        self.num_seen = experience.num_seen_classes
+
+    def _train(self, experience: Experience) -> None:
+        if self.template is None:
+            self.template = self._make_template()
+        with seeded_global_rngs(self.generator(experience.index)):
+            self.template.train(
+                self._avalanche_experience(experience), num_workers=self.config.num_workers
+            )
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        self.network.eval()
+        return self.network(images)[:, : self.num_seen]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**network_state(self.network), "num_seen": torch.tensor(self.num_seen)}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_network(self.network, state)
+        self.num_seen = int(state["num_seen"])
+        self.resumed = self.num_seen > 0
+
+    def trainable_parameters(self) -> int:
+        return self.network.parameter_count()
+
+
+def _finite_loss_plugin(name: str) -> Any:
+    """An avalanche plugin that stops training on a NaN/inf loss (penalties included)."""
+    from avalanche.core import SupervisedPlugin
+
+    class FiniteLoss(SupervisedPlugin):
+        def before_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+            if not torch.isfinite(strategy.loss):
+                clock = strategy.clock
+                raise NonFiniteLossError(
+                    f"{name}: loss is {strategy.loss.item()} at epoch {clock.train_exp_epochs}, "
+                    f"step {clock.train_epoch_iterations}. Lower the learning rate or the "
+                    "method's penalty weight; the last checkpoint (previous experience) is intact."
+                )
+
+    return FiniteLoss()
+
+
+def _identity(image: torch.Tensor) -> torch.Tensor:
+    return image
+
+
+@register_strategy("avalanche-ewc")
+class AvalancheEWC(AvalancheStrategy):
+    """Elastic weight consolidation (Kirkpatrick et al., 2017) via avalanche's `EWC`."""
+
+    Config = EWCConfig
+    template_name = "EWC"
+
+    def template_arguments(self) -> dict[str, Any]:
+        config = self.config
+        decay = config.ewc_decay if config.ewc_mode == "online" else None
+        return {"ewc_lambda": config.ewc_lambda, "mode": config.ewc_mode, "decay_factor": decay}
+
+
+@register_strategy("avalanche-lwf")
+class AvalancheLwF(AvalancheStrategy):
+    """Learning without forgetting (Li & Hoiem, 2016) via avalanche's `LwF`."""
+
+    Config = LwFConfig
+    template_name = "LwF"
+
+    def template_arguments(self) -> dict[str, Any]:
+        return {"alpha": self.config.lwf_alpha, "temperature": self.config.lwf_temperature}
+
+
+@register_strategy("avalanche-replay")
+class AvalancheReplay(AvalancheStrategy):
+    """Experience replay with a class-agnostic, experience-balanced buffer (avalanche `Replay`)."""
+
+    Config = ReplayConfig
+    template_name = "Replay"
+    uses_exemplars = True
+
+    def template_arguments(self) -> dict[str, Any]:
+        return {"mem_size": self.config.mem_size}
+
+
+@register_strategy("avalanche-der")
+class AvalancheDER(AvalancheStrategy):
+    """Dark experience replay, DER++ when der_beta > 0 (Buzzega et al., 2020; avalanche `DER`)."""
+
+    Config = DERConfig
+    template_name = "DER"
+    uses_exemplars = True
+
+    def template_arguments(self) -> dict[str, Any]:
+        config = self.config
+        return {"mem_size": config.mem_size, "alpha": config.der_alpha, "beta": config.der_beta}

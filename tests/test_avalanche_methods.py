@@ -1,0 +1,144 @@
+"""The avalanche adapter: avalanche's templates on cilbench experiences, cilbench's evaluator."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cilbench.api import STRATEGIES
+from cilbench.errors import CilbenchError
+from cilbench.runner import RunSpec, run
+from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
+
+pytest.importorskip("avalanche")
+
+METHODS = ["avalanche-ewc", "avalanche-lwf", "avalanche-replay", "avalanche-der"]
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return synthetic_stream()
+
+
+def test_registered_with_the_exemplar_flag():
+    flags = {name: STRATEGIES.get(name).uses_exemplars for name in METHODS}
+    assert flags == {
+        "avalanche-ewc": False,
+        "avalanche-lwf": False,
+        "avalanche-replay": True,
+        "avalanche-der": True,
+    }
+
+
+def test_importing_the_adapter_does_not_import_avalanche():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cilbench.strategies.avalanche_methods; "
+        "print(any(m == 'avalanche' or m.startswith('avalanche.') for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_replay_result_records_exemplars_and_cost(tmp_path: Path):
+    spec = RunSpec(
+        strategy="avalanche-replay",
+        stream="synthetic",
+        out_dir=tmp_path,
+        cache_dir=None,
+        overrides={"mem_size": "20"},
+    )
+    result = run(spec)
+    assert result.flags["uses_exemplars"] is True
+    assert (
+        result.cost["trainable_parameters"]
+        == sum(p.numel() for p in tiny_backbone().model.parameters())
+        + tiny_backbone().feature_dim * 6
+        + 6
+    )
+    assert len(result.accuracy_matrix) == 3 and result.complete
+
+
+def test_der_buffer_keeps_old_classes_with_logits_of_test_preprocessed_images(stream):
+    strategy = make_strategy("avalanche-der", tiny_backbone(), stream, mem_size=12)
+    for experience in stream.experiences[:2]:
+        strategy.train_experience(experience)
+    buffer = strategy.template.storage_policy.buffer
+    assert len(buffer) == 12
+    assert sorted({int(y) for y in buffer.targets}) == [0, 1, 2, 3]
+    # Logits of experience 1's classes were stored after training on it, from eval-group
+    # (test-preprocessed) images: the current model must reproduce them from the same images.
+    new = [i for i, y in enumerate(buffer.targets) if int(y) in (2, 3)]
+    assert new
+    images = torch.stack([buffer.eval()[i][0] for i in new])
+    stored = torch.stack([buffer.eval()[i][3] for i in new])
+    expected_size = strategy.backbone.preprocessing.image_size
+    assert images.dtype == torch.uint8 and images.shape[-1] == expected_size
+    with torch.no_grad():
+        logits = strategy.network(strategy.backbone.prepare(images))
+    assert torch.allclose(logits, stored, atol=1e-4)
+
+
+def test_global_rngs_are_left_untouched(stream):
+    strategy = make_strategy("avalanche-replay", tiny_backbone(), stream, mem_size=12)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    strategy.train_experience(stream.experiences[0])
+    strategy.train_experience(stream.experiences[1])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+
+
+def test_ewc_importances_cover_the_trained_backbone(stream):
+    strategy = make_strategy("avalanche-ewc", tiny_backbone(), stream)
+    strategy.train_experience(stream.experiences[0])
+    plugin = next(p for p in strategy.template.plugins if type(p).__name__ == "EWCPlugin")
+    importances = plugin.importances[0]
+    names = {name for name, _ in strategy.model.named_parameters()}
+    assert set(importances) == names
+    assert any(
+        float(data.data.abs().sum()) > 0 for name, data in importances.items() if "backbone" in name
+    )
+
+
+def test_resumed_state_predicts_but_refuses_to_train_on(stream):
+    strategy = make_strategy("avalanche-lwf", tiny_backbone(), stream)
+    strategy.train_experience(stream.experiences[0])
+    restored = make_strategy("avalanche-lwf", tiny_backbone(), stream)
+    restored.load_state_dict(strategy.state_dict())
+    batch = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(restored.predict(batch), strategy.predict(batch))
+    with pytest.raises(CilbenchError, match="resumed run"):
+        restored.train_experience(stream.experiences[1])
+
+
+def test_per_group_learning_rates_survive_avalanches_optimizer_updates(stream):
+    strategy = make_strategy("avalanche-lwf", tiny_backbone(), stream, backbone_lr_scale=0.1)
+    strategy.train_experience(stream.experiences[0])
+    strategy.train_experience(stream.experiences[1])
+    groups = strategy.template.optimizer.param_groups
+    lr = strategy.config.lr
+    by_param = {id(p): g["initial_lr"] for g in groups for p in g["params"]}
+    assert {by_param[id(p)] for p in strategy.network.heads.parameters()} == {lr}
+    assert {by_param[id(p)] for p in strategy.network.backbone.parameters()} == {lr * 0.1}
+
+
+def test_a_diverging_loss_stops_with_a_clear_error(stream):
+    from cilbench.training import NonFiniteLossError
+
+    strategy = make_strategy("avalanche-ewc", tiny_backbone(), stream, lr=1e30, epochs=2)
+    with pytest.raises(NonFiniteLossError, match="AvalancheEWC: loss is"):
+        strategy.train_experience(stream.experiences[0])
