@@ -69,7 +69,7 @@ class ArraySource(_LabelledSource):
             raise ValueError(f"images must be uint8 (N,H,W[,C]); got {images.dtype} {images.shape}")
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
-        self._images = images
+        self._images = images if images.flags.writeable else images.copy()  # torch wants writable
         self._targets = np.asarray(targets, dtype=np.int64)
         self.name = name
         digest = hashlib.sha256()

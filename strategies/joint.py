@@ -5,9 +5,10 @@ classes) is trained on the union of all training data seen so far, so row t of t
 is what non-incremental training on experiences 0..t reaches. Same Config and recipes as
 `finetune`, including `train_backbone=false` for a frozen-backbone linear probe on cached features.
 
-Resuming needs the earlier experiences' images: the state keeps their indices and labels and the
-fingerprint of their source, and a resumed run checks that the current experience uses the same
-source (true of every class-incremental stream built from one training split).
+The state keeps every earlier experience's indices, labels and source fingerprint. A fresh run
+handles any stream (domain-incremental ones included, whose sessions are separate sources); a
+resumed run can only rebuild earlier experiences from sources it meets again, which holds for every
+stream built from one training split and is checked with a clear error otherwise.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from cilbench.strategies.finetune import Finetune
 
 from cilbench.api import Experience, StreamInfo, register_strategy
 from cilbench.backbones import Backbone
-from cilbench.data import DatasetView
+from cilbench.data import DatasetView, ImageSource
 from cilbench.errors import CilbenchError
 from cilbench.features import FeatureStore
 from cilbench.heads import HeadedNetwork
+from cilbench.strategies.finetune import Finetune
 
 
 @register_strategy("joint")
@@ -32,8 +33,8 @@ class Joint(Finetune):
 
     def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
         super().setup(backbone, info, features)
-        self.seen: list[tuple[np.ndarray, np.ndarray]] = []
-        self.source_fingerprint = ""
+        self.seen: list[tuple[str, np.ndarray, np.ndarray]] = []
+        self.sources: dict[str, ImageSource] = {}
 
     def start_experience(self, experience: Experience, generator: torch.Generator) -> None:
         """A fresh network with one head over every class seen so far."""
@@ -43,30 +44,33 @@ class Joint(Finetune):
     def training_views(self, experience: Experience) -> list[DatasetView]:
         """Every experience's training data so far, this one included."""
         source = experience.train.source
-        if self.seen and source.fingerprint != self.source_fingerprint:
+        self.sources[source.fingerprint] = source
+        seen = [*self.seen, (source.fingerprint, experience.train.indices, experience.train.labels)]
+        missing = sorted({fingerprint for fingerprint, _, _ in seen} - set(self.sources))
+        if missing:
             raise CilbenchError(
-                f"joint keeps earlier experiences as indices into {self.source_fingerprint!r}, "
-                f"but experience {experience.index} comes from {source.fingerprint!r}; joint "
-                "supports streams whose experiences share one training source."
+                f"joint was resumed, and earlier experiences come from sources {missing} that "
+                "this run has not met again; run the stream without --resume."
             )
-        self.source_fingerprint = source.fingerprint
-        self.seen.append((experience.train.indices, experience.train.labels))
-        return [DatasetView(source, indices, labels) for indices, labels in self.seen]
+        self.seen = seen
+        return [DatasetView(self.sources[f], indices, labels) for f, indices, labels in self.seen]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = super().state_dict()
-        for i, (indices, labels) in enumerate(self.seen):
+        for i, (fingerprint, indices, labels) in enumerate(self.seen):
             state[f"seen.{i}.indices"] = torch.as_tensor(indices, dtype=torch.long)
             state[f"seen.{i}.labels"] = torch.as_tensor(labels, dtype=torch.long)
-        fingerprint = np.frombuffer(self.source_fingerprint.encode(), dtype=np.uint8)
-        state["source_fingerprint"] = torch.tensor(fingerprint.copy(), dtype=torch.uint8)
+            state[f"seen.{i}.source"] = torch.tensor(list(fingerprint.encode()), dtype=torch.uint8)
         return state
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         count = sum(1 for key in state if key.startswith("seen.") and key.endswith(".indices"))
         super().load_state_dict(state)
         self.seen = [
-            (state[f"seen.{i}.indices"].numpy(), state[f"seen.{i}.labels"].numpy())
+            (
+                bytes(state[f"seen.{i}.source"].tolist()).decode(),
+                state[f"seen.{i}.indices"].numpy(),
+                state[f"seen.{i}.labels"].numpy(),
+            )
             for i in range(count)
         ]
-        self.source_fingerprint = bytes(state["source_fingerprint"].numpy()).decode()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import encode_jpeg, encode_png
+from PIL import Image
 
 from cilbench.benchmarks import core50, imagenet_r, vtab
 from cilbench.downloads import record_checksums
@@ -30,8 +30,8 @@ def class_image(rng: np.random.Generator, label: int, height: int, width: int) -
 def write_image(path: Path, image: torch.Tensor) -> None:
     """Write a JPEG or PNG (by suffix), creating folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    encoded = encode_png(image) if path.suffix == ".png" else encode_jpeg(image, quality=90)
-    path.write_bytes(encoded.numpy().tobytes())
+    pixels = Image.fromarray(image.permute(1, 2, 0).numpy())
+    pixels.save(path, format="PNG" if path.suffix == ".png" else "JPEG", quality=90)
 
 
 def write_cifar100(root: Path, train_per_class: int = 3, test_per_class: int = 1) -> Path:

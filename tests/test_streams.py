@@ -222,6 +222,7 @@ def test_frozen_feature_strategies_run_on_core50_ni(tmp_path: Path) -> None:
         cls = STRATEGIES.get(name)
         strategy = cls(resolve(cls.Config, cls.recipes.get("synthetic", {})))
         strategy.setup(backbone, stream.info, store)
+        strategy.before_stream(stream.unlabelled_train(), None)
         rows = []
         for experience in stream:
             strategy.train_experience(experience)

@@ -87,7 +87,7 @@ def _timed_second_epoch(source: ImageSource, transform, batch_size: int, workers
 
 def write_jpeg_classes(root: Path, classes: int, per_class: int, seed: int = 0) -> FileSource:
     """Class folders of photo-like JPEGs (300-600 px per side); the source over them."""
-    from torchvision.io import encode_jpeg
+    from PIL import Image
 
     rng = np.random.default_rng(seed)
     files, labels = [], []
@@ -100,7 +100,8 @@ def write_jpeg_classes(root: Path, classes: int, per_class: int, seed: int = 0) 
             image = (field + noise).clamp(0, 255).to(torch.uint8)
             relative = f"n{label:08d}/{i}.jpg"
             (root / relative).parent.mkdir(parents=True, exist_ok=True)
-            (root / relative).write_bytes(encode_jpeg(image, quality=90).numpy().tobytes())
+            pixels = Image.fromarray(image.permute(1, 2, 0).numpy())
+            pixels.save(root / relative, format="JPEG", quality=90)
             files.append(relative)
             labels.append(label)
     return FileSource(root, files, labels, "imagenet-r-shaped")
