@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from cilbench.config import shared_fields
 from cilbench.errors import ConfigError
 
 PeftVariant = Literal["adapter", "ssf", "vpt-shallow", "vpt-deep", "lora", "finetune"]
@@ -50,9 +51,7 @@ class PeftSettings:
     @classmethod
     def from_config(cls, config: Any) -> PeftSettings:
         """Take every field this class shares with a strategy Config."""
-        return cls(
-            **{n: getattr(config, n) for n in cls.__dataclass_fields__ if hasattr(config, n)}
-        )
+        return cls(**shared_fields(cls, config))
 
 
 class ParallelAdapter(nn.Module):

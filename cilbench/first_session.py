@@ -31,15 +31,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FirstSessionConfig:
+class FirstSessionConfig(PeftSettings):
     """Shared hyper-parameters (defaults: APER + adapter on CIFAR-100 in LAMDA-PILOT).
 
-    peft: the PEFT variant (see `cilbench.adapters`). epochs, batch_size, lr, weight_decay,
-    min_lr, optimizer, momentum: first-session training (cosine schedule to min_lr).
-    adapter_*, vpt_tokens, lora_*: sizes of the PEFT modules.
+    peft, adapter_*, vpt_tokens, lora_*: the PEFT variant and its sizes (`PeftSettings`).
+    epochs, batch_size, lr, weight_decay, min_lr, optimizer, momentum: first-session training
+    (cosine schedule to min_lr).
     """
 
-    peft: str = "adapter"
     epochs: int = 20
     batch_size: int = 48
     lr: float = 0.01
@@ -47,13 +46,6 @@ class FirstSessionConfig:
     min_lr: float = 0.0
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = 0.9
-    adapter_bottleneck: int = 64
-    adapter_scale: float = 0.1
-    adapter_dropout: float = 0.1
-    vpt_tokens: int = 5
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
 
 
 class CosineHead(nn.Module):

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cilbench.callbacks import Progress, SilentProgress
+from cilbench.config import shared_fields
 from cilbench.errors import CilbenchError
 
 
@@ -44,9 +45,7 @@ class TrainSettings:
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> TrainSettings:
         """Take every field this class shares with a strategy Config, then `overrides`."""
-        names = cls.__dataclass_fields__
-        values = {n: getattr(config, n) for n in names if hasattr(config, n)}
-        return cls(**{**values, **overrides})
+        return cls(**{**shared_fields(cls, config), **overrides})
 
 
 def make_optimizer(

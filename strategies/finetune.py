@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,18 +30,15 @@ from cilbench.training import TrainSettings, fit
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(TrainSettings):
+    """The shared training settings (epochs, lr, schedule, ...) with these defaults, plus
+    backbone_lr_scale (backbone lr = lr x this), num_workers and train_backbone (false: a linear
+    probe on cached frozen features)."""
+
     epochs: int = 20
     batch_size: int = 128
-    lr: float = 0.01
-    backbone_lr_scale: float = 1.0
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: Literal["constant", "cosine", "multistep"] = "cosine"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    grad_clip: float | None = None
+    backbone_lr_scale: float = 1.0
     num_workers: int = 0
     train_backbone: bool = True
 
