@@ -78,6 +78,11 @@ class ArraySource(_LabelledSource):
         digest.update(self._targets.tobytes())
         self._fingerprint = f"{name}:{digest.hexdigest()[:32]}"
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width), the same for every image."""
+        return int(self._images.shape[1]), int(self._images.shape[2])
+
     def load(self, index: int) -> torch.Tensor:
         image = torch.from_numpy(self._images[index])
         if image.ndim == 2:

@@ -68,6 +68,11 @@ class DecodedSource:
     def __len__(self) -> int:
         return len(self.source)
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width), the same for every image (lets training augment whole batches)."""
+        return self.size, self.size
+
     def load(self, index: int) -> torch.Tensor:
         if self._array is None:  # opened lazily: each data-loader worker maps the file itself
             shape = (len(self), 3, self.size, self.size)

@@ -22,6 +22,7 @@ from torch import nn
 
 from cilbench.adapters import VIT_ONLY, PeftSettings, apply_peft, require_vit
 from cilbench.api import Experience
+from cilbench.augment import training_data
 from cilbench.backbones import Backbone
 from cilbench.data import DatasetView
 from cilbench.features import FeatureStore
@@ -103,12 +104,12 @@ class AdaptedBranch:
         def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(head(model(images)), labels)
 
-        data = experience.train.with_transform(self.backbone.preprocessing.train_transform())
+        data, prepare = training_data(self.backbone, [experience.train])
         self.losses = fit(
             loss_fn,
             [{"params": list(model.parameters())}, {"params": list(head.parameters())}],
             data,
-            self.backbone.prepare,
+            prepare,
             settings,
             generator,
             device=self.backbone.device,

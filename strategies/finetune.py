@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import ConcatDataset, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
+from cilbench.augment import training_data
 from cilbench.backbones import Backbone
 from cilbench.data import DatasetView
 from cilbench.features import FeatureStore
@@ -117,9 +118,8 @@ class Finetune(BaseStrategy):
     def _data(self, views: list[DatasetView]) -> tuple[Dataset, Any, torch.nn.Module]:
         """(dataset, prepare, model): augmented images, or cached features for a linear probe."""
         if self.config.train_backbone:
-            transform = self.backbone.preprocessing.train_transform()
-            data: Dataset = ConcatDataset([view.with_transform(transform) for view in views])
-            return data, self.backbone.prepare, self.network
+            data, prepare = training_data(self.backbone, views)
+            return data, prepare, self.network
         pairs = [self.features.get(view) for view in views]
         features = torch.cat([f for f, _ in pairs])
         labels = torch.cat([labels for _, labels in pairs])

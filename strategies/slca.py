@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
+from cilbench.augment import training_data
 from cilbench.backbones import Backbone
 from cilbench.errors import CilbenchError
 from cilbench.features import FeatureStore, extract_features
@@ -140,13 +141,13 @@ class SLCA(BaseStrategy):
             return F.cross_entropy(network(images)[:, known:], labels - known)
 
         settings = TrainSettings.from_config(config, schedule="multistep")
-        data = experience.train.with_transform(self.backbone.preprocessing.train_transform())
+        data, prepare = training_data(self.backbone, [experience.train])
         network.train()
         fit(
             loss_fn,
             self.slow_learner_groups(),
             data,
-            self.backbone.prepare,
+            prepare,
             settings,
             generator,
             device=self.device,

@@ -1,0 +1,91 @@
+"""Training augmentation (random resized crop + horizontal flip), per batch where possible.
+
+The reference codebases augment one image at a time (torchvision RandomResizedCrop(224) and
+RandomHorizontalFlip). With same-size images (in-memory arrays such as CIFAR or Fashion-MNIST,
+or the decoded cache) cilbench draws the same kind of crop for every image but cuts and resizes a
+whole batch in one `roi_align` call on the model's device, so augmentation stops costing more than
+a small model's training step. Images of varying size (JPEG folders) are augmented one by one in
+the data loader. Crops follow torchvision's rule: area fraction in `scale`, log-uniform aspect
+ratio in `ratio`, ten tries, then the whole image clipped to the ratio range. Randomness comes
+from torch's global CPU generator, which `training.fit` seeds from the experience's generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from cilbench.backbones import Backbone
+from cilbench.data import DatasetView
+
+SCALE = (0.08, 1.0)
+RATIO = (3 / 4, 4 / 3)
+TRIES = 10
+
+
+def training_data(
+    backbone: Backbone, views: Sequence[DatasetView]
+) -> tuple[Dataset, Callable[[torch.Tensor], torch.Tensor]]:
+    """(dataset, prepare) for `fit`: augmented, normalised batches of the images in `views`."""
+    sizes = {getattr(view.source, "image_size", None) for view in views}
+    if len(sizes) == 1 and None not in sizes:
+        data: Dataset = ConcatDataset([view.with_transform(_unchanged) for view in views])
+        return data, lambda images: _augment_batch(backbone, images)
+    transform = backbone.preprocessing.train_transform()
+    data = ConcatDataset([view.with_transform(transform) for view in views])
+    return data, backbone.prepare
+
+
+def random_resized_crop_boxes(count: int, height: int, width: int) -> torch.Tensor:
+    """(count, 4) crop boxes x1, y1, x2, y2 in pixels, drawn as RandomResizedCrop draws them."""
+    area = height * width
+    target = area * torch.empty(count, TRIES).uniform_(*SCALE)
+    log_ratio = torch.empty(count, TRIES).uniform_(math.log(RATIO[0]), math.log(RATIO[1]))
+    aspect = torch.exp(log_ratio)
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    fits = (w <= width) & (h <= height) & (w > 0) & (h > 0)
+    first = torch.where(fits.any(dim=1), fits.float().argmax(dim=1), -1)
+    rows = torch.arange(count)
+    w, h = w[rows, first.clamp(min=0)], h[rows, first.clamp(min=0)]
+    fallback_w, fallback_h = _fallback(height, width)
+    w = torch.where(first >= 0, w, torch.tensor(float(fallback_w)))
+    h = torch.where(first >= 0, h, torch.tensor(float(fallback_h)))
+    x1 = torch.floor(torch.rand(count) * (width - w + 1))
+    y1 = torch.floor(torch.rand(count) * (height - h + 1))
+    x1 = torch.where(first >= 0, x1, torch.tensor(float((width - fallback_w) // 2)))
+    y1 = torch.where(first >= 0, y1, torch.tensor(float((height - fallback_h) // 2)))
+    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+
+
+def _fallback(height: int, width: int) -> tuple[int, int]:
+    """The centre crop torchvision falls back to: the whole image, clipped to the ratio range."""
+    in_ratio = width / height
+    if in_ratio < RATIO[0]:
+        return width, round(width / RATIO[0])
+    if in_ratio > RATIO[1]:
+        return round(height * RATIO[1]), height
+    return width, height
+
+
+def _augment_batch(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
+    from torchvision.ops import roi_align
+
+    size = backbone.preprocessing.image_size
+    count, _, height, width = images.shape
+    boxes = random_resized_crop_boxes(count, height, width)
+    flip = torch.rand(count) < 0.5
+    indexed = torch.cat([torch.arange(count, dtype=torch.float32)[:, None], boxes], dim=1)
+    images = images.to(backbone.device, non_blocking=True).float()
+    crops = roi_align(
+        images, indexed.to(backbone.device), output_size=size, sampling_ratio=0, aligned=True
+    )
+    crops = torch.where(flip.to(crops.device)[:, None, None, None], crops.flip(-1), crops)
+    return backbone.preprocessing.normalize(crops.contiguous(memory_format=torch.channels_last))
+
+
+def _unchanged(image: torch.Tensor) -> torch.Tensor:
+    return image
