@@ -2,12 +2,14 @@
 
 The reference codebases augment one image at a time (torchvision RandomResizedCrop(224) and
 RandomHorizontalFlip). With same-size images (in-memory arrays such as CIFAR or Fashion-MNIST,
-or the decoded cache) cilbench draws the same kind of crop for every image but cuts and resizes a
-whole batch in one `roi_align` call on the model's device, so augmentation stops costing more than
-a small model's training step. Images of varying size (JPEG folders) are augmented one by one in
-the data loader. Crops follow torchvision's rule: area fraction in `scale`, log-uniform aspect
-ratio in `ratio`, ten tries, then the whole image clipped to the ratio range. Randomness comes
-from torch's global CPU generator, which `training.fit` seeds from the experience's generator.
+or the decoded cache) cilbench draws the same kind of crop and flip for every image but samples a
+whole batch in one bilinear `grid_sample` call on the model's device, so augmentation stops costing
+more than a small model's training step. Unlike torchvision it does not antialias: these sources
+are small images that get enlarged, or a decoded cache sized near the model's input. Images of
+varying size (JPEG folders) are augmented one by one in the data loader. Crops follow
+torchvision's rule: area fraction in `scale`, log-uniform aspect ratio in `ratio`, ten tries, then
+the whole image clipped to the ratio range. Randomness comes from torch's global CPU generator,
+which `training.fit` seeds from the experience's generator.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset
 
 from cilbench.backbones import Backbone
@@ -72,18 +75,21 @@ def _fallback(height: int, width: int) -> tuple[int, int]:
 
 
 def _augment_batch(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
-    from torchvision.ops import roi_align
-
+    """Crop, resize (bilinear) and flip every image of a same-size batch in one sampling pass."""
     size = backbone.preprocessing.image_size
-    count, _, height, width = images.shape
-    boxes = random_resized_crop_boxes(count, height, width)
-    flip = torch.rand(count) < 0.5
-    indexed = torch.cat([torch.arange(count, dtype=torch.float32)[:, None], boxes], dim=1)
-    images = images.to(backbone.device, non_blocking=True).float()
-    crops = roi_align(
-        images, indexed.to(backbone.device), output_size=size, sampling_ratio=0, aligned=True
-    )
-    crops = torch.where(flip.to(crops.device)[:, None, None, None], crops.flip(-1), crops)
+    count, channels, height, width = images.shape
+    x1, y1, x2, y2 = random_resized_crop_boxes(count, height, width).unbind(dim=1)
+    mirror = torch.where(torch.rand(count) < 0.5, -1.0, 1.0)
+    # affine_grid maps output coordinates in [-1, 1] to input coordinates in [-1, 1].
+    theta = torch.zeros(count, 2, 3)
+    theta[:, 0, 0] = mirror * (x2 - x1) / width
+    theta[:, 0, 2] = (x1 + x2) / width - 1
+    theta[:, 1, 1] = (y2 - y1) / height
+    theta[:, 1, 2] = (y1 + y2) / height - 1
+    device = backbone.device
+    grid = F.affine_grid(theta.to(device), [count, channels, size, size], align_corners=False)
+    images = images.to(device, non_blocking=True).float()
+    crops = F.grid_sample(images, grid, mode="bilinear", align_corners=False)
     return backbone.preprocessing.normalize(crops.contiguous(memory_format=torch.channels_last))
 
 
