@@ -17,12 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, Dataset
 
 from cilbench.backbones import Backbone
-from cilbench.data import DatasetView
+from cilbench.data import DatasetView, ImageSource
 
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -35,10 +36,9 @@ def training_data(
     """(dataset, prepare) for `fit`: augmented, normalised batches of the images in `views`."""
     sizes = {getattr(view.source, "image_size", None) for view in views}
     if len(sizes) == 1 and None not in sizes:
-        data: Dataset = ConcatDataset([view.with_transform(_unchanged) for view in views])
-        return data, lambda images: _augment_batch(backbone, images)
+        return _SameSizeImages(views), lambda images: _augment_batch(backbone, images)
     transform = backbone.preprocessing.train_transform()
-    data = ConcatDataset([view.with_transform(transform) for view in views])
+    data: Dataset = ConcatDataset([view.with_transform(transform) for view in views])
     return data, backbone.prepare
 
 
@@ -93,5 +93,38 @@ def _augment_batch(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
     return backbone.preprocessing.normalize(crops.contiguous(memory_format=torch.channels_last))
 
 
-def _unchanged(image: torch.Tensor) -> torch.Tensor:
-    return image
+class _SameSizeImages(Dataset):
+    """The raw images of several views, fetched a whole batch at a time (`__getitems__`)."""
+
+    def __init__(self, views: Sequence[DatasetView]):
+        self.views = list(views)
+        self.offsets = np.cumsum([0] + [len(view) for view in self.views])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        """The DataLoader's batched fetch: one indexing operation per source, not per image."""
+        positions = np.asarray(indices)
+        owner = np.searchsorted(self.offsets, positions, side="right") - 1
+        images: list[torch.Tensor] = [torch.empty(0)] * len(positions)
+        labels = np.empty(len(positions), dtype=np.int64)
+        for k in np.unique(owner):
+            slots = np.flatnonzero(owner == k)
+            local = positions[slots] - self.offsets[k]
+            view = self.views[k]
+            batch = _load_many(view.source, view.indices[local])
+            labels[slots] = view.labels[local]
+            for slot, image in zip(slots, batch.unbind(0)):
+                images[slot] = image
+        return list(zip(images, labels.tolist()))
+
+
+def _load_many(source: ImageSource, indices: np.ndarray) -> torch.Tensor:
+    load_many = getattr(source, "load_many", None)
+    if load_many is not None:
+        return load_many(indices)
+    return torch.stack([source.load(int(i)) for i in indices])

@@ -83,6 +83,13 @@ class ArraySource(_LabelledSource):
         """(height, width), the same for every image."""
         return int(self._images.shape[1]), int(self._images.shape[2])
 
+    def load_many(self, indices: np.ndarray) -> torch.Tensor:
+        """Images `indices` as one uint8 tensor (N, 3, H, W): a batch without per-image work."""
+        images = torch.from_numpy(self._images[indices])
+        if images.ndim == 3:
+            return images.unsqueeze(1).expand(-1, 3, -1, -1)
+        return images.permute(0, 3, 1, 2)
+
     def load(self, index: int) -> torch.Tensor:
         image = torch.from_numpy(self._images[index])
         if image.ndim == 2:
