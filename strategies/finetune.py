@@ -113,7 +113,6 @@ class Finetune(BaseStrategy):
             num_workers=config.num_workers,
         )
         network.eval()
-        network.zero_grad(set_to_none=True)  # free the last step's gradients
 
     def _data(self, views: list[DatasetView]) -> tuple[Dataset, Any, torch.nn.Module]:
         """(dataset, prepare, model): augmented images, or cached features for a linear probe."""

@@ -156,7 +156,6 @@ class SLCA(BaseStrategy):
             num_workers=config.num_workers,
         )
         network.eval()
-        network.zero_grad(set_to_none=True)  # free the last step's gradients
 
     def slow_learner_groups(self) -> list[dict[str, Any]]:
         """Backbone at lr x backbone_lr_scale, the newest head at lr (older heads are frozen)."""
