@@ -2,7 +2,11 @@
 
 Reads torchvision's layout, `<data-root>/cifar-100-python/{train,test,meta}` (the pickles of the
 official archive); `cilbench data fetch split-cifar100` downloads the archive and checks its md5
-and the md5 of each unpacked file against torchvision's published checksums. Protocols: B0-Inc10
+and the md5 of each unpacked file against torchvision's published checksums. Building the stream
+and `cilbench data check` verify those official md5s before reading anything, and read the
+pickles with a restricted unpickler (cilbench/safe_pickle.py) that cannot run code from a file.
+A deliberate non-official copy (re-pickled data, test fixtures) is read with
+`--set stream.verify_md5=false`; the restricted unpickler still applies. Protocols: B0-Inc10
 (default), B0-Inc5, B50-Inc10, ... via `stream.init_classes` / `stream.increment`. Class orders:
 `pycil-1993` (default; LAMDA-PILOT, SLCA, RanPAC), `natural` (L2P, DualPrompt), `icarl` (the
 iCaRL order, used by the NMC paper) or `seed:N`.
@@ -10,7 +14,6 @@ iCaRL order, used by the NMC paper) or `seed:N`.
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from cilbench.callbacks import Progress
 from cilbench.data import ArraySource
 from cilbench.downloads import CheckRow, Remote, download, record_checksums, unpack
 from cilbench.errors import DataError
+from cilbench.safe_pickle import load_plain_pickle
 from cilbench.streams import ClassIncrementalOptions, class_incremental_stream
 
 NAME = "split-cifar100"
@@ -53,11 +57,16 @@ class SplitCifar100(ClassIncrementalOptions):
 
     default_backbone = REFERENCE_BACKBONE
     default_backbone_settings = REFERENCE_PREPROCESSING
+    verify_md5: bool = True
+    """Refuse files whose md5 differs from the official release's (false: a deliberate copy)."""
 
     def build(self, data_root: Path | None = None) -> Stream:
         folder = self._folder(data_root)
-        names = read_pickle(folder / "meta")["fine_label_names"]
-        train, test = (read_split(folder, split) for split in ("train", "test"))
+        root = data_root_or_default(data_root)
+        if self.verify_md5 and (damaged := unofficial_files(folder)):
+            raise DataError(_unofficial_message(folder, damaged, root))
+        names = read_meta(folder / "meta", root)
+        train, test = (read_split(folder, split, root) for split in ("train", "test"))
         return class_incremental_stream(
             NAME, self.version, train, test, names, self, named_orders={"icarl": ICARL_ORDER}
         )
@@ -65,27 +74,30 @@ class SplitCifar100(ClassIncrementalOptions):
     def fetch(self, root: Path, progress: Progress) -> list[str]:
         """Download the official archive, verify it and its files, record checksums."""
         from torchvision.datasets import CIFAR100
-        from torchvision.datasets.utils import calculate_md5
 
         archive = download(
             Remote(CIFAR100.url, CIFAR100.filename, CIFAR100.tgz_md5), root, progress
         )
         unpack(archive, root, progress)
         folder = root / FOLDER
-        official = dict(CIFAR100.train_list + CIFAR100.test_list)
-        official["meta"] = CIFAR100.meta["md5"]
-        for name, md5 in official.items():
-            if calculate_md5(str(folder / name)) != md5:
-                raise DataError(f"{folder / name} does not match its official md5 {md5}.")
+        if damaged := unofficial_files(folder):
+            raise DataError(_unofficial_message(folder, damaged, root))
         record_checksums(folder, FILES, progress)
         return [f"CIFAR-100 is ready in {folder} (md5 verified); use --data-root {root}"]
 
     def check(self, root: Path, progress: Progress, record: bool = False) -> list[CheckRow]:
-        """Layout, images per split, checksums of the three pickles."""
+        """Official md5s, then (only if they match) images per split, checksums of the pickles."""
         folder = self._folder(root)
-        rows = []
+        damaged = unofficial_files(folder) if self.verify_md5 else {}
+        if damaged:
+            fix = f"not the official file: cilbench data fetch {NAME} --root {root}"
+            return [
+                CheckRow(f"{name}: md5", found[:12], official_md5()[name][:12], ok=False, note=fix)
+                for name, found in damaged.items()
+            ]
+        rows = [CheckRow("official md5", "verified" if self.verify_md5 else "skipped", "")]
         for split in ("train", "test"):
-            source = read_split(folder, split)
+            source = read_split(folder, split, root)
             classes = len(np.unique(source.targets))
             note = official_note(len(source), OFFICIAL_COUNTS[split])
             rows.append(
@@ -101,25 +113,57 @@ class SplitCifar100(ClassIncrementalOptions):
         raise missing_data("CIFAR-100", root / FOLDER, NAME, LAYOUT, fetchable=True)
 
 
-def read_pickle(path: Path) -> dict[str, Any]:
-    """One of the archive's pickles (Python 2 pickles: latin1, as torchvision reads them)."""
+def official_md5() -> dict[str, str]:
+    """md5 of each unpacked file of the official archive, as torchvision publishes them."""
+    from torchvision.datasets import CIFAR100
+
+    return {**dict(CIFAR100.train_list + CIFAR100.test_list), "meta": CIFAR100.meta["md5"]}
+
+
+def unofficial_files(folder: Path) -> dict[str, str]:
+    """{file name: its md5} for each of the three files whose md5 is not the official one."""
+    from torchvision.datasets.utils import calculate_md5
+
+    found = {name: calculate_md5(str(folder / name)) for name in FILES}
+    return {name: md5 for name, md5 in found.items() if md5 != official_md5()[name]}
+
+
+def _unofficial_message(folder: Path, damaged: dict[str, str], root: Path) -> str:
+    files = ", ".join(f"{folder / name} (md5 {md5})" for name, md5 in damaged.items())
+    return (
+        f"CIFAR-100 files differ from the official release: {files}; nothing was read from "
+        f"them. They are damaged or were replaced. Fetch them again with "
+        f"`cilbench data fetch {NAME} --root {root}`; only for a deliberate non-official copy, "
+        "run with --set stream.verify_md5=false."
+    )
+
+
+def read_pickle(path: Path, root: Path) -> dict[str, Any]:
+    """One of the archive's pickles, read without running code from it (cilbench/safe_pickle)."""
     try:
-        with path.open("rb") as handle:
-            return pickle.load(handle, encoding="latin1")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as error:
+        return load_plain_pickle(path)
+    except DataError as error:
         raise DataError(
-            f"{path} is truncated or damaged ({error!r}). Run `cilbench data check {NAME}` and "
-            f"fetch again with `cilbench data fetch {NAME}`."
+            f"{error}. Run `cilbench data check {NAME} --root {root}` and fetch again with "
+            f"`cilbench data fetch {NAME} --root {root}`."
         ) from error
 
 
-def read_split(folder: Path, split: str) -> ArraySource:
+def read_meta(path: Path, root: Path) -> list[str]:
+    """The 100 fine class names from the `meta` pickle."""
+    names = read_pickle(path, root).get("fine_label_names")
+    if not isinstance(names, list) or len(names) != 100:
+        raise DataError(f"{path} holds no list of 100 fine_label_names; fetch it again.")
+    return [str(name) for name in names]
+
+
+def read_split(folder: Path, split: str, root: Path) -> ArraySource:
     """The `train` or `test` pickle as uint8 images (N, 32, 32, 3) with fine labels."""
-    batch = read_pickle(folder / split)
+    batch = read_pickle(folder / split, root)
     try:
         images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch["fine_labels"], dtype=np.int64)
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, TypeError) as error:
         raise DataError(f"{folder / split} is not a CIFAR-100 batch ({error!r}).") from error
     images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
     return ArraySource(images, labels, f"{NAME}-{split}")

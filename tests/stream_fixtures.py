@@ -7,10 +7,12 @@ data check` passes on a fresh fixture and fails once a test damages it.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -57,6 +59,17 @@ def write_cifar100(root: Path, train_per_class: int = 3, test_per_class: int = 1
     (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
     record_checksums(folder, ["train", "test", "meta"])
     return root
+
+
+def accept_cifar_fixture(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Make the fixture's md5s the "official" ones (torchvision's lists) for one test."""
+    from torchvision.datasets import CIFAR100
+
+    folder = root / "cifar-100-python"
+    md5 = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in ("train", "test", "meta")}
+    monkeypatch.setattr(CIFAR100, "train_list", [["train", md5["train"]]])
+    monkeypatch.setattr(CIFAR100, "test_list", [["test", md5["test"]]])
+    monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": md5["meta"]})
 
 
 def write_imagenet_r(root: Path, layout: str = "raw", per_class: int = 5) -> Path:
