@@ -47,6 +47,7 @@ from cilbench.benchmarks._shared import (
 from cilbench.callbacks import Progress
 from cilbench.downloads import CheckRow, Remote, download, record_checksums, unpack
 from cilbench.errors import DataError
+from cilbench.files import write_atomic
 from cilbench.streams import ClassIncrementalOptions, class_incremental_stream
 
 NAME = "split-imagenet-r"
@@ -189,10 +190,7 @@ def load_or_make_split(tree: ImageFolder, seed: int, root: Path) -> dict[str, An
     if not path.exists():
         manifest = make_split(tree, seed)
         manifest["sha256"] = _content_sha256(manifest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(manifest, indent=1))
         return manifest
     try:
         manifest = json.loads(path.read_text())

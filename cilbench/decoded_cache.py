@@ -12,7 +12,9 @@ What changes: evaluation transforms (resize shorter side, centre crop) see the s
 as before, resampled once more; training crops are drawn from the centre square rather than the
 whole image. The fingerprint says so (`|decoded-<size>`), so frozen features computed from cached
 pixels never mix with features of the original files. The file is written to a temporary name and
-renamed with its JSON header last, so an interrupted build is rebuilt, never half-used.
+renamed with its JSON header last, so an interrupted build is rebuilt, never half-used. The header
+holds the pixels' sha256, checked once per process when the cache is opened, so damage that keeps
+the file's size (zeroed or edited pixels) is detected and the cache rebuilt, never trusted.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,14 @@ import torch
 
 from cilbench.callbacks import Progress, SilentProgress
 from cilbench.data import ImageSource
+from cilbench.downloads import sha256_file
+from cilbench.files import atomic_path, remove_stale_temps, write_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_VERIFIED: set[tuple[Path, int, int]] = set()
+"""(path, mtime_ns, size) of files whose checksum this process has verified."""
 
 
 class DecodedSource:
@@ -54,7 +59,7 @@ class DecodedSource:
         key = hashlib.sha256(self._fingerprint.encode()).hexdigest()[:32]
         self.path = Path(cache_dir) / "decoded" / f"{key}.u8"
         self._array: np.ndarray | None = None
-        if not self._valid_header():
+        if not self._valid():
             self._build(progress or SilentProgress())
 
     @property
@@ -94,40 +99,46 @@ class DecodedSource:
             "size": self.size,
         }
 
-    def _valid_header(self) -> bool:
+    def _valid(self) -> bool:
+        """Header matches this source, size matches, and the pixels match their sha256."""
         try:
             header = json.loads(self._header_path.read_text())
+            stat = self.path.stat()
         except (OSError, ValueError):
             return False
         expected_bytes = len(self) * 3 * self.size * self.size
-        return (
-            header == self._header()
-            and self.path.is_file()
-            and self.path.stat().st_size == expected_bytes
-        )
+        stored = header.pop("sha256", None) if isinstance(header, dict) else None
+        if stored is None or header != self._header() or stat.st_size != expected_bytes:
+            return False
+        stamp = (self.path, stat.st_mtime_ns, stat.st_size)
+        if stamp not in _VERIFIED:
+            if sha256_file(self.path) != stored:
+                log.warning("decoded cache %s fails its checksum (damaged); rebuilding", self.path)
+                return False
+            _VERIFIED.add(stamp)
+        return True
 
     def _build(self, progress: Progress) -> None:
         from torchvision.transforms import v2
 
         log.info("building the decoded cache %s (%d images, once)", self.path, len(self))
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.path.parent)
         self._header_path.unlink(missing_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         square = v2.Compose([v2.Resize(self.size, antialias=True), v2.CenterCrop(self.size)])
-        array = np.memmap(
-            tmp, dtype=np.uint8, mode="w+", shape=(len(self), 3, self.size, self.size)
-        )
-        try:
+        digest = hashlib.sha256()
+        with atomic_path(self.path) as tmp:
+            shape = (len(self), 3, self.size, self.size)
+            array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
             with progress.task(f"decoding {self.name}", total=len(self)) as advance:
                 for index in range(len(self)):
                     array[index] = square(self.source.load(index)).numpy()
+                    digest.update(array[index].tobytes())
                     advance(1)
             array.flush()
             del array
-            tmp.replace(self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        self._header_path.write_text(json.dumps(self._header()))
+        header = {**self._header(), "sha256": digest.hexdigest()}
+        write_atomic(self._header_path, json.dumps(header))
 
 
 def maybe_decoded(source: ImageSource, size: int, cache_dir: Path | None = None) -> ImageSource:

@@ -28,6 +28,7 @@ from typing import Protocol, runtime_checkable
 
 from cilbench.callbacks import Progress, SilentProgress
 from cilbench.errors import DataError
+from cilbench.files import write_atomic
 
 CHECKSUMS_FILE = "cilbench-checksums.json"
 CHECKSUMS_VERSION = 1
@@ -170,9 +171,7 @@ def record_checksums(folder: Path, files: Iterable[str], progress: Progress | No
             entries[relative] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
             advance(1)
     manifest = folder / CHECKSUMS_FILE
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": CHECKSUMS_VERSION, "files": entries}, indent=1))
-    tmp.replace(manifest)
+    write_atomic(manifest, json.dumps({"version": CHECKSUMS_VERSION, "files": entries}, indent=1))
     return manifest
 
 

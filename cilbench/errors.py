@@ -29,6 +29,10 @@ class CorruptFileError(CilbenchError):
     """A cache, checkpoint or result file failed validation."""
 
 
+class DiskFullError(CilbenchError, OSError):
+    """No space left while writing a file; nothing was half-written."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)

@@ -3,7 +3,8 @@
 Features of a whole image source are computed once per (backbone tag, weight digest,
 preprocessing, source fingerprint) and stored as a safetensors file, written atomically and
 verified by a checksum on every read. A damaged file is reported and rebuilt, never used; a changed
-key simply names another file, so stale features cannot be returned.
+key simply names another file, so stale features cannot be returned. A cache folder that cannot be
+written (read-only, full disk) costs speed, not the run: features stay in memory, with one warning.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from cilbench.backbones import Backbone
 from cilbench.callbacks import Progress, SilentProgress
 from cilbench.data import DatasetView, ImageSource
+from cilbench.files import atomic_path, remove_stale_temps, writable_problem
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class FeatureStore:
         self.extract_seconds = 0.0
         self.cache_hits = 0
         self._memory: dict[str, torch.Tensor] = {}
+        self._writable = cache_dir is not None and self._check_cache(cache_dir / "features")
 
     def get(self, view: DatasetView) -> tuple[torch.Tensor, torch.Tensor]:
         """(features (N, D), labels (N,)) of the images in `view`."""
@@ -105,8 +107,8 @@ class FeatureStore:
         features = _read_cached(path, description) if path is not None else None
         if features is None:
             features = self._extract(source)
-            if path is not None:
-                _write_cached(path, features, description)
+            if path is not None and self._writable:
+                self._write(path, features, description)
         else:
             self.cache_hits += 1
         self._memory[key] = features
@@ -125,6 +127,22 @@ class FeatureStore:
             sort_keys=True,
         )
         return hashlib.sha256(description.encode()).hexdigest()[:40], description
+
+    def _check_cache(self, folder: Path) -> bool:
+        """Whether features can be written to `folder`; clears temp files of dead writers."""
+        problem = writable_problem(folder)
+        if problem:
+            _warn_once(folder, problem)
+            return False
+        remove_stale_temps(folder)
+        return True
+
+    def _write(self, path: Path, features: torch.Tensor, description: str) -> None:
+        try:
+            _write_cached(path, features, description)
+        except OSError as error:  # DiskFullError included: the run goes on without the cache
+            _warn_once(path.parent, str(error))
+            self._writable = False
 
     def _extract(self, source: ImageSource) -> torch.Tensor:
         import numpy as np
@@ -169,12 +187,21 @@ def _read_cached(path: Path, description: str) -> torch.Tensor | None:
 
 
 def _write_cached(path: Path, features: torch.Tensor, description: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"key": description, "sha256": _checksum(features)}
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({"features": features.contiguous()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({"features": features.contiguous()}, str(tmp), metadata=metadata)
+
+
+_WARNED: set[Path] = set()
+
+
+def _warn_once(folder: Path, problem: str) -> None:
+    """One warning per folder and process: the cache is not written, features stay in memory."""
+    if folder not in _WARNED:
+        _WARNED.add(folder)
+        log.warning(
+            "feature cache %s cannot be written (%s): features are kept in memory for this run "
+            "only, and the next run extracts them again",
+            folder,
+            problem,
+        )

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cilbench.errors import CorruptFileError
+from cilbench.files import write_atomic
 
 SCHEMA_VERSION = 1
 
@@ -96,20 +96,6 @@ def _check_matrix(matrix: Any, sizes: Any, source: str) -> None:
         for a in row:
             if a is not None and not (isinstance(a, (int, float)) and 0 <= a <= 100):
                 raise CorruptFileError(f"{source}: accuracy {a!r} in row {t} is not in [0, 100]")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def save_result(result: RunResult, path: Path) -> None:

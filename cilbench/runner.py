@@ -19,19 +19,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream
 from cilbench.backbones import Backbone, create_backbone
 from cilbench.callbacks import Progress, RunCallback, SilentProgress
+from cilbench.checkpoint import load_checkpoint, save_checkpoint
 from cilbench.config import BACKBONE_SETTINGS, as_dict, resolve, resolve_settings, split_sections
 from cilbench.data import DatasetView
 from cilbench.errors import CilbenchError, CorruptFileError
 from cilbench.features import FeatureStore, default_cache_dir
+from cilbench.files import check_writable, remove_stale_temps, write_atomic
 from cilbench.metrics import summarize
-from cilbench.results import RunResult, environment, save_result, write_atomic
+from cilbench.results import RunResult, environment, load_result, save_result
 
 DEFAULT_STRATEGY = "nmc"
 DEFAULT_STREAM = "split-fashion-mnist-mini"
@@ -126,11 +126,20 @@ def run(
     spec: RunSpec,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: Progress | None = None,
     callbacks: Sequence[RunCallback] = (),
 ) -> RunResult:
-    """Run a strategy over a stream, write `<out>/<run_id>/result.json`, return the result."""
+    """Run a strategy over a stream, write `<out>/<run_id>/result.json`, return the result.
+
+    An unfinished run's checkpoint is continued with `resume` or deleted with `overwrite`;
+    with neither, the run refuses to start over it.
+    """
+    if resume and overwrite:
+        raise CilbenchError("--resume continues a run and --overwrite starts it over; pick one.")
+    check_writable(spec.out_dir, "output folder (--out)")
     prepared = prepare(spec)
+    remove_stale_temps(prepared.run_dir)
     progress = progress or SilentProgress()
     store = FeatureStore(
         prepared.backbone,
@@ -141,7 +150,7 @@ def run(
     )
     strategy, stream = prepared.strategy, prepared.stream
     strategy.setup(prepared.backbone, stream.info, store)
-    result = _resume_or_start(prepared, resume)
+    result = _resume_or_start(prepared, resume, overwrite)
     cost = result.cost
     if not result.accuracy_matrix:
         start = time.perf_counter()
@@ -286,43 +295,62 @@ def _peak_memory_mib(device: torch.device) -> float:
 
 
 def _save_checkpoint(prepared: PreparedRun, strategy: BaseStrategy, result: RunResult) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in strategy.state_dict().items()}
-    path = prepared.checkpoint_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"result": result.to_json()})
-    tmp.replace(path)
+    save_checkpoint(prepared.checkpoint_path, strategy.state_dict(), result.to_json())
     write_atomic(prepared.run_dir / "config.json", json.dumps(prepared.config, indent=2))
 
 
-def _resume_or_start(prepared: PreparedRun, resume: bool) -> RunResult:
+def _resume_or_start(prepared: PreparedRun, resume: bool, overwrite: bool) -> RunResult:
     path = prepared.checkpoint_path
     if not resume:
+        if path.exists() and not overwrite:
+            raise CilbenchError(
+                f"Run {prepared.run_id} has the checkpoint of an unfinished run: {path}. "
+                "Continue it with --resume, or start over with --overwrite (deletes it)."
+            )
         path.unlink(missing_ok=True)
         return _new_result(prepared)
     if not path.exists():
-        if prepared.result_path.exists():
-            raise CilbenchError(
-                f"Run {prepared.run_id} already finished: {prepared.result_path}. "
-                "Run without --resume to repeat it."
-            )
-        raise CilbenchError(
-            f"Nothing to resume: no checkpoint at {path}. Run without --resume to start."
-        )
+        raise _nothing_to_resume(prepared)
+    tensors, result_json = load_checkpoint(path)
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-        result = RunResult.from_dict(json.loads(metadata["result"]), source=str(path))
-    except (SafetensorError, KeyError, ValueError, OSError) as error:
-        raise CorruptFileError(
-            f"Checkpoint {path} is damaged ({error}). Delete it and run without --resume."
-        ) from error
+        result = RunResult.from_dict(json.loads(result_json), source=str(path))
+    except ValueError as error:  # verified by checksum, so written this way by cilbench
+        raise CorruptFileError(f"Checkpoint {path} holds no valid result ({error}).") from error
     if result.config != prepared.config:
         raise CilbenchError(
-            f"Checkpoint {path} was made with a different configuration; run without --resume."
+            f"Checkpoint {path} was made with a different configuration; run with --overwrite "
+            "to start over."
         )
-    prepared.strategy.load_state_dict(tensors)
+    try:
+        prepared.strategy.load_state_dict(tensors)
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CorruptFileError(
+            f"Checkpoint {path} does not fit strategy {prepared.spec.strategy!r} ({error}); "
+            "start over with --overwrite."
+        ) from error
     return result
+
+
+def _nothing_to_resume(prepared: PreparedRun) -> CilbenchError:
+    """The error for --resume without a checkpoint: finished, damaged result, or never started."""
+    path = prepared.result_path
+    if not path.exists():
+        return CilbenchError(
+            f"Nothing to resume: no checkpoint at {prepared.checkpoint_path}. "
+            "Run without --resume to start."
+        )
+    try:
+        result = load_result(path)
+    except CorruptFileError as error:
+        return CorruptFileError(
+            f"Nothing to resume: no checkpoint, and the result file is damaged ({error}). "
+            "Run again with --overwrite to repeat the run."
+        )
+    if not result.complete or result.config != prepared.config:
+        return CorruptFileError(
+            f"Nothing to resume: no checkpoint, and {path} is not the finished result of this "
+            "run. Run again with --overwrite to repeat the run."
+        )
+    return CilbenchError(
+        f"Run {prepared.run_id} already finished: {path}. Run without --resume to repeat it."
+    )
