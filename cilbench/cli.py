@@ -9,7 +9,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable
+import shlex
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -114,6 +118,9 @@ def run_command(
     ] = None,
     no_cache: Annotated[bool, typer.Option(help="Do not read or write the feature cache.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start over, deleting an unfinished run's checkpoint.")
+    ] = False,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 128,
     workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 0,
@@ -130,11 +137,45 @@ def run_command(
         num_workers=workers,
     )  # fmt: skip
     callbacks = [] if as_json else [ConsoleLog(stderr)]
-    result = run(spec, resume=resume, progress=RichProgress(stderr), callbacks=callbacks)
+    with _interrupts_say_how_to_resume():
+        result = run(
+            spec,
+            resume=resume,
+            overwrite=overwrite,
+            progress=RichProgress(stderr),
+            callbacks=callbacks,
+        )
     if as_json:
         print(result.to_json())
         return
     _print_summary(result, out / result.run_id / "result.json")
+
+
+@contextmanager
+def _interrupts_say_how_to_resume() -> Iterator[None]:
+    """Ctrl-C or SIGTERM stop the run with the command that continues it, exit 128 + signal.
+
+    Every finished experience is already checkpointed (atomically), so nothing is lost.
+    """
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        name = "SIGTERM" if str(interrupt) == "SIGTERM" else "SIGINT"
+        kept = [a for a in sys.argv[1:] if a not in ("--overwrite", "--resume")]
+        command = shlex.join(["cilbench", *kept, "--resume"])
+        stderr.print(
+            f"[bold red]interrupted[/] ({name}): the experiences finished so far are "
+            f"checkpointed. Continue with:\n  {escape(command)}",
+            highlight=False,
+        )
+        raise typer.Exit(128 + getattr(signal, name)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_summary(result: Any, path: Path) -> None:

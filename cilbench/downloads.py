@@ -145,6 +145,12 @@ def unpack(archive: Path, folder: Path, progress: Progress | None = None) -> Non
                 for member in members:
                     tarred.extract(member, folder, filter="data")
                     advance(1)
+    except tarfile.FilterError as error:
+        raise DataError(
+            f"Archive {archive} was refused: member {error.tarinfo.name!r} would be written "
+            f"outside {folder} or is a link out of it ({error}). This is not the data set's "
+            "published archive; delete it and do not unpack it by hand."
+        ) from error
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
         raise DataError(
             f"Archive {archive} is truncated or damaged ({error}). Delete it and fetch again."

@@ -29,6 +29,10 @@ class CorruptFileError(CilbenchError):
     """A cache, checkpoint or result file failed validation."""
 
 
+class WeightsUnavailableError(CilbenchError):
+    """Backbone weights that are neither cached locally nor downloadable now."""
+
+
 class DiskFullError(CilbenchError, OSError):
     """No space left while writing a file; nothing was half-written."""
 
