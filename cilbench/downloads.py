@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from cilbench.callbacks import Progress, SilentProgress
-from cilbench.errors import DataError
-from cilbench.files import write_atomic
+from cilbench.errors import DataError, DiskFullError
+from cilbench.files import DISK_FULL, write_atomic
 
 CHECKSUMS_FILE = "cilbench-checksums.json"
 CHECKSUMS_VERSION = 1
@@ -152,6 +152,11 @@ def unpack(archive: Path, folder: Path, progress: Progress | None = None) -> Non
             "published archive; delete it and do not unpack it by hand."
         ) from error
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            raise DiskFullError(
+                f"No space left on device while unpacking {archive} into {folder}. Free some "
+                "space and fetch again (the downloaded archive is kept)."
+            ) from error
         raise DataError(
             f"Archive {archive} is truncated or damaged ({error}). Delete it and fetch again."
         ) from error

@@ -435,6 +435,17 @@ def test_a_failing_download_is_wrapped(tmp_path, monkeypatch) -> None:  # type: 
 # --- archives ---------------------------------------------------------------------------------
 
 
+def test_disk_full_while_unpacking_says_so(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    payload = tmp_path / "payload.txt"
+    payload.write_text("x")
+    archive = tmp_path / "data.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(payload, arcname="data/payload.txt")
+    monkeypatch.setattr(tarfile.TarFile, "extract", _enospc)
+    with pytest.raises(DiskFullError, match="No space left on device while unpacking"):
+        unpack(archive, tmp_path / "out")
+
+
 def test_path_traversal_archive_is_refused_as_such(tmp_path: Path) -> None:
     payload = tmp_path / "payload.txt"
     payload.write_text("x")
