@@ -344,12 +344,12 @@ def _nothing_to_resume(prepared: PreparedRun) -> CilbenchError:
     except CorruptFileError as error:
         return CorruptFileError(
             f"Nothing to resume: no checkpoint, and the result file is damaged ({error}). "
-            "Run again with --overwrite to repeat the run."
+            "Run without --resume to repeat the run."
         )
     if not result.complete or result.config != prepared.config:
         return CorruptFileError(
             f"Nothing to resume: no checkpoint, and {path} is not the finished result of this "
-            "run. Run again with --overwrite to repeat the run."
+            "run. Run without --resume to repeat the run."
         )
     return CilbenchError(
         f"Run {prepared.run_id} already finished: {path}. Run without --resume to repeat it."

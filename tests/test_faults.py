@@ -172,7 +172,8 @@ def test_resume_validates_a_truncated_result_file(tmp_path: Path) -> None:
     path.write_text(path.read_text()[:200])
     with pytest.raises(CorruptFileError, match="result file is damaged") as error:
         run(_spec(tmp_path), resume=True)
-    assert "already finished" not in str(error.value) and "--overwrite" in str(error.value)
+    assert "already finished" not in str(error.value)
+    assert "Run without --resume to repeat the run" in str(error.value)
 
 
 SIGTERM_DURING_EXPERIENCE_3 = """
