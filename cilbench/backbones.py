@@ -287,7 +287,13 @@ class Backbone:
             head = model.pretrained_cfg.get("classifier", "head")
             if not any(name.startswith(head + ".") for name in state):
                 model.reset_classifier(0)  # a features-only checkpoint
-            model.load_state_dict(state)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as error:
+                raise DataError(
+                    f"The weights in {self.spec.weights.partition(':')[2]} do not fit timm "
+                    f"architecture {self.spec.architecture!r}: {' '.join(str(error).split())[:400]}"
+                ) from None
             if num_classes != model.num_classes:
                 model.reset_classifier(num_classes)
         return model.to(self.device).to(memory_format=torch.channels_last)
@@ -400,12 +406,17 @@ def _weight_file(weights: str) -> Path:
 def _load_weights(weights: str, target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Read a weight file without executing code and key it like `target`."""
     path = _weight_file(weights)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # safetensors, pickle and zip errors alike: not a weight file
+        raise DataError(f"Cannot read weights from {path}: {error}".splitlines()[0]) from None
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise DataError(f"{path} holds no state dict (name -> tensor); save model.state_dict().")
     if weights.startswith("package:"):
         return map_state_dict_by_position(state, target)
     return state
