@@ -106,6 +106,23 @@ class OneOf(Constraint):
         return did_you_mean(str(value), [str(c) for c in self.choices])
 
 
+class Registered(Constraint):
+    """A name in a registry (`STREAMS`, `STRATEGIES`, ...); with `or_empty`, '' too (none)."""
+
+    def __init__(self, registry: Any, *, or_empty: bool = False):
+        self.registry, self.or_empty = registry, or_empty
+
+    def accepts(self, value: Any) -> bool:
+        return (self.or_empty and value == "") or value in self.registry
+
+    def allowed(self) -> str:
+        empty = " or '' (none)" if self.or_empty else ""
+        return f"a registered {self.registry.kind} ({', '.join(self.registry.names())}){empty}"
+
+    def hint(self, value: Any) -> str:
+        return did_you_mean(str(value), self.registry.names())
+
+
 class AvailableDevice(Constraint):
     """'auto' or a torch device present on this machine ('cpu', 'cuda', 'cuda:1', 'mps')."""
 

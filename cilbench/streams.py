@@ -48,7 +48,7 @@ def class_order(
         return list(range(num_classes))
     known = ["pycil-1993", "natural", "seed:0", *named]
     raise ConfigError(
-        f"Unknown class order {convention!r}.{did_you_mean(convention, known)} "
+        f"Unknown class_order {convention!r}.{did_you_mean(convention, known)} "
         f"Use pycil-<seed>, natural, seed:<N>{''.join(', ' + n for n in named)}."
     )
 

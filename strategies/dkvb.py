@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from cilbench.api import STREAMS, BaseStrategy, Experience, register_strategy
-from cilbench.config import NonNegative, Positive, Range, resolve
+from cilbench.config import NonNegative, Positive, Range, Registered, resolve
 from cilbench.data import DatasetView
 from cilbench.errors import CilbenchError
 from cilbench.training import NonFiniteLossError, TrainSettings, make_optimizer
@@ -85,7 +85,7 @@ class DKVBConfig:
     init_epochs: Annotated[int, NonNegative()] = 10
     decay: Annotated[float, Range(0, 1, high_open=True)] = 0.95
     threshold_factor: Annotated[float, NonNegative()] = 0.1
-    key_init_stream: str = ""
+    key_init_stream: Annotated[str, Registered(STREAMS, or_empty=True)] = ""
     values_init: Literal["zeros", "randn", "rand"] = "zeros"
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: Annotated[float, Positive()] = 0.3
