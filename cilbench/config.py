@@ -43,6 +43,14 @@ class Constraint:
         """A suggestion for a rejected value (' Did you mean ...?'), or ''."""
         return ""
 
+    def accepts_in(self, value: Any, config: Any) -> bool:
+        """`accepts`, given the whole config (for rules relating two fields)."""
+        return self.accepts(value)
+
+    def allowed_in(self, config: Any) -> str:
+        """`allowed`, given the whole config."""
+        return self.allowed()
+
 
 class Range(Constraint):
     """A finite number between `low` and `high` (either bound optional, inclusive unless open)."""
@@ -104,6 +112,25 @@ class OneOf(Constraint):
 
     def hint(self, value: Any) -> str:
         return did_you_mean(str(value), [str(c) for c in self.choices])
+
+
+class AtMostField(Constraint):
+    """No more than another field of the same config (`top_k` <= `keys_per_codebook`)."""
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def accepts(self, value: Any) -> bool:
+        return True  # decided once the whole config is known
+
+    def accepts_in(self, value: Any, config: Any) -> bool:
+        return bool(value <= getattr(config, self.field))
+
+    def allowed(self) -> str:
+        return f"<= {self.field}"
+
+    def allowed_in(self, config: Any) -> str:
+        return f"<= {self.field} ({getattr(config, self.field)})"
 
 
 class Registered(Constraint):
@@ -234,7 +261,7 @@ def check(obj: C, what: str = "config") -> C:
         base, constraints = _split_annotated(annotation)
         if not _fits(value, base):
             raise ConfigError(f"{what} key {key!r} expects {_type_name(base)}; got {value!r}.")
-        _check_constraints(value, constraints, key=key, what=what)
+        _check_constraints(value, constraints, key=key, what=what, config=obj)
     return obj
 
 
@@ -250,14 +277,23 @@ def _split_annotated(annotation: Any) -> tuple[Any, list[Constraint]]:
     return base, [e for e in extras if isinstance(e, Constraint)]
 
 
-def _check_constraints(value: Any, constraints: list[Constraint], *, key: str, what: str) -> None:
+def _check_constraints(
+    value: Any, constraints: list[Constraint], *, key: str, what: str, config: Any = None
+) -> None:
     items = value if isinstance(value, (tuple, list)) else (value,)
     for constraint in constraints:
-        bad = [item for item in items if item is not None and not constraint.accepts(item)]
+        bad = [
+            item
+            for item in items
+            if item is not None
+            and not (
+                constraint.accepts(item) if config is None else constraint.accepts_in(item, config)
+            )
+        ]
         if bad:
+            allowed = constraint.allowed() if config is None else constraint.allowed_in(config)
             raise ConfigError(
-                f"{what} key {key!r} must be {constraint.allowed()}; got {value!r}."
-                + constraint.hint(bad[0])
+                f"{what} key {key!r} must be {allowed}; got {value!r}." + constraint.hint(bad[0])
             )
 
 

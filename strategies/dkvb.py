@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from cilbench.api import STREAMS, BaseStrategy, Experience, register_strategy
-from cilbench.config import NonNegative, Positive, Range, Registered, resolve
+from cilbench.config import AtMostField, NonNegative, Positive, Range, Registered, resolve
 from cilbench.data import DatasetView
 from cilbench.errors import CilbenchError
 from cilbench.training import NonFiniteLossError, TrainSettings, make_optimizer
@@ -81,7 +81,7 @@ class DKVBConfig:
     num_codebooks: Annotated[int, Positive()] = 256
     keys_per_codebook: Annotated[int, Positive()] = 4096
     key_dim: Annotated[int, Positive()] = 14
-    top_k: Annotated[int, Positive()] = 1
+    top_k: Annotated[int, Positive(), AtMostField("keys_per_codebook")] = 1
     init_epochs: Annotated[int, NonNegative()] = 10
     decay: Annotated[float, Range(0, 1, high_open=True)] = 0.95
     threshold_factor: Annotated[float, NonNegative()] = 0.1

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from cilbench.adapters import PeftSettings
 from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
 from cilbench.backbones import Backbone
-from cilbench.config import NonNegative, Positive, Range
+from cilbench.config import Positive, Range
 from cilbench.data import DatasetView
 from cilbench.features import FeatureStore
 from cilbench.first_session import AdaptedBranch, FirstSessionConfig
@@ -47,7 +47,7 @@ class RanpacConfig(FirstSessionConfig):
     peft: Literal["none", "adapter", "ssf", "vpt-shallow", "vpt-deep", "lora", "finetune"] = (
         "adapter"
     )
-    projection_dim: Annotated[int, NonNegative()] = 10000
+    projection_dim: Annotated[int, Positive()] = 10000
     ridges: Annotated[tuple[float, ...], Positive()] = RIDGES
     validation_fraction: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.2
 

@@ -94,6 +94,7 @@ RUN_CASES: list[tuple[list[str], str]] = [
         (["--strategy", "dkvb", *SYN, *_set(pair)], pair.split("=")[0])
         for pair in [
             "top_k=0",
+            "top_k=17",  # more than the synthetic recipe's 16 keys per codebook
             "keys_per_codebook=0",
             "num_codebooks=-1",
             "key_dim=0",
@@ -142,6 +143,7 @@ RUN_CASES: list[tuple[list[str], str]] = [
             ("adam", "adapter_dropout=1"),
             ("adam", "epochs=0"),
             ("ranpac", "projection_dim=-1"),
+            ("ranpac", "projection_dim=0"),
             ("ranpac", "ridges=0,1"),
             ("ranpac", "validation_fraction=1"),
             ("ranpac", "validation_fraction=0"),
