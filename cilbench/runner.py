@@ -180,6 +180,11 @@ def _backbone(
                 f"{choice.device}; pass device='auto' or a backbone on {spec.device!r}."
             )
         return choice, choice.tag, {}
+    if choice is None and isinstance(source, Stream):
+        raise ConfigError(
+            "RunSpec.backbone is required with a Stream object (a stream builder declares a "
+            "default backbone; a built Stream does not)."
+        )
     defaults = source if isinstance(source, StreamBuilder) else StreamBuilder
     name = choice if choice is not None else defaults.default_backbone
     is_default = name == defaults.default_backbone

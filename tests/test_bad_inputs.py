@@ -191,6 +191,7 @@ API_CASES: list[tuple[dict[str, Any], str]] = [
     ({"stream": Synthetic(num_classes=0)}, "num_classes"),
     ({"stream": Synthetic(), "overrides": {"stream.increment": "0"}}, "increment"),
     ({"stream": Synthetic().build(None), "overrides": {"stream.increment": "1"}}, "increment"),
+    ({"stream": Synthetic().build(None)}, "backbone"),
     ({"backbone": BackboneSpec("b", "not_a_model", "random:0")}, "not_a_model"),
     ({"backbone": BackboneSpec("b", "vit_tiny_patch16_224", "http://x")}, "weights"),
     ({"backbone": BackboneSpec("b", "vit_tiny_patch16_224", "random:x")}, "random"),
