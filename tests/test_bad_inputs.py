@@ -211,7 +211,10 @@ CASES = [*((["run", *args], key) for args, key in RUN_CASES), *OTHER_CASES, *API
 
 def _id(case: tuple[Any, str]) -> str:
     given, _ = case
-    return " ".join(given) if isinstance(given, list) else repr(given)[:60]
+    if isinstance(given, list):
+        return " ".join(given)
+    plain = (str, int, float, bool, dict)
+    return repr({k: v if isinstance(v, plain) else type(v).__name__ for k, v in given.items()})
 
 
 @pytest.mark.parametrize(("given", "key"), CASES, ids=[_id(c) for c in CASES])
