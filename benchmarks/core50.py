@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from cilbench.api import Stream, register_stream
 from cilbench.benchmarks._shared import (
@@ -35,6 +35,7 @@ from cilbench.benchmarks._shared import (
     official_note,
 )
 from cilbench.callbacks import Progress
+from cilbench.config import NonNegative, Range
 from cilbench.data import FileSource, ImageSource
 from cilbench.decoded_cache import maybe_decoded
 from cilbench.downloads import CheckRow, Remote, download, record_checksums, unpack
@@ -76,12 +77,12 @@ class Core50(ClassIncrementalOptions):
     default_backbone_settings = REFERENCE_PREPROCESSING
 
     scenario: Literal["ni", "nc"] = "ni"
-    run: int = 0
+    run: Annotated[int, Range(0, 9)] = 0
     """Which official NC run (0..9) gives the batches in the `nc` scenario."""
     init_classes: int = 10
     increment: int = 5
     class_order: str = "official"
-    decoded_size: int = 0
+    decoded_size: Annotated[int, NonNegative()] = 0
     """0: decode PNGs on every read; N: read N x N frames from a decoded cache."""
 
     def build(self, data_root: Path | None = None) -> Stream:

@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from cilbench.benchmarks._shared import (
     scan_image_folder,
 )
 from cilbench.callbacks import Progress
+from cilbench.config import NonNegative, Range
 from cilbench.downloads import CheckRow, Remote, download, record_checksums, unpack
 from cilbench.errors import DataError
 from cilbench.files import write_atomic
@@ -77,9 +78,9 @@ class SplitImagenetR(ClassIncrementalOptions):
     default_backbone_settings = REFERENCE_PREPROCESSING
 
     increment: int = 20
-    split_seed: int = 1993
+    split_seed: Annotated[int, Range(0, 2**32 - 1)] = 1993
     """Seed of the 80/20 split of the raw layout (ignored for a pre-split folder)."""
-    decoded_size: int = 0
+    decoded_size: Annotated[int, NonNegative()] = 0
     """0: decode JPEGs on every read; N: read N x N centre squares from a decoded cache."""
 
     def build(self, data_root: Path | None = None) -> Stream:

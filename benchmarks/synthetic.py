@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cilbench.api import Stream, register_stream
+from cilbench.config import NonNegative, Positive, Range
 from cilbench.data import ArraySource
 from cilbench.streams import (
     ClassIncrementalOptions,
@@ -29,15 +30,15 @@ from cilbench.streams import (
 class Synthetic(ClassIncrementalOptions):
     """Generated images: `num_classes` classes, `train_per_class` + `test_per_class` each."""
 
-    num_classes: int = 6
+    num_classes: Annotated[int, Positive()] = 6
     increment: int = 2
-    train_per_class: int = 24
-    test_per_class: int = 8
-    image_size: int = 32
-    noise: float = 40.0
+    train_per_class: Annotated[int, Positive()] = 24
+    test_per_class: Annotated[int, Positive()] = 8
+    image_size: Annotated[int, Positive()] = 32
+    noise: Annotated[float, NonNegative()] = 40.0
     scenario: Literal["class-incremental", "domain-incremental"] = "class-incremental"
-    domains: int = 3
-    data_seed: int = 0
+    domains: Annotated[int, Positive()] = 3
+    data_seed: Annotated[int, Range(0, 2**32 - 1)] = 0
 
     def build(self, data_root: Path | None = None) -> Stream:
         rng = np.random.default_rng(self.data_seed)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from cilbench.api import Stream, register_stream
 from cilbench.benchmarks._shared import (
@@ -28,6 +29,7 @@ from cilbench.benchmarks._shared import (
     scan_image_folder,
 )
 from cilbench.callbacks import Progress
+from cilbench.config import NonNegative
 from cilbench.downloads import CheckRow
 from cilbench.errors import DataError
 from cilbench.streams import ClassIncrementalOptions, class_incremental_stream
@@ -76,7 +78,7 @@ class Vtab(ClassIncrementalOptions):
     default_backbone_settings = REFERENCE_PREPROCESSING
 
     class_order: str = "natural"
-    decoded_size: int = 0
+    decoded_size: Annotated[int, NonNegative()] = 0
     """0: decode images on every read; N: read N x N centre squares from a decoded cache."""
 
     def build(self, data_root: Path | None = None) -> Stream:

@@ -16,7 +16,8 @@ from cilbench.api import (
     register_strategy,
     register_stream,
 )
-from cilbench.backbones import Backbone, create_backbone
+from cilbench.backbones import BACKBONES, Backbone, BackboneSpec, create_backbone, register_backbone
+from cilbench.config import Constraint, NonNegative, OneOf, Positive, Range
 from cilbench.data import ArraySource, DatasetView, FileSource, ImageSource
 from cilbench.errors import CilbenchError
 from cilbench.features import FeatureStore
@@ -27,20 +28,27 @@ from cilbench.runner import RunSpec, run
 __version__ = "0.1.0"
 
 __all__ = [
+    "BACKBONES",
     "STRATEGIES",
     "STREAMS",
     "ArraySource",
     "Backbone",
+    "BackboneSpec",
     "BaseStrategy",
     "CilbenchError",
     "ClassMeans",
+    "Constraint",
     "DatasetView",
     "Experience",
     "FeatureStore",
     "FileSource",
     "ImageSource",
     "NoConfig",
+    "NonNegative",
+    "OneOf",
+    "Positive",
     "PrototypeStrategy",
+    "Range",
     "RunResult",
     "RunSpec",
     "Strategy",
@@ -51,6 +59,7 @@ __all__ = [
     "cosine_scores",
     "create_backbone",
     "load_result",
+    "register_backbone",
     "register_strategy",
     "register_stream",
     "run",

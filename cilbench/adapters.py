@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 
-from cilbench.config import shared_fields
+from cilbench.config import Positive, Range, shared_fields
 from cilbench.errors import ConfigError
 
 PeftVariant = Literal["adapter", "ssf", "vpt-shallow", "vpt-deep", "lora", "finetune"]
@@ -40,13 +40,13 @@ class PeftSettings:
     """Which PEFT variant and its sizes (strategies copy these fields from their Config)."""
 
     peft: str = "adapter"
-    adapter_bottleneck: int = 64
-    adapter_scale: float = 0.1
-    adapter_dropout: float = 0.1
-    vpt_tokens: int = 5
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    adapter_bottleneck: Annotated[int, Positive()] = 64
+    adapter_scale: Annotated[float, Range()] = 0.1
+    adapter_dropout: Annotated[float, Range(0, 1, high_open=True)] = 0.1
+    vpt_tokens: Annotated[int, Positive()] = 5
+    lora_rank: Annotated[int, Positive()] = 8
+    lora_alpha: Annotated[int, Positive()] = 16
+    lora_dropout: Annotated[float, Range(0, 1, high_open=True)] = 0.0
 
     @classmethod
     def from_config(cls, config: Any) -> PeftSettings:

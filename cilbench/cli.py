@@ -87,10 +87,10 @@ def _spec(
     batch_size: int,
     **extra: Any,
 ) -> Any:
-    from cilbench.config import parse_assignments
+    from cilbench.config import check, parse_assignments
     from cilbench.runner import RunSpec
 
-    return RunSpec(
+    spec = RunSpec(
         strategy=strategy,
         stream=stream,
         backbone=backbone,
@@ -101,11 +101,13 @@ def _spec(
         batch_size=batch_size,
         **extra,
     )
+    return check(spec, what="run option")  # profiles that never call prepare() check it too
 
 
 @app.command("run")
 @user_errors
 def run_command(
+    context: typer.Context,
     strategy: StrategyOpt = "nmc",
     stream: StreamOpt = "split-fashion-mnist-mini",
     backbone: BackboneOpt = None,
@@ -131,6 +133,8 @@ def run_command(
     from cilbench.features import default_cache_dir
     from cilbench.runner import run
 
+    if no_cache and cache_dir is not None:
+        _refuse_given(context, ("--cache-dir",), "with --no-cache")
     spec = _spec(
         strategy, stream, backbone, seed, assignments, data_root, device, batch_size,
         out_dir=out, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
@@ -253,6 +257,7 @@ def _first_line(obj: Any) -> str:
 @app.command("profile")
 @user_errors
 def profile_command(
+    context: typer.Context,
     name: Annotated[str, typer.Argument(help="Which benchmark (see `cilbench ls profiles`).")] = (
         "pipeline"
     ),
@@ -266,10 +271,12 @@ def profile_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print figures as JSON.")] = False,
 ) -> None:
     """Measure costs side by side in one run (default: bare forward vs cold vs warm cache)."""
-    from cilbench.profiles import PROFILES
+    from cilbench.profiles import IGNORED_OPTIONS, PROFILES
 
+    profile = PROFILES.get(name)
+    _refuse_given(context, IGNORED_OPTIONS[name], f"by `profile {name}`")
     spec = _spec(strategy, stream, backbone, 0, assignments, data_root, device, batch_size)
-    figures = PROFILES.get(name)(spec)
+    figures = profile(spec)
     if as_json:
         print(json.dumps(figures, indent=2))
         return
@@ -279,6 +286,19 @@ def profile_command(
     for label, value in figures.items():
         table.add_row(label, str(value))
     stdout.print(table)
+
+
+def _refuse_given(context: typer.Context, options: tuple[str, ...], where: str) -> None:
+    """Refuse options typed on the command line that would be ignored `where`, not drop them."""
+    from cilbench.errors import ConfigError
+
+    for param in context.command.params:
+        source = context.get_parameter_source(param.name or "")
+        if getattr(source, "name", None) == "COMMANDLINE" and set(param.opts) & set(options):
+            raise ConfigError(
+                f"Option {param.opts[0]} is not used {where} (it is fixed or ignored there); "
+                "remove it."
+            )
 
 
 if __name__ == "__main__":

@@ -111,9 +111,11 @@ def decode_command(
     from cilbench.api import STREAMS
     from cilbench.callbacks import RichProgress
     from cilbench.cli import stderr, stdout
+    from cilbench.config import Positive, check_value
     from cilbench.decoded_cache import DecodedSource
     from cilbench.features import default_cache_dir
 
+    check_value(size, Positive(), key="--size", what="data decode option")
     builder = STREAMS.get(stream)()
     if "decoded_size" not in builder.options():
         raise DataError(f"Stream {stream!r} has no decoded cache (no option decoded_size).")

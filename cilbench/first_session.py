@@ -14,7 +14,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from cilbench.adapters import VIT_ONLY, PeftSettings, apply_peft, require_vit
 from cilbench.api import Experience
 from cilbench.augment import training_data
 from cilbench.backbones import Backbone
+from cilbench.config import NonNegative, Positive, Range
 from cilbench.data import DatasetView
 from cilbench.features import FeatureStore
 from cilbench.training import TrainSettings, fit
@@ -40,13 +41,13 @@ class FirstSessionConfig(PeftSettings):
     (cosine schedule to min_lr).
     """
 
-    epochs: int = 20
-    batch_size: int = 48
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    min_lr: float = 0.0
+    epochs: Annotated[int, Positive()] = 20
+    batch_size: Annotated[int, Positive()] = 48
+    lr: Annotated[float, Positive()] = 0.01
+    weight_decay: Annotated[float, NonNegative()] = 5e-4
+    min_lr: Annotated[float, NonNegative()] = 0.0
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.9
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
 
 
 class CosineHead(nn.Module):

@@ -29,18 +29,33 @@ class Registry(Generic[T]):
         self._discovered = False
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: register the decorated object under `name`; a second use of a name fails."""
+        """Decorator: register the decorated object under `name`.
+
+        Registering the same object again, or an equal one (an equal spec, or a class or function
+        of the same module and qualified name: a re-run notebook cell, a reloaded module), is
+        allowed and the newer one is kept; a different object under a taken name is an error.
+        """
 
         def decorator(obj: T) -> T:
-            if name in self._items and self._items[name] is not obj:
+            if name in self._items and not _same(self._items[name], obj):
                 raise RegistryError(
-                    f"{self.kind} {name!r} is registered twice "
-                    f"({_where(self._items[name])} and {_where(obj)}); names must be unique."
+                    f"{self.kind} {name!r} is already registered as {_where(self._items[name])}; "
+                    f"{_where(obj)} is a different one. Choose another name, or call "
+                    f"unregister({name!r}) first to replace it."
                 )
             self._items[name] = obj
             return obj
 
         return decorator
+
+    def unregister(self, name: str) -> None:
+        """Remove `name` (for tests and notebooks that replace a registration)."""
+        if name not in self._items:
+            raise RegistryError(
+                f"Cannot unregister {self.kind} {name!r}: it is not registered."
+                + did_you_mean(name, self._items)
+            )
+        del self._items[name]
 
     def get(self, name: str) -> T:
         """The object registered as `name`, or an error listing the names and a near match."""
@@ -77,4 +92,13 @@ class Registry(Generic[T]):
 
 
 def _where(obj: object) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}"
+    if not hasattr(obj, "__qualname__"):
+        return repr(obj)
+    return f"{getattr(obj, '__module__', '?')}.{obj.__qualname__}"
+
+
+def _same(old: object, new: object) -> bool:
+    """Whether `new` re-registers `old`: equal, or the same definition (module, qualified name)."""
+    if hasattr(old, "__qualname__") and hasattr(new, "__qualname__"):
+        return _where(old) == _where(new)
+    return bool(old == new)

@@ -8,26 +8,39 @@ and the experience index).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 import resource
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream
-from cilbench.backbones import Backbone, create_backbone
+from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream, StreamBuilder
+from cilbench.backbones import BACKBONE_SETTINGS, Backbone, BackboneSpec, create_backbone
 from cilbench.callbacks import Progress, RunCallback, SilentProgress
 from cilbench.checkpoint import load_checkpoint, save_checkpoint
-from cilbench.config import BACKBONE_SETTINGS, as_dict, resolve, resolve_settings, split_sections
+from cilbench.config import (
+    AvailableDevice,
+    NonNegative,
+    Positive,
+    Range,
+    as_dict,
+    check,
+    resolve,
+    resolve_settings,
+    settings_schema,
+    split_sections,
+)
 from cilbench.data import DatasetView
-from cilbench.errors import CilbenchError, CorruptFileError
+from cilbench.errors import CilbenchError, ConfigError, CorruptFileError
 from cilbench.features import FeatureStore, default_cache_dir
 from cilbench.files import check_writable, remove_stale_temps, write_atomic
 from cilbench.metrics import summarize
@@ -39,19 +52,24 @@ DEFAULT_STREAM = "split-fashion-mnist-mini"
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What to run; `overrides` are `--set` pairs (strategy keys, `stream.*`, `backbone.*`)."""
+    """What to run; `overrides` are `--set` pairs (strategy keys, `stream.*`, `backbone.*`).
+
+    `stream` is a registered name, a stream builder object (its `stream.*` options still apply)
+    or a built `Stream`; `backbone` is a name (preset, timm tag, `file:<path>@<architecture>`), a
+    `BackboneSpec`, or a `Backbone` object, or None for the stream's default backbone.
+    """
 
     strategy: str = DEFAULT_STRATEGY
-    stream: str = DEFAULT_STREAM
-    backbone: str | None = None
-    seed: int = 0
+    stream: str | StreamBuilder | Stream = DEFAULT_STREAM
+    backbone: str | BackboneSpec | Backbone | None = None
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0
     overrides: Mapping[str, Any] = field(default_factory=dict)
     data_root: Path | None = None
     out_dir: Path = Path("runs")
     cache_dir: Path | None = field(default_factory=default_cache_dir)
-    device: str = "auto"
-    batch_size: int = 128
-    num_workers: int = 0
+    device: Annotated[str, AvailableDevice()] = "auto"
+    batch_size: Annotated[int, Positive()] = 128
+    num_workers: Annotated[int, NonNegative()] = 0
 
 
 @dataclass
@@ -87,28 +105,25 @@ def resolve_device(device: str) -> str:
 
 def prepare(spec: RunSpec) -> PreparedRun:
     """Resolve names and validate every setting before touching data; build the stream."""
-    device = resolve_device(spec.device)
+    check(spec, what="run option")
     sections = split_sections(spec.overrides)
-    builder_cls = STREAMS.get(spec.stream)
     strategy_cls = STRATEGIES.get(spec.strategy)
-    builder = resolve(builder_cls, sections["stream"], what=f"stream {spec.stream!r} option")
+    recipe_name, source = _stream_source(spec.stream, sections["stream"])
     config: Any = resolve(
         strategy_cls.Config,
-        strategy_cls.recipes.get(spec.stream, {}),
+        strategy_cls.recipes.get(recipe_name, {}),
         sections["strategy"],
         what=f"strategy {spec.strategy!r} config",
     )
-    backbone_name = spec.backbone or builder_cls.default_backbone
-    is_default = backbone_name == builder_cls.default_backbone
-    settings = dict(builder_cls.default_backbone_settings) if is_default else {}
-    settings.update(resolve_settings(sections["backbone"], BACKBONE_SETTINGS, "backbone"))
-    backbone = create_backbone(backbone_name, device=device, **settings)
-    stream = builder.build(spec.data_root)
+    backbone, backbone_name, settings = _backbone(spec, source, sections["backbone"])
+    device = str(backbone.device)
+    stream = source if isinstance(source, Stream) else source.build(spec.data_root)
+    stream_name = spec.stream if isinstance(spec.stream, str) else stream.info.name
     resolved = {
         "strategy": spec.strategy,
         "strategy_config": as_dict(config),
-        "stream": spec.stream,
-        "stream_options": builder.options(),
+        "stream": stream_name,
+        "stream_options": {} if isinstance(source, Stream) else source.options(),
         "backbone": backbone_name,
         "backbone_settings": settings,
         "seed": spec.seed,
@@ -117,9 +132,66 @@ def prepare(spec: RunSpec) -> PreparedRun:
     resolved = json.loads(json.dumps(resolved))  # tuples -> lists, as the checkpoint stores them
     identity = {"config": resolved, "data": sorted({v.source.fingerprint for v in _views(stream)})}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    run_id = f"{spec.stream}/{spec.strategy}-{backbone_name}-seed{spec.seed}-{digest}"
+    label = re.sub(r"[^\w.+@-]", "_", backbone.tag)  # a folder name, whatever the spec's name
+    run_id = f"{stream_name}/{spec.strategy}-{label}-seed{spec.seed}-{digest}"
     strategy = strategy_cls(config, seed=spec.seed, device=device)
     return PreparedRun(spec, stream, backbone, strategy, {**resolved, "device": device}, run_id)
+
+
+def _stream_source(
+    stream: str | StreamBuilder | Stream, options: Mapping[str, Any]
+) -> tuple[str, StreamBuilder | Stream]:
+    """(name for recipes, builder with its `stream.*` options applied, or the built Stream)."""
+    if isinstance(stream, Stream):
+        if options:
+            raise ConfigError(
+                f"stream options ({', '.join('stream.' + k for k in options)}) need a stream "
+                "name or builder; the Stream object given is already built."
+            )
+        return stream.info.name, stream
+    if isinstance(stream, str):
+        return stream, resolve(STREAMS.get(stream), options, what=f"stream {stream!r} option")
+    if not isinstance(stream, StreamBuilder) or not dataclasses.is_dataclass(stream):
+        raise ConfigError(
+            "RunSpec.stream must be a stream name, a StreamBuilder dataclass or a Stream; "
+            f"got {stream!r}."
+        )
+    cls = type(stream)
+    name = next((n for n in STREAMS.names() if STREAMS.get(n) is cls), cls.__name__)
+    what = f"stream {name!r} option"
+    changes = resolve_settings(options, settings_schema(cls), what)
+    return name, check(dataclasses.replace(stream, **changes), what)
+
+
+def _backbone(
+    spec: RunSpec, source: StreamBuilder | Stream, overrides: Mapping[str, Any]
+) -> tuple[Backbone, str, dict[str, Any]]:
+    """(backbone on the run's device, its name for the result, the settings applied to it)."""
+    choice = spec.backbone
+    if isinstance(choice, Backbone):
+        if overrides:
+            raise ConfigError(
+                "backbone.* settings apply to a backbone given by name or spec; a Backbone object "
+                "already has its preprocessing."
+            )
+        if spec.device not in ("auto", str(choice.device)):
+            raise ConfigError(
+                f"run option 'device' is {spec.device!r} but the Backbone object given is on "
+                f"{choice.device}; pass device='auto' or a backbone on {spec.device!r}."
+            )
+        return choice, choice.tag, {}
+    if choice is None and isinstance(source, Stream):
+        raise ConfigError(
+            "RunSpec.backbone is required with a Stream object (a stream builder declares a "
+            "default backbone; a built Stream does not)."
+        )
+    defaults = source if isinstance(source, StreamBuilder) else StreamBuilder
+    name = choice if choice is not None else defaults.default_backbone
+    is_default = name == defaults.default_backbone
+    settings = dict(defaults.default_backbone_settings) if is_default else {}
+    settings.update(resolve_settings(overrides, BACKBONE_SETTINGS, "backbone"))
+    backbone = create_backbone(name, device=resolve_device(spec.device), **settings)
+    return backbone, name if isinstance(name, str) else name.name, settings
 
 
 def run(

@@ -16,10 +16,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
 from cilbench.api import Experience, Stream, StreamBuilder, StreamInfo
+from cilbench.config import NonNegative, Positive
 from cilbench.data import DatasetView, ImageSource
 from cilbench.errors import ConfigError, did_you_mean
 
@@ -46,7 +48,7 @@ def class_order(
         return list(range(num_classes))
     known = ["pycil-1993", "natural", "seed:0", *named]
     raise ConfigError(
-        f"Unknown class order {convention!r}.{did_you_mean(convention, known)} "
+        f"Unknown class_order {convention!r}.{did_you_mean(convention, known)} "
         f"Use pycil-<seed>, natural, seed:<N>{''.join(', ' + n for n in named)}."
     )
 
@@ -74,8 +76,8 @@ def task_classes(num_classes: int, init_classes: int, increment: int) -> list[ra
 class ClassIncrementalOptions(StreamBuilder):
     """Options every class-incremental builder shares (B<init>-Inc<increment> protocol)."""
 
-    init_classes: int = 0
-    increment: int = 10
+    init_classes: Annotated[int, NonNegative()] = 0
+    increment: Annotated[int, Positive()] = 10
     class_order: str = "pycil-1993"
 
 

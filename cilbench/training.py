@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cilbench.callbacks import Progress, SilentProgress
-from cilbench.config import shared_fields
+from cilbench.config import NonNegative, Positive, Range, shared_fields
 from cilbench.errors import CilbenchError
 
 
@@ -29,17 +29,17 @@ class NonFiniteLossError(CilbenchError):
 class TrainSettings:
     """Optimisation settings; strategies copy the relevant fields from their Config."""
 
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.01
+    epochs: Annotated[int, Positive()] = 1
+    batch_size: Annotated[int, Positive()] = 32
+    lr: Annotated[float, Positive()] = 0.01
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    weight_decay: Annotated[float, NonNegative()] = 0.0
     schedule: Literal["constant", "cosine", "multistep"] = "cosine"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    grad_clip: float | None = None
+    milestones: Annotated[tuple[int, ...], NonNegative()] = ()
+    gamma: Annotated[float, Positive()] = 0.1
+    min_lr: Annotated[float, NonNegative()] = 0.0
+    grad_clip: Annotated[float | None, Positive()] = None
     drop_last: bool = False
 
     @classmethod

@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from torch import nn
 
 from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
 from cilbench.backbones import Backbone, Preprocessing
+from cilbench.config import NonNegative, Positive, Range
 from cilbench.errors import CilbenchError
 from cilbench.features import FeatureStore
 from cilbench.heads import HeadedNetwork, load_network, network_state
@@ -52,42 +53,42 @@ from cilbench.training import NonFiniteLossError, TrainSettings, make_optimizer,
 
 @dataclass(frozen=True)
 class AvalancheConfig:
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 0.01
-    backbone_lr_scale: float = 1.0
+    epochs: Annotated[int, Positive()] = 5
+    batch_size: Annotated[int, Positive()] = 32
+    lr: Annotated[float, Positive()] = 0.01
+    backbone_lr_scale: Annotated[float, NonNegative()] = 1.0
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    weight_decay: Annotated[float, NonNegative()] = 0.0
     schedule: Literal["constant", "cosine", "multistep"] = "cosine"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
+    milestones: Annotated[tuple[int, ...], NonNegative()] = ()
+    gamma: Annotated[float, Positive()] = 0.1
     train_backbone: bool = True
-    num_workers: int = 0
+    num_workers: Annotated[int, NonNegative()] = 0
 
 
 @dataclass(frozen=True)
 class EWCConfig(AvalancheConfig):
-    ewc_lambda: float = 10.0
+    ewc_lambda: Annotated[float, NonNegative()] = 10.0
     ewc_mode: Literal["separate", "online"] = "online"
-    ewc_decay: float = 1.0
+    ewc_decay: Annotated[float, Range(0, 1, low_open=True)] = 1.0
 
 
 @dataclass(frozen=True)
 class LwFConfig(AvalancheConfig):
-    lwf_alpha: float = 1.0
-    lwf_temperature: float = 2.0
+    lwf_alpha: Annotated[float, NonNegative()] = 1.0
+    lwf_temperature: Annotated[float, Positive()] = 2.0
 
 
 @dataclass(frozen=True)
 class ReplayConfig(AvalancheConfig):
-    mem_size: int = 2000
+    mem_size: Annotated[int, Positive()] = 2000
 
 
 @dataclass(frozen=True)
 class DERConfig(ReplayConfig):
-    der_alpha: float = 0.1
-    der_beta: float = 0.5
+    der_alpha: Annotated[float, NonNegative()] = 0.1
+    der_beta: Annotated[float, NonNegative()] = 0.5
 
 
 RECIPES: dict[str, dict[str, Any]] = {

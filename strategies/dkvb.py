@@ -56,13 +56,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from cilbench.api import STREAMS, BaseStrategy, Experience, register_strategy
-from cilbench.config import resolve
+from cilbench.config import AtMostField, NonNegative, Positive, Range, Registered, resolve
 from cilbench.data import DatasetView
 from cilbench.errors import CilbenchError
 from cilbench.training import NonFiniteLossError, TrainSettings, make_optimizer
@@ -78,21 +78,21 @@ LOOKUP_ELEMENTS = {"cpu": 2**22, "cuda": 2**26}
 class DKVBConfig:
     """Bottleneck size, key initialisation and value training (defaults: the paper's sweeps)."""
 
-    num_codebooks: int = 256
-    keys_per_codebook: int = 4096
-    key_dim: int = 14
-    top_k: int = 1
-    init_epochs: int = 10
-    decay: float = 0.95
-    threshold_factor: float = 0.1
-    key_init_stream: str = ""
+    num_codebooks: Annotated[int, Positive()] = 256
+    keys_per_codebook: Annotated[int, Positive()] = 4096
+    key_dim: Annotated[int, Positive()] = 14
+    top_k: Annotated[int, Positive(), AtMostField("keys_per_codebook")] = 1
+    init_epochs: Annotated[int, NonNegative()] = 10
+    decay: Annotated[float, Range(0, 1, high_open=True)] = 0.95
+    threshold_factor: Annotated[float, NonNegative()] = 0.1
+    key_init_stream: Annotated[str, Registered(STREAMS, or_empty=True)] = ""
     values_init: Literal["zeros", "randn", "rand"] = "zeros"
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.3
-    epochs: int = 2000
-    batch_size: int = 256
-    grad_clip: float | None = 1.0
-    label_smoothing: float = 0.1
+    lr: Annotated[float, Positive()] = 0.3
+    epochs: Annotated[int, Positive()] = 2000
+    batch_size: Annotated[int, Positive()] = 256
+    grad_clip: Annotated[float | None, Positive()] = 1.0
+    label_smoothing: Annotated[float, Range(0, 1, high_open=True)] = 0.1
     mask_unused_keys: bool = True
 
 

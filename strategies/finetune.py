@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, TensorDataset
 from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
 from cilbench.augment import training_data
 from cilbench.backbones import Backbone
+from cilbench.config import NonNegative
 from cilbench.data import DatasetView
 from cilbench.features import FeatureStore
 from cilbench.heads import HeadedNetwork, load_network, network_state
@@ -39,8 +40,8 @@ class FinetuneConfig(TrainSettings):
     epochs: int = 20
     batch_size: int = 128
     weight_decay: float = 5e-4
-    backbone_lr_scale: float = 1.0
-    num_workers: int = 0
+    backbone_lr_scale: Annotated[float, NonNegative()] = 1.0
+    num_workers: Annotated[int, NonNegative()] = 0
     train_backbone: bool = True
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from cilbench.adapters import PeftSettings
 from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
 from cilbench.backbones import Backbone
+from cilbench.config import Positive, Range
 from cilbench.data import DatasetView
 from cilbench.features import FeatureStore
 from cilbench.first_session import AdaptedBranch, FirstSessionConfig
@@ -46,9 +47,9 @@ class RanpacConfig(FirstSessionConfig):
     peft: Literal["none", "adapter", "ssf", "vpt-shallow", "vpt-deep", "lora", "finetune"] = (
         "adapter"
     )
-    projection_dim: int = 10000
-    ridges: tuple[float, ...] = RIDGES
-    validation_fraction: float = 0.2
+    projection_dim: Annotated[int, Positive()] = 10000
+    ridges: Annotated[tuple[float, ...], Positive()] = RIDGES
+    validation_fraction: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.2
 
 
 def select_ridge(

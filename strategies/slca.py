@@ -32,7 +32,7 @@ import copy
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
 from cilbench.augment import training_data
 from cilbench.backbones import Backbone
+from cilbench.config import NonNegative, Positive, Range
 from cilbench.errors import CilbenchError
 from cilbench.features import FeatureStore, extract_features
 from cilbench.gaussians import ClassGaussians
@@ -56,21 +57,21 @@ from cilbench.training import NonFiniteLossError, TrainSettings, fit, make_optim
 
 @dataclass(frozen=True)
 class SLCAConfig:
-    epochs: int = 20
-    milestones: tuple[int, ...] = (18,)
-    gamma: float = 0.1
-    lr: float = 0.01
-    backbone_lr_scale: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    grad_clip: float | None = None
-    num_workers: int = 0
-    ca_epochs: int = 5
-    ca_lr: float = 0.01
-    ca_samples_per_class: int = 256
-    logit_temperature: float | None = 0.1
-    covariance_ridge: float = 1e-4
+    epochs: Annotated[int, Positive()] = 20
+    milestones: Annotated[tuple[int, ...], NonNegative()] = (18,)
+    gamma: Annotated[float, Positive()] = 0.1
+    lr: Annotated[float, Positive()] = 0.01
+    backbone_lr_scale: Annotated[float, NonNegative()] = 0.01
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    weight_decay: Annotated[float, NonNegative()] = 5e-4
+    batch_size: Annotated[int, Positive()] = 128
+    grad_clip: Annotated[float | None, Positive()] = None
+    num_workers: Annotated[int, NonNegative()] = 0
+    ca_epochs: Annotated[int, NonNegative()] = 5
+    ca_lr: Annotated[float, Positive()] = 0.01
+    ca_samples_per_class: Annotated[int, Positive()] = 256
+    logit_temperature: Annotated[float | None, Positive()] = 0.1
+    covariance_ridge: Annotated[float, NonNegative()] = 1e-4
 
 
 def normalize_logits(logits: torch.Tensor, sizes: list[int], temperature: float) -> torch.Tensor:

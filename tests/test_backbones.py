@@ -31,7 +31,7 @@ def test_unknown_backbone_suggests():
 
 def test_normalisation_is_explicit():
     assert create_backbone("tiny-vit-random", normalization="none").preprocessing.std == (1.0,) * 3
-    with pytest.raises(ConfigError, match="normalization must be one of"):
+    with pytest.raises(ConfigError, match="'normalization' must be one of"):
         create_backbone("tiny-vit-random", normalization="imagnet")
 
 

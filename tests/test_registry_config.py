@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 
 from cilbench.api import STRATEGIES, STREAMS
-from cilbench.config import parse_assignments, resolve, split_sections
+from cilbench.backbones import BackboneSpec
+from cilbench.config import (
+    NonNegative,
+    OneOf,
+    Positive,
+    Range,
+    check,
+    parse_assignments,
+    resolve,
+    split_sections,
+)
 from cilbench.errors import ConfigError, RegistryError
 from cilbench.registry import Registry
 
@@ -33,7 +43,7 @@ def test_duplicate_name_is_an_error():
     @registry.register("a")
     class First: ...
 
-    with pytest.raises(RegistryError, match="registered twice"):
+    with pytest.raises(RegistryError, match=r"already registered .* a different one"):
 
         @registry.register("a")
         class Second: ...
@@ -99,3 +109,87 @@ def test_set_pairs_are_routed_by_prefix():
     }
     with pytest.raises(ConfigError, match="key=value"):
         parse_assignments(["lr"])
+
+
+def test_registering_an_equal_object_again_is_allowed():
+    registry: Registry[object] = Registry("thing")
+    spec = BackboneSpec("a", "vit_tiny_patch16_224", "random:0")
+    registry.register("a")(spec)
+    registry.register("a")(BackboneSpec("a", "vit_tiny_patch16_224", "random:0"))  # equal
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.register("a")(BackboneSpec("a", "vit_tiny_patch16_224", "random:1"))
+
+    def make_class() -> type:  # the same definition run twice, as a re-run notebook cell does
+        class Cell: ...
+
+        return Cell
+
+    first, second = make_class(), make_class()
+    assert first is not second
+    registry.register("cell")(first)
+    registry.register("cell")(second)
+    assert registry.get("cell") is second  # the newer definition wins
+
+
+def test_unregister_removes_a_name():
+    registry: Registry[object] = Registry("thing")
+    registry.register("a")(int)
+    registry.unregister("a")
+    assert "a" not in registry
+    registry.register("a")(str)  # free again
+    with pytest.raises(RegistryError, match=r"not registered\. Did you mean 'a'"):
+        registry.unregister("aa")
+
+
+def test_every_default_and_recipe_satisfies_its_constraints():
+    for name in STRATEGIES.names():
+        cls = STRATEGIES.get(name)
+        for stream, recipe in {"(defaults)": {}, **cls.recipes}.items():
+            assert resolve(cls.Config, recipe), (name, stream)
+    for name in STREAMS.names():
+        assert check(STREAMS.get(name)()), name
+
+
+@dataclass(frozen=True)
+class Constrained:
+    size: Annotated[int, Positive()] = 1
+    rate: Annotated[float, Range(0, 1, high_open=True)] = 0.5
+    steps: Annotated[tuple[int, ...], NonNegative()] = ()
+    mode: Annotated[str, OneOf("fast", "slow")] = "fast"
+    clip: Annotated[float | None, Positive()] = None
+
+
+@dataclass(frozen=True)
+class Redeclared(Constrained):
+    size: int = 4  # a new default keeps the base class's constraint
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("size", "0", "'size' must be > 0; got 0."),
+        ("rate", "1", "'rate' must be in [0, 1); got 1.0."),
+        ("rate", "inf", "'rate' must be in [0, 1); got inf."),
+        ("steps", "3,-1", "'steps' must be >= 0; got (3, -1)."),
+        ("mode", "fats", "'mode' must be one of 'fast', 'slow'; got 'fats'. Did you mean 'fast'?"),
+        ("clip", "-1", "'clip' must be > 0; got -1.0."),
+    ],
+)
+def test_constraints_name_key_value_and_what_is_allowed(key: str, value: str, expected: str):
+    with pytest.raises(ConfigError) as error:
+        resolve(Constrained, {key: value})
+    assert str(error.value) == f"config key {expected}"
+    assert resolve(Constrained, {"clip": "none", "steps": "0,2"}).steps == (0, 2)
+
+
+def test_constraints_survive_a_redeclared_default():
+    assert resolve(Redeclared).size == 4
+    with pytest.raises(ConfigError, match="'size' must be > 0"):
+        resolve(Redeclared, {"size": "0"})
+
+
+def test_check_refuses_wrong_types_from_python():
+    with pytest.raises(ConfigError, match="'size' expects an integer; got '3'"):
+        check(Constrained(size="3"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'size' expects an integer; got True"):
+        check(Constrained(size=True))

@@ -15,4 +15,13 @@ Figures = dict[str, float | int | str]
 ProfileFunction = Callable[[RunSpec], Figures]
 
 PROFILES: Registry[ProfileFunction] = Registry("profile", package="cilbench.profiles")
-register_profile = PROFILES.register
+IGNORED_OPTIONS: dict[str, tuple[str, ...]] = {}
+"""Profile name -> command-line options it fixes or never reads; the CLI refuses them."""
+
+
+def register_profile(
+    name: str, *, ignores: tuple[str, ...] = ()
+) -> Callable[[ProfileFunction], ProfileFunction]:
+    """Register a profile; `ignores` lists options (e.g. "--strategy") it fixes or never reads."""
+    IGNORED_OPTIONS[name] = ignores
+    return PROFILES.register(name)

@@ -33,7 +33,10 @@ DECODED_SIZE = 256
 TRAIN_SIZE = 224
 
 
-@register_profile("decoded-cache")
+@register_profile(
+    "decoded-cache",
+    ignores=("--strategy", "--stream", "--backbone", "--set", "--data-root", "--device"),
+)
 def profile_decoded_cache(spec: RunSpec) -> Figures:
     """Time epoch 2 of the training data pipeline on JPEG files vs the decoded cache."""
     preprocessing = Preprocessing(TRAIN_SIZE, 0.875, "bicubic", "none", (0.0,) * 3, (1.0,) * 3)

@@ -17,7 +17,7 @@ from cilbench.results import RunResult
 from cilbench.runner import RunSpec, run
 
 
-@register_profile("dkvb")
+@register_profile("dkvb", ignores=("--strategy",))
 def profile_dkvb(spec: RunSpec) -> Figures:
     """Cold vs warm wall time of a DKVB run on `spec`'s stream (cache and results in a temp dir)."""
     spec = dataclasses.replace(spec, strategy="dkvb")

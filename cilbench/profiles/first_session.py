@@ -27,35 +27,46 @@ from pathlib import Path
 import torch
 
 from cilbench.api import STRATEGIES
+from cilbench.errors import ConfigError, did_you_mean
 from cilbench.features import FeatureStore
 from cilbench.profiles import Figures, register_profile
-from cilbench.runner import RunSpec, evaluate, prepare, resolve_device
+from cilbench.runner import PreparedRun, RunSpec, evaluate, prepare, resolve_device
 
 UPDATE_IMAGES = 2000
 UPDATE_DIM = 768
 UPDATE_CLASSES = 10
 
 
-@register_profile("first-session")
+@register_profile("first-session", ignores=("--strategy",))
 def profile_first_session(spec: RunSpec) -> Figures:
     """Count forward passes per branch for adam and ranpac; measure RanPAC's update peak memory."""
+    names = ("adam", "ranpac")
+    fields = {
+        name: {f.name for f in dataclasses.fields(STRATEGIES.get(name).Config)} for name in names
+    }
+    known = set().union(*fields.values())
+    unknown = [k for k in spec.overrides if "." not in k and k not in known]
+    if unknown:
+        raise ConfigError(
+            f"Unknown adam/ranpac config key {unknown[0]!r}.{did_you_mean(unknown[0], known)}"
+        )
+    runs = [prepare(_for_strategy(spec, name, fields[name])) for name in names]  # all checked
     figures: Figures = {}
-    for name in ("adam", "ranpac"):
-        figures.update(_forward_passes(_for_strategy(spec, name)))
-    projection_dim = int(spec.overrides.get("projection_dim", 10000))
+    for prepared in runs:
+        figures.update(_forward_passes(prepared))
+    projection_dim = int(spec.overrides.get("projection_dim", 10000))  # checked by prepare
     figures.update(_update_memory(projection_dim, resolve_device(spec.device)))
     return figures
 
 
-def _for_strategy(spec: RunSpec, name: str) -> RunSpec:
+def _for_strategy(spec: RunSpec, name: str, fields: set[str]) -> RunSpec:
     """`spec` for strategy `name`, keeping only the --set keys that apply to it."""
-    fields = {f.name for f in dataclasses.fields(STRATEGIES.get(name).Config)}
     overrides = {k: v for k, v in spec.overrides.items() if "." in k or k in fields}
     return dataclasses.replace(spec, strategy=name, overrides=overrides)
 
 
-def _forward_passes(spec: RunSpec) -> Figures:
-    prepared = prepare(spec)
+def _forward_passes(prepared: PreparedRun) -> Figures:
+    spec = prepared.spec
     strategy, stream, backbone = prepared.strategy, prepared.stream, prepared.backbone
     counts: Counter[tuple[str, int, bool]] = Counter()
     phase = "task 0"

@@ -27,7 +27,7 @@ from cilbench.strategies.slca import SLCA
 from cilbench.training import TrainSettings, make_optimizer
 
 
-@register_profile("slca")
+@register_profile("slca", ignores=("--strategy",))
 def profile_slca(spec: RunSpec) -> Figures:
     """Stage-1 images/s vs a bare forward+backward loop, and each stage's share of the time."""
     prepared = prepare(dataclasses.replace(spec, strategy="slca"))
