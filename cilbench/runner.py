@@ -209,8 +209,10 @@ def run(
     """
     if resume and overwrite:
         raise CilbenchError("--resume continues a run and --overwrite starts it over; pick one.")
-    check_writable(spec.out_dir, "output folder (--out)")
     prepared = prepare(spec)
+    if resume and not prepared.checkpoint_path.exists():
+        raise _nothing_to_resume(prepared)
+    check_writable(spec.out_dir, "output folder (--out)")
     remove_stale_temps(prepared.run_dir)
     progress = progress or SilentProgress()
     store = FeatureStore(
