@@ -116,7 +116,10 @@ def run_command(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 128,
-    workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Data-loader processes (default: one per core for image files)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result JSON only.")] = False,
 ) -> None:
     """Run a strategy over a stream (no options: the offline demo) and write a result JSON."""

@@ -27,7 +27,8 @@ from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream
 from cilbench.backbones import Backbone, create_backbone
 from cilbench.callbacks import Progress, RunCallback, SilentProgress
 from cilbench.config import BACKBONE_SETTINGS, as_dict, resolve, resolve_settings, split_sections
-from cilbench.data import DatasetView
+from cilbench.data import DatasetView, loader_options, loader_workers
+from cilbench.devices import autocast
 from cilbench.errors import CilbenchError, CorruptFileError
 from cilbench.features import FeatureStore, default_cache_dir
 from cilbench.metrics import summarize
@@ -51,7 +52,8 @@ class RunSpec:
     cache_dir: Path | None = field(default_factory=default_cache_dir)
     device: str = "auto"
     batch_size: int = 128
-    num_workers: int = 0
+    num_workers: int | None = None
+    """Data-loader processes; None: one per available core for image files, 0 for arrays."""
 
 
 @dataclass
@@ -215,11 +217,13 @@ def _scored_batches(
         return
     backbone = store.backbone
     dataset = view.with_transform(backbone.preprocessing.sample_transform())
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=store.num_workers)
+    workers = loader_workers(store.num_workers, [view.source])
+    loader = DataLoader(dataset, batch_size=batch_size, **loader_options(backbone.device, workers))
     with (progress or SilentProgress()).task("evaluating", total=len(view)) as advance:
         for images, labels in loader:
-            with torch.no_grad():
-                yield strategy.predict(backbone.prepare(images)), labels
+            with torch.no_grad(), autocast(backbone.device):
+                scores = strategy.predict(backbone.prepare(images))
+            yield scores.float(), labels
             advance(len(labels))
 
 
