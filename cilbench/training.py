@@ -108,7 +108,10 @@ def fit(
         batch_size=settings.batch_size,
         sampler=_shuffled(data, generator),
         drop_last=settings.drop_last,
-        generator=generator,
+        # The loader draws its workers' base seed from this generator whenever it starts them:
+        # every epoch without workers, once with persistent ones. A private generator keeps
+        # those draws off `generator`, so the data order does not depend on the worker count.
+        generator=torch.Generator().manual_seed(0),
         **loader_options(device, workers, persistent=True),
     )
     progress = progress or SilentProgress()
