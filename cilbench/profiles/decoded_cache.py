@@ -46,7 +46,7 @@ def profile_decoded_cache(spec: RunSpec) -> Figures:
         build = time.perf_counter() - start
         rates = {}
         for label, source in (("files", files), ("decoded", decoded)):
-            rates[label] = _epoch_two_rate(source, transform, batch_size, spec.num_workers)
+            rates[label] = _epoch_two_rate(source, transform, batch_size, spec.num_workers or 0)
         cache_mib = decoded.path.stat().st_size / 2**20
     return {
         "images (JPEG, 300-600 px)": len(files),
