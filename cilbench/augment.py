@@ -44,25 +44,24 @@ def training_data(
 
 
 def random_resized_crop_boxes(count: int, height: int, width: int) -> torch.Tensor:
-    """(count, 4) crop boxes x1, y1, x2, y2 in pixels, drawn as RandomResizedCrop draws them."""
-    area = height * width
-    target = area * torch.empty(count, TRIES).uniform_(*SCALE)
-    log_ratio = torch.empty(count, TRIES).uniform_(math.log(RATIO[0]), math.log(RATIO[1]))
-    aspect = torch.exp(log_ratio)
-    w = torch.sqrt(target * aspect).round()
-    h = torch.sqrt(target / aspect).round()
+    """(count, 4) crop boxes x1, y1, x2, y2 in pixels, drawn as RandomResizedCrop draws them.
+
+    One draw from torch's generator, then numpy: a few dozen tiny torch operations per batch
+    cost more than the crops themselves on a small model.
+    """
+    draws = torch.rand(count, 2 * TRIES + 2, dtype=torch.float64).numpy()
+    target = height * width * (SCALE[0] + (SCALE[1] - SCALE[0]) * draws[:, :TRIES])
+    low, high = math.log(RATIO[0]), math.log(RATIO[1])
+    aspect = np.exp(low + (high - low) * draws[:, TRIES : 2 * TRIES])
+    w, h = np.round(np.sqrt(target * aspect)), np.round(np.sqrt(target / aspect))
     fits = (w <= width) & (h <= height) & (w > 0) & (h > 0)
-    first = torch.where(fits.any(dim=1), fits.float().argmax(dim=1), -1)
-    rows = torch.arange(count)
-    w, h = w[rows, first.clamp(min=0)], h[rows, first.clamp(min=0)]
+    found, first, rows = fits.any(axis=1), fits.argmax(axis=1), np.arange(count)
     fallback_w, fallback_h = _fallback(height, width)
-    w = torch.where(first >= 0, w, torch.tensor(float(fallback_w)))
-    h = torch.where(first >= 0, h, torch.tensor(float(fallback_h)))
-    x1 = torch.floor(torch.rand(count) * (width - w + 1))
-    y1 = torch.floor(torch.rand(count) * (height - h + 1))
-    x1 = torch.where(first >= 0, x1, torch.tensor(float((width - fallback_w) // 2)))
-    y1 = torch.where(first >= 0, y1, torch.tensor(float((height - fallback_h) // 2)))
-    return torch.stack([x1, y1, x1 + w, y1 + h], dim=1)
+    w = np.where(found, w[rows, first], fallback_w)
+    h = np.where(found, h[rows, first], fallback_h)
+    x1 = np.where(found, np.floor(draws[:, -2] * (width - w + 1)), (width - fallback_w) // 2)
+    y1 = np.where(found, np.floor(draws[:, -1] * (height - h + 1)), (height - fallback_h) // 2)
+    return torch.from_numpy(np.stack([x1, y1, x1 + w, y1 + h], axis=1)).float()
 
 
 def _fallback(height: int, width: int) -> tuple[int, int]:
@@ -79,16 +78,18 @@ def _augment_batch(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
     """Crop, resize (bilinear) and flip every image of a same-size batch in one sampling pass."""
     size = backbone.preprocessing.image_size
     count, channels, height, width = images.shape
-    x1, y1, x2, y2 = random_resized_crop_boxes(count, height, width).unbind(dim=1)
-    mirror = torch.where(torch.rand(count) < 0.5, -1.0, 1.0)
+    x1, y1, x2, y2 = random_resized_crop_boxes(count, height, width).double().numpy().T
+    mirror = np.where(torch.rand(count).numpy() < 0.5, -1.0, 1.0)
     # affine_grid maps output coordinates in [-1, 1] to input coordinates in [-1, 1].
-    theta = torch.zeros(count, 2, 3)
+    theta = np.zeros((count, 2, 3), dtype=np.float32)
     theta[:, 0, 0] = mirror * (x2 - x1) / width
     theta[:, 0, 2] = (x1 + x2) / width - 1
     theta[:, 1, 1] = (y2 - y1) / height
     theta[:, 1, 2] = (y1 + y2) / height - 1
     device = backbone.device
-    grid = F.affine_grid(theta.to(device), [count, channels, size, size], align_corners=False)
+    grid = F.affine_grid(
+        torch.from_numpy(theta).to(device), [count, channels, size, size], align_corners=False
+    )
     images = images.to(device, non_blocking=True).float()
     crops = F.grid_sample(images, grid, mode="bilinear", align_corners=False)
     return backbone.preprocessing.normalize(crops.contiguous(memory_format=torch.channels_last))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 from collections.abc import Callable, Mapping
@@ -74,9 +75,8 @@ class Preprocessing:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Batch part, run on the model's device: uint8 (B,3,H,W) -> normalised float."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return images.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)  # keeps memory format
+        scale, shift = _normalization_constants(self.mean, self.std, images.device)
+        return images.float().mul_(scale).sub_(shift)  # keeps memory format
 
     def describe(self) -> str:
         """Stable text identifying this preprocessing (part of the feature-cache key)."""
@@ -84,6 +84,17 @@ class Preprocessing:
             f"size={self.image_size},crop={self.crop_pct},interp={self.interpolation},"
             f"norm={self.normalization},mean={self.mean},std={self.std}"
         )
+
+
+@functools.cache
+def _normalization_constants(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 / (255 std), mean / std) as (1, 3, 1, 1) tensors on `device`, made once per device
+    (building them on every batch costs more than normalising a small batch)."""
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    return 1.0 / (255.0 * std_t), mean_t / std_t
 
 
 @dataclass(frozen=True)
