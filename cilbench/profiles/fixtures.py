@@ -62,11 +62,12 @@ def _imagenet_r(root: Path, count: int) -> None:
 
 
 def _vtab(root: Path, count: int) -> None:
-    """`vtab/{train,test}/<NN>/*.jpg` (50 classes, 4 train images per test image)."""
-    per_class = max(5, count // 50)
+    """`vtab/{train,test}/<NN>/*.jpg` (50 classes, about 4 train images per test image)."""
+    per_class = max(2, count // 50)
+    test = max(1, per_class // 5)
     names = [f"{c:02d}" for c in range(50)]
-    write_jpeg_classes(root / "vtab" / "train", 50, per_class - per_class // 5, 0, names)
-    write_jpeg_classes(root / "vtab" / "test", 50, per_class // 5, 1, names)
+    write_jpeg_classes(root / "vtab" / "train", 50, per_class - test, 0, names)
+    write_jpeg_classes(root / "vtab" / "test", 50, test, 1, names)
 
 
 WRITERS: dict[str, Callable[[Path, int], None]] = {
