@@ -6,8 +6,8 @@ original labels into the stream's label space (position in the class order), whi
 policy needs. Images leave a source as uint8 tensors (C, H, W) with three channels.
 
 Data loaders decode files in worker processes by default (`loader_workers`): one per CPU this
-process may use. In-memory sources load in the main process, because copying a batch out of an
-array costs less than shipping it back from a worker.
+process may use. In-memory sources load in the main process when the model runs on the CPU,
+because copying a batch out of an array costs less than shipping it back from a worker.
 """
 
 from __future__ import annotations
@@ -190,19 +190,21 @@ def default_workers() -> int:
     return max(0, min(joblib.cpu_count(), MAX_DEFAULT_WORKERS))
 
 
-def loader_workers(requested: int | None, sources: Iterable[Any]) -> int:
-    """Worker processes for a data loader over `sources`.
+def loader_workers(requested: int | None, sources: Iterable[Any], device: torch.device) -> int:
+    """Worker processes for a data loader over `sources` that feeds a model on `device`.
 
     `requested` (the `--workers` option) wins when given. Otherwise a loader that decodes image
-    files gets `default_workers()`, and one over in-memory arrays or the decoded cache gets 0: a
-    copy out of memory is cheaper than a worker's pickling and inter-process transfer.
+    files gets `default_workers()`. In-memory arrays and the decoded cache get them too when the
+    model is on a GPU (the host's cores have nothing else to do than resize and copy), but 0 on the
+    CPU, where the model needs those cores and a copy out of memory costs less than a worker's
+    pickling and inter-process transfer.
     """
     if requested is not None:
         if requested < 0:
             raise ConfigError(f"workers must be 0 or more; got {requested}.")
         return requested
     decodes = any(getattr(source, "decodes_files", False) for source in sources)
-    return default_workers() if decodes else 0
+    return default_workers() if decodes or device.type == "cuda" else 0
 
 
 def loader_options(

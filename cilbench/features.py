@@ -148,7 +148,7 @@ class FeatureStore:
             self.backbone,
             dataset,
             batch_size=self.batch_size,
-            num_workers=loader_workers(self.num_workers, [source]),
+            num_workers=loader_workers(self.num_workers, [source], self.backbone.device),
             progress=self.progress,
             description=f"features {getattr(source, 'name', '')}".strip(),
         )

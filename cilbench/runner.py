@@ -217,7 +217,7 @@ def _scored_batches(
         return
     backbone = store.backbone
     dataset = view.with_transform(backbone.preprocessing.sample_transform())
-    workers = loader_workers(store.num_workers, [view.source])
+    workers = loader_workers(store.num_workers, [view.source], backbone.device)
     loader = DataLoader(dataset, batch_size=batch_size, **loader_options(backbone.device, workers))
     with (progress or SilentProgress()).task("evaluating", total=len(view)) as advance:
         for images, labels in loader:

@@ -102,7 +102,7 @@ def fit(
     optimizer = make_optimizer(groups, settings)
     scheduler = make_scheduler(optimizer, settings)
     parameters = [p for g in optimizer.param_groups for p in g["params"]]
-    workers = loader_workers(num_workers, getattr(data, "sources", ()))
+    workers = loader_workers(num_workers, getattr(data, "sources", ()), device)
     loader = DataLoader(
         data,
         batch_size=settings.batch_size,

@@ -182,7 +182,7 @@ class SLCA(BaseStrategy):
             self.backbone,
             dataset,
             batch_size=self.config.batch_size,
-            num_workers=loader_workers(self._workers(), [experience.train.source]),
+            num_workers=loader_workers(self._workers(), [experience.train.source], self.device),
             progress=self.features.progress,
             description="slca: class statistics",
         )

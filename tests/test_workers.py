@@ -35,17 +35,19 @@ def test_default_workers_follow_the_cpu_affinity(monkeypatch):
     assert default_workers() == MAX_DEFAULT_WORKERS
 
 
-def test_only_decoding_sources_get_workers_by_default(tmp_path, monkeypatch):
+def test_default_workers_go_to_decoding_or_to_a_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr("cilbench.data.default_workers", lambda: 3)
     (tmp_path / "a.jpg").write_bytes(b"")
     files = FileSource(tmp_path, ["a.jpg"], [0], "files")
     arrays = ArraySource(np.zeros((1, 4, 4), dtype=np.uint8), np.zeros(1), "arrays")
-    assert loader_workers(None, [files]) == 3
-    assert loader_workers(None, [arrays]) == 0
-    assert loader_workers(None, [arrays, files]) == 3
-    assert loader_workers(0, [files]) == 0 and loader_workers(5, [arrays]) == 5
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert loader_workers(None, [files], cpu) == 3
+    assert loader_workers(None, [arrays], cpu) == 0  # the model needs the cores
+    assert loader_workers(None, [arrays], gpu) == 3  # the host only feeds the GPU
+    assert loader_workers(None, [arrays, files], cpu) == 3
+    assert loader_workers(0, [files], cpu) == 0 and loader_workers(5, [arrays], cpu) == 5
     with pytest.raises(ConfigError, match="got -1"):
-        loader_workers(-1, [files])
+        loader_workers(-1, [files], cpu)
 
 
 def test_device_paths_are_chosen_by_device_type():

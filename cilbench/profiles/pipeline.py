@@ -44,7 +44,9 @@ def profile_pipeline(spec: RunSpec) -> Figures:
     source = prepared.stream.experiences[0].train.source
     view = DatasetView(source, np.arange(len(source)), np.zeros(len(source), dtype=np.int64))
     batches = prepared_batches(backbone, view, spec.batch_size)
-    counts = sorted({0, 2, default_workers(), loader_workers(spec.num_workers, [source])})
+    counts = sorted(
+        {0, 2, default_workers(), loader_workers(spec.num_workers, [source], backbone.device)}
+    )
     bare: list[float] = []
     decode: dict[int, list[float]] = {w: [] for w in counts}
     cold: dict[int, list[float]] = {w: [] for w in counts}
