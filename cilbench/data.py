@@ -187,7 +187,7 @@ def default_workers() -> int:
     """
     import joblib
 
-    return max(0, min(joblib.cpu_count(), MAX_DEFAULT_WORKERS))
+    return min(joblib.cpu_count(), MAX_DEFAULT_WORKERS)
 
 
 def loader_workers(requested: int | None, sources: Iterable[Any], device: torch.device) -> int:

@@ -95,8 +95,8 @@ def fit(
 ) -> list[float]:
     """Minimise `loss_fn(prepare(images), labels)` over `data`; the mean loss of every epoch.
 
-    `num_workers`: loader processes (None: `loader_workers` decides from `data.sources`, which
-    `augment.training_data` datasets name; other datasets load in this process). A dataset with a
+    `num_workers`: loader processes (None: `loader_workers` decides from `device` and from
+    `data.sources`, which `augment.training_data` datasets name). A dataset with a
     `sampler(generator)` method (per-image augmentation) supplies its own shuffled keys.
     """
     optimizer = make_optimizer(groups, settings)
@@ -128,7 +128,7 @@ def fit(
             total, count = torch.zeros((), device=device), 0
             for step, (images, labels) in enumerate(loader):
                 with autocast(device):
-                    loss = loss_fn(prepare(images), labels.to(device))
+                    loss = loss_fn(prepare(images), labels.to(device, non_blocking=True))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if settings.grad_clip is not None:
