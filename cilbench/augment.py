@@ -17,7 +17,7 @@ global CPU generator, which `training.fit` seeds from the experience's generator
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -156,7 +156,7 @@ class SeededSampler(Sampler[tuple[int, int]]):
     def __len__(self) -> int:
         return self.size
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         order = torch.randperm(self.size, generator=self.generator).tolist()
         seeds = torch.randint(2**62, (self.size,), generator=self.generator).tolist()
         return iter(zip(order, seeds))

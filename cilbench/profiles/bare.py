@@ -75,5 +75,6 @@ def training_rate(backbone: Backbone, view: DatasetView, settings: TrainSettings
 
 
 def _sampler(data: Any) -> Any:
+    """The seeded sampler of per-image augmentation datasets (their keys carry seeds), else None."""
     own = getattr(data, "sampler", None)
     return own(torch.Generator().manual_seed(0)) if own is not None else None
