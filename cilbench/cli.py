@@ -6,6 +6,7 @@ one message without a traceback and exit with status 2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -125,7 +126,10 @@ def run_command(
     ] = False,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 128,
-    workers: Annotated[int, typer.Option(help="Data-loader worker processes.")] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Data-loader processes (default: one per core for image files)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result JSON only.")] = False,
 ) -> None:
     """Run a strategy over a stream (no options: the offline demo) and write a result JSON."""
@@ -268,15 +272,33 @@ def profile_command(
     data_root: DataRootOpt = None,
     device: DeviceOpt = "auto",
     batch_size: BatchOpt = 128,
+    workers: Annotated[
+        int | None, typer.Option(help="Data-loader processes (default: one per core).")
+    ] = None,
+    synthetic_jpegs: Annotated[
+        int,
+        typer.Option(
+            help="First write N photo-like JPEGs in the file-based stream's layout under "
+            "--data-root (a temporary folder if not given) and profile on them."
+        ),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print figures as JSON.")] = False,
 ) -> None:
     """Measure costs side by side in one run (default: bare forward vs cold vs warm cache)."""
     from cilbench.profiles import IGNORED_OPTIONS, PROFILES
+    from cilbench.profiles.fixtures import synthetic_data_root
 
     profile = PROFILES.get(name)
     _refuse_given(context, IGNORED_OPTIONS[name], f"by `profile {name}`")
-    spec = _spec(strategy, stream, backbone, 0, assignments, data_root, device, batch_size)
-    figures = profile(spec)
+    with contextlib.ExitStack() as stack:
+        if synthetic_jpegs > 0:
+            root = synthetic_data_root(stream, data_root, synthetic_jpegs)
+            data_root = stack.enter_context(root)
+        spec = _spec(
+            strategy, stream, backbone, 0, assignments, data_root, device, batch_size,
+            num_workers=workers,
+        )  # fmt: skip
+        figures = profile(spec)
     if as_json:
         print(json.dumps(figures, indent=2))
         return

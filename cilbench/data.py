@@ -4,23 +4,32 @@ A source is one split of a data set on disk or in memory, with a fingerprint tha
 content; the feature cache is keyed by it. A view selects indices of a source and maps their
 original labels into the stream's label space (position in the class order), which is all a split
 policy needs. Images leave a source as uint8 tensors (C, H, W) with three channels.
+
+Data loaders decode files in worker processes by default (`loader_workers`): one per CPU this
+process may use. In-memory sources load in the main process when the model runs on the CPU,
+because copying a batch out of an array costs less than shipping it back from a worker.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cilbench.errors import DataError
+from cilbench.devices import pins_memory
+from cilbench.errors import ConfigError, DataError
 
 SampleTransform = Callable[[torch.Tensor], torch.Tensor]
+
+MAX_DEFAULT_WORKERS = 16
+"""Cap of the default worker count: at a few hundred decoded images/s per core, 16 workers feed
+even a ViT-B/16 in bf16 on one GPU, and each worker holds its own prefetched batches."""
 
 
 class ImageSource(Protocol):
@@ -105,6 +114,9 @@ class FileSource(_LabelledSource):
     size and name is not detected.
     """
 
+    decodes_files = True
+    """Loading decodes an image file: data loaders run it in worker processes (`loader_workers`)."""
+
     def __init__(self, root: Path, files: Sequence[str], targets: Sequence[int], name: str):
         if len(files) != len(targets):
             raise ValueError(f"{len(files)} files but {len(targets)} targets")
@@ -165,3 +177,46 @@ class _TransformedView(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = self.view.source.load(int(self.view.indices[i]))
         return self.transform(image), int(self.view.labels[i])
+
+
+def default_workers() -> int:
+    """Worker processes for decoding when none are asked for: one per CPU this process may use.
+
+    joblib counts the CPUs allowed by the process's affinity mask and by a cgroup CPU quota
+    (containers, Slurm), so a job limited to 4 of 64 cores starts 4 workers, not 64.
+    """
+    import joblib
+
+    return min(joblib.cpu_count(), MAX_DEFAULT_WORKERS)
+
+
+def loader_workers(requested: int | None, sources: Iterable[Any], device: torch.device) -> int:
+    """Worker processes for a data loader over `sources` that feeds a model on `device`.
+
+    `requested` (the `--workers` option) wins when given. Otherwise a loader that decodes image
+    files gets `default_workers()`. In-memory arrays and the decoded cache get them too when the
+    model is on a GPU (the host's cores have nothing else to do than resize and copy), but 0 on the
+    CPU, where the model needs those cores and a copy out of memory costs less than a worker's
+    pickling and inter-process transfer.
+    """
+    if requested is not None:
+        if requested < 0:
+            raise ConfigError(f"workers must be 0 or more; got {requested}.")
+        return requested
+    decodes = any(getattr(source, "decodes_files", False) for source in sources)
+    return default_workers() if decodes or device.type == "cuda" else 0
+
+
+def loader_options(
+    device: torch.device, workers: int, *, persistent: bool = False
+) -> dict[str, Any]:
+    """DataLoader keyword arguments for feeding `device` with `workers` processes.
+
+    Pinned host memory on CUDA (copies then overlap compute); `persistent` keeps the workers
+    alive between epochs of one training loop instead of forking them again every epoch.
+    """
+    return {
+        "num_workers": workers,
+        "pin_memory": pins_memory(device),
+        "persistent_workers": persistent and workers > 0,
+    }

@@ -1,10 +1,13 @@
 """Frozen-feature extraction with an on-disk cache: the reason frozen strategies are fast.
 
 Features of a whole image source are computed once per (backbone tag, weight digest,
-preprocessing, source fingerprint) and stored as a safetensors file, written atomically and
-verified by a checksum on every read. A damaged file is reported and rebuilt, never used; a changed
-key simply names another file, so stale features cannot be returned. A cache folder that cannot be
-written (read-only, full disk) costs speed, not the run: features stay in memory, with one warning.
+preprocessing, compute precision, source fingerprint) and stored as a safetensors file, written
+atomically and verified by a checksum on every read. A damaged file is reported and rebuilt, never
+used; a changed key simply names another file, so stale features cannot be returned. A cache folder
+that cannot be written (read-only, full disk) costs speed, not the run: features stay in memory,
+with one warning. On CUDA the backbone runs in bf16 (`cilbench.devices`); `cilbench profile gpu`
+reports how far those features are from float32 ones. Images are decoded in worker processes
+(`cilbench.data.loader_workers`).
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from cilbench.backbones import Backbone
 from cilbench.callbacks import Progress, SilentProgress
-from cilbench.data import DatasetView, ImageSource
+from cilbench.data import DatasetView, ImageSource, loader_options, loader_workers
+from cilbench.devices import autocast, compute_dtype
 from cilbench.files import atomic_path, remove_stale_temps, writable_problem
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: the key names the compute precision
 
 
 def default_cache_dir() -> Path:
@@ -47,18 +51,20 @@ def extract_features(
     progress: Progress | None = None,
     description: str = "extracting features",
 ) -> torch.Tensor:
-    """Run `forward` over `dataset` (uint8 images, prepared by `backbone`); float32 on the CPU."""
+    """Run `forward` over `dataset` (uint8 images, prepared by `backbone`); float32 on the CPU.
+
+    `forward` runs under the device's autocast (bf16 on CUDA); `num_workers` processes decode.
+    """
     progress = progress or SilentProgress()
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=backbone.device.type == "cuda",
-        persistent_workers=False,
-    )
+    device = backbone.device
+    loader = DataLoader(dataset, batch_size=batch_size, **loader_options(device, num_workers))
     chunks = []
     total = len(dataset)  # type: ignore[arg-type]
-    with progress.task(description, total=total) as advance, torch.inference_mode():
+    with (
+        progress.task(description, total=total) as advance,
+        torch.inference_mode(),
+        autocast(device),
+    ):
         for images, _ in loader:
             chunks.append(forward(backbone.prepare(images)).float().cpu())
             advance(len(images))
@@ -70,6 +76,7 @@ class FeatureStore:
 
     Strategies call `get(view)` for an experience's training set; the runner calls it for test
     sets when a strategy predicts from frozen features. `images_forwarded` counts backbone work.
+    `num_workers`: decoding processes (None: `loader_workers` picks per source).
     """
 
     def __init__(
@@ -78,7 +85,7 @@ class FeatureStore:
         cache_dir: Path | None = None,
         *,
         batch_size: int = 128,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         progress: Progress | None = None,
     ):
         self.backbone = backbone
@@ -114,6 +121,10 @@ class FeatureStore:
         self._memory[key] = features
         return features
 
+    def remember(self, source: ImageSource, features: torch.Tensor) -> None:
+        """Answer `source` with `features` in this process (features computed elsewhere)."""
+        self._memory[self.cache_key(source)[0]] = features
+
     def cache_key(self, source: ImageSource) -> tuple[str, str]:
         """(hex key, the JSON it hashes): everything the features depend on."""
         description = json.dumps(
@@ -122,6 +133,7 @@ class FeatureStore:
                 "backbone": self.backbone.tag,
                 "weights": self.backbone.weight_digest,
                 "preprocessing": self.backbone.preprocessing.describe(),
+                "precision": str(compute_dtype(self.backbone.device)),
                 "source": source.fingerprint,
             },
             sort_keys=True,
@@ -155,7 +167,7 @@ class FeatureStore:
             self.backbone,
             dataset,
             batch_size=self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=loader_workers(self.num_workers, [source], self.backbone.device),
             progress=self.progress,
             description=f"features {getattr(source, 'name', '')}".strip(),
         )

@@ -39,7 +39,8 @@ from cilbench.config import (
     settings_schema,
     split_sections,
 )
-from cilbench.data import DatasetView
+from cilbench.data import DatasetView, loader_options, loader_workers
+from cilbench.devices import autocast
 from cilbench.errors import CilbenchError, ConfigError, CorruptFileError
 from cilbench.features import FeatureStore, default_cache_dir
 from cilbench.files import check_writable, remove_stale_temps, write_atomic
@@ -69,7 +70,8 @@ class RunSpec:
     cache_dir: Path | None = field(default_factory=default_cache_dir)
     device: Annotated[str, AvailableDevice()] = "auto"
     batch_size: Annotated[int, Positive()] = 128
-    num_workers: Annotated[int, NonNegative()] = 0
+    num_workers: Annotated[int | None, NonNegative()] = None
+    """Data-loader processes; None: one per available core for image files, 0 for arrays."""
 
 
 @dataclass
@@ -298,11 +300,13 @@ def _scored_batches(
         return
     backbone = store.backbone
     dataset = view.with_transform(backbone.preprocessing.sample_transform())
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=store.num_workers)
+    workers = loader_workers(store.num_workers, [view.source], backbone.device)
+    loader = DataLoader(dataset, batch_size=batch_size, **loader_options(backbone.device, workers))
     with (progress or SilentProgress()).task("evaluating", total=len(view)) as advance:
         for images, labels in loader:
-            with torch.no_grad():
-                yield strategy.predict(backbone.prepare(images)), labels
+            with torch.no_grad(), autocast(backbone.device):
+                scores = strategy.predict(backbone.prepare(images))
+            yield scores.float(), labels
             advance(len(labels))
 
 

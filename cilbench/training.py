@@ -5,6 +5,8 @@ learning-rate schedule (stepped per epoch, as the reference codebases do), bf16 
 optional gradient clipping, a progress bar, a data order fixed by the experience's generator, and a
 clear stop on a non-finite loss (the runner's last checkpoint, from the previous experience, stays
 intact). It makes no extra passes: no train-accuracy pass and no evaluation inside the loop.
+Image files are decoded by worker processes that live for the whole loop (`persistent_workers`);
+the result does not depend on their number (see `cilbench.augment.SeededSampler`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from cilbench.callbacks import Progress, SilentProgress
 from cilbench.config import NonNegative, Positive, Range, shared_fields
+from cilbench.data import loader_options, loader_workers
+from cilbench.devices import autocast
 from cilbench.errors import CilbenchError
 
 
@@ -87,22 +91,29 @@ def fit(
     device: torch.device,
     progress: Progress | None = None,
     description: str = "training",
-    num_workers: int = 0,
+    num_workers: int | None = None,
 ) -> list[float]:
-    """Minimise `loss_fn(prepare(images), labels)` over `data`; the mean loss of every epoch."""
+    """Minimise `loss_fn(prepare(images), labels)` over `data`; the mean loss of every epoch.
+
+    `num_workers`: loader processes (None: `loader_workers` decides from `device` and from
+    `data.sources`, which `augment.training_data` datasets name). A dataset with a
+    `sampler(generator)` method (per-image augmentation) supplies its own shuffled keys.
+    """
     optimizer = make_optimizer(groups, settings)
     scheduler = make_scheduler(optimizer, settings)
     parameters = [p for g in optimizer.param_groups for p in g["params"]]
+    workers = loader_workers(num_workers, getattr(data, "sources", ()), device)
     loader = DataLoader(
         data,
         batch_size=settings.batch_size,
-        shuffle=True,
+        sampler=_shuffled(data, generator),
         drop_last=settings.drop_last,
-        generator=generator,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
+        # The loader draws its workers' base seed from this generator whenever it starts them:
+        # every epoch without workers, once with persistent ones. A private generator keeps
+        # those draws off `generator`, so the data order does not depend on the worker count.
+        generator=torch.Generator().manual_seed(0),
+        **loader_options(device, workers, persistent=True),
     )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     progress = progress or SilentProgress()
     epoch_losses = []
     # Reading the loss back costs a device sync: on a GPU, check it every few steps only.
@@ -116,8 +127,8 @@ def fit(
         for epoch in range(settings.epochs):
             total, count = torch.zeros((), device=device), 0
             for step, (images, labels) in enumerate(loader):
-                with autocast:
-                    loss = loss_fn(prepare(images), labels.to(device))
+                with autocast(device):
+                    loss = loss_fn(prepare(images), labels.to(device, non_blocking=True))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if settings.grad_clip is not None:
@@ -133,6 +144,12 @@ def fit(
             epoch_losses.append(total.item() / max(count, 1))
     optimizer.zero_grad(set_to_none=True)  # leave no stale gradients on the model
     return epoch_losses
+
+
+def _shuffled(data: Dataset, generator: torch.Generator) -> Sampler:
+    """The dataset's own seeded sampler if it has one, else a random order from `generator`."""
+    own = getattr(data, "sampler", None)
+    return own(generator) if own is not None else RandomSampler(data, generator=generator)  # type: ignore[arg-type]
 
 
 def _stop_if_not_finite(total: torch.Tensor, description: str, epoch: int, step: int) -> None:

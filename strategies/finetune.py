@@ -34,14 +34,14 @@ from cilbench.training import TrainSettings, fit
 @dataclass(frozen=True)
 class FinetuneConfig(TrainSettings):
     """The shared training settings (epochs, lr, schedule, ...) with these defaults, plus
-    backbone_lr_scale (backbone lr = lr x this), num_workers and train_backbone (false: a linear
-    probe on cached frozen features)."""
+    backbone_lr_scale (backbone lr = lr x this), num_workers (None: the run's `--workers`) and
+    train_backbone (false: a linear probe on cached frozen features)."""
 
     epochs: int = 20
     batch_size: int = 128
     weight_decay: float = 5e-4
     backbone_lr_scale: Annotated[float, NonNegative()] = 1.0
-    num_workers: Annotated[int, NonNegative()] = 0
+    num_workers: Annotated[int | None, NonNegative()] = None
     train_backbone: bool = True
 
 
@@ -96,6 +96,7 @@ class Finetune(BaseStrategy):
         def loss_fn(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(model(inputs)[:, :num_seen], labels)
 
+        workers = self.features.num_workers if config.num_workers is None else config.num_workers
         groups = [{"params": network.heads.parameters(), "lr": config.lr}]
         if config.train_backbone:
             lr = config.lr * config.backbone_lr_scale
@@ -111,7 +112,7 @@ class Finetune(BaseStrategy):
             device=self.device,
             progress=self.features.progress,
             description=f"{type(self).__name__.lower()}: experience {index}",
-            num_workers=config.num_workers,
+            num_workers=workers,
         )
         network.eval()
 

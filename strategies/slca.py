@@ -12,6 +12,8 @@ experience.
 
 Config: `epochs`, `milestones`, `gamma`, `lr` (head), `backbone_lr_scale` (backbone lr = lr x
 this), `momentum`, `weight_decay`, `batch_size`, `grad_clip`: stage 1 (SGD, multi-step decay).
+`num_workers`: data-loader processes (None: the run's `--workers`, by default one per core for
+image files).
 `ca_epochs`, `ca_lr`, `ca_samples_per_class`, `logit_temperature` (None turns logit normalisation
 off): stage 2 (SGD, cosine). `covariance_ridge`: added to each covariance's diagonal.
 
@@ -41,6 +43,7 @@ from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
 from cilbench.augment import training_data
 from cilbench.backbones import Backbone
 from cilbench.config import NonNegative, Positive, Range
+from cilbench.data import loader_workers
 from cilbench.errors import CilbenchError
 from cilbench.features import FeatureStore, extract_features
 from cilbench.gaussians import ClassGaussians
@@ -66,7 +69,7 @@ class SLCAConfig:
     weight_decay: Annotated[float, NonNegative()] = 5e-4
     batch_size: Annotated[int, Positive()] = 128
     grad_clip: Annotated[float | None, Positive()] = None
-    num_workers: Annotated[int, NonNegative()] = 0
+    num_workers: Annotated[int | None, NonNegative()] = None
     ca_epochs: Annotated[int, NonNegative()] = 5
     ca_lr: Annotated[float, Positive()] = 0.01
     ca_samples_per_class: Annotated[int, Positive()] = 256
@@ -154,9 +157,14 @@ class SLCA(BaseStrategy):
             device=self.device,
             progress=self.features.progress,
             description=f"slca: slow learner, experience {experience.index}",
-            num_workers=config.num_workers,
+            num_workers=self._workers(),
         )
         network.eval()
+
+    def _workers(self) -> int | None:
+        """Loader processes: the config's `num_workers`, else the run's `--workers` setting."""
+        configured = self.config.num_workers
+        return configured if configured is not None else self.features.num_workers
 
     def slow_learner_groups(self) -> list[dict[str, Any]]:
         """Backbone at lr x backbone_lr_scale, the newest head at lr (older heads are frozen)."""
@@ -175,7 +183,7 @@ class SLCA(BaseStrategy):
             self.backbone,
             dataset,
             batch_size=self.config.batch_size,
-            num_workers=self.config.num_workers,
+            num_workers=loader_workers(self._workers(), [experience.train.source], self.device),
             progress=self.features.progress,
             description="slca: class statistics",
         )

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 
-from cilbench.augment import _augment_batch, random_resized_crop_boxes, training_data
+from cilbench.augment import SeededSampler, _augment_batch, random_resized_crop_boxes, training_data
 from cilbench.data import DatasetView, FileSource
 from cilbench.testing import synthetic_stream, tiny_backbone
 
@@ -59,4 +59,30 @@ def test_same_size_sources_augment_per_batch_and_files_per_image(tmp_path):
     files = FileSource(tmp_path, ["a.png"], [0], "files")
     view = DatasetView(files, np.array([0]), np.array([0]))
     data, prepare = training_data(backbone, [view])
-    assert data[0][0].shape == (3, 32, 32) and prepare == backbone.prepare
+    assert data[(0, 7)][0].shape == (3, 32, 32) and prepare == backbone.prepare
+
+
+def test_per_image_augmentation_depends_on_its_seed_only(tmp_path):
+    """A file's crop is fixed by the seed its key carries: whatever ran before, in any process."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    files = FileSource(tmp_path, ["a.png"], [3], "files")
+    data, _ = training_data(tiny_backbone(), [DatasetView(files, np.array([0]), np.array([5]))])
+    first, label = data[(0, 11)]
+    torch.rand(100)  # move the global generator: the seeded draw must not care
+    state = torch.get_rng_state()
+    again, _ = data[(0, 11)]
+    assert torch.equal(torch.get_rng_state(), state)  # and it leaves the global state alone
+    assert label == 5 and torch.equal(first, again)
+    assert not all(torch.equal(first, data[(0, seed)][0]) for seed in range(12, 16))
+
+
+def test_seeded_sampler_is_a_permutation_with_one_seed_per_position():
+    generator = torch.Generator().manual_seed(0)
+    keys = list(SeededSampler(10, generator))
+    assert sorted(position for position, _ in keys) == list(range(10))
+    assert len({seed for _, seed in keys}) == 10
+    replay = list(SeededSampler(10, torch.Generator().manual_seed(0)))
+    assert keys == replay and keys != list(SeededSampler(10, generator))  # next epoch differs

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from cilbench.backbones import Preprocessing
-from cilbench.data import DatasetView, FileSource, ImageSource
+from cilbench.data import DatasetView, ImageSource
 from cilbench.decoded_cache import DecodedSource
 from cilbench.profiles import Figures, register_profile
+from cilbench.profiles.fixtures import write_jpeg_classes
 from cilbench.runner import RunSpec
 
 CLASSES = 8
@@ -49,7 +49,7 @@ def profile_decoded_cache(spec: RunSpec) -> Figures:
         build = time.perf_counter() - start
         rates = {}
         for label, source in (("files", files), ("decoded", decoded)):
-            rates[label] = _epoch_two_rate(source, transform, batch_size, spec.num_workers)
+            rates[label] = _epoch_two_rate(source, transform, batch_size, spec.num_workers or 0)
         cache_mib = decoded.path.stat().st_size / 2**20
     return {
         "images (JPEG, 300-600 px)": len(files),
@@ -86,25 +86,3 @@ def _timed_second_epoch(source: ImageSource, transform, batch_size: int, workers
     for _ in loader:
         pass
     return len(source) / (time.perf_counter() - start)
-
-
-def write_jpeg_classes(root: Path, classes: int, per_class: int, seed: int = 0) -> FileSource:
-    """Class folders of photo-like JPEGs (300-600 px per side); the source over them."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    files, labels = [], []
-    for label in range(classes):
-        for i in range(per_class):
-            height, width = (int(s) for s in rng.integers(300, 601, size=2))
-            coarse = torch.from_numpy(rng.uniform(0, 255, size=(1, 3, 6, 6))).float()
-            field = F.interpolate(coarse, size=(height, width), mode="bicubic")[0]
-            noise = torch.from_numpy(rng.normal(0, 12, size=(3, height, width))).float()
-            image = (field + noise).clamp(0, 255).to(torch.uint8)
-            relative = f"n{label:08d}/{i}.jpg"
-            (root / relative).parent.mkdir(parents=True, exist_ok=True)
-            pixels = Image.fromarray(image.permute(1, 2, 0).numpy())
-            pixels.save(root / relative, format="JPEG", quality=90)
-            files.append(relative)
-            labels.append(label)
-    return FileSource(root, files, labels, "imagenet-r-shaped")

@@ -1,28 +1,36 @@
 """`cilbench profile pipeline`: what frozen-feature work costs, side by side in one process.
 
-Three measurements on the same images with the same backbone and batch size:
+On the training images of `--stream` (arrays, or image files: add `--synthetic-jpegs N` to
+generate a photo-like JPEG folder for a file-based stream), with the same backbone and batch size:
 
-1. bare: a timm forward loop over batches already decoded, resized and normalised in memory;
-2. cold: cilbench's feature extraction into an empty cache (decoding + preprocessing + forward
+1. decode alone: the data loader's decoding and preprocessing (resize, centre crop), no model;
+2. bare: the frozen forward over batches already decoded, resized and normalised in memory;
+3. cold: cilbench's feature extraction into an empty cache (decoding + preprocessing + forward
    + checksummed cache write);
-3. cold vs warm run: a whole frozen-strategy run with an empty cache, then the same run again.
+
+decode and cold for each worker count (0, 2 and the default, or `--workers`), then a whole
+frozen-strategy run with an empty cache and again with the filled one. Measurements alternate
+for a few rounds and the medians are reported, so that load from other processes hits all alike;
+the load average is printed beside them. Cold extraction cannot beat the slower of decoding and
+the forward pass, so it is compared with min(bare, decode) at the same worker count.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from cilbench.backbones import Backbone
-from cilbench.data import DatasetView
+from cilbench.data import DatasetView, ImageSource, default_workers, loader_workers
 from cilbench.features import FeatureStore
 from cilbench.profiles import Figures, register_profile
+from cilbench.profiles.bare import forward_seconds, prepared_batches
 from cilbench.runner import RunSpec, prepare, run
 
 ROUNDS = 3
@@ -30,31 +38,70 @@ ROUNDS = 3
 
 @register_profile("pipeline")
 def profile_pipeline(spec: RunSpec) -> Figures:
-    """Measure bare forward, cold extraction and cold/warm runs of `spec` (cache in a temp dir).
-
-    Bare and cold measurements alternate for a few rounds and the medians are reported, so that
-    load from other processes hits both alike.
-    """
+    """Decode, bare forward and cold extraction per worker count; cold vs warm runs."""
     prepared = prepare(spec)
     backbone = prepared.backbone
     source = prepared.stream.experiences[0].train.source
     view = DatasetView(source, np.arange(len(source)), np.zeros(len(source), dtype=np.int64))
-    loader = DataLoader(
-        view.with_transform(backbone.preprocessing.sample_transform()), batch_size=spec.batch_size
+    batches = prepared_batches(backbone, view, spec.batch_size)
+    counts = sorted(
+        {0, 2, default_workers(), loader_workers(spec.num_workers, [source], backbone.device)}
     )
-    batches = [backbone.prepare(images) for images, _ in loader]
-    with torch.inference_mode():
-        backbone.forward_features(batches[0])  # warm-up: first-call allocations, lazy init
-    bare, cold = [], []
+    bare: list[float] = []
+    decode: dict[int, list[float]] = {w: [] for w in counts}
+    cold: dict[int, list[float]] = {w: [] for w in counts}
     for _ in range(ROUNDS):
-        bare.append(len(source) / _time_bare_forward(backbone, batches))
-        with tempfile.TemporaryDirectory() as tmp:
-            store = FeatureStore(backbone, Path(tmp), batch_size=spec.batch_size)
-            start = time.perf_counter()
-            store.source_features(source)
-            cold.append(len(source) / (time.perf_counter() - start))
+        bare.append(len(view) / forward_seconds(backbone, batches))
+        for workers in counts:
+            decode[workers].append(_decode_rate(backbone, view, spec.batch_size, workers))
+            cold[workers].append(_cold_rate(backbone, source, spec.batch_size, workers))
     del batches
+    figures: Figures = {
+        "training images": len(source),
+        "source": type(source).__name__,
+        "rounds (medians reported)": ROUNDS,
+        "load average (1, 5, 15 min)": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "bare forward on decoded tensors (img/s)": round(float(np.median(bare)), 1),
+    }
+    for workers in counts:
+        figures.update(_per_workers(workers, float(np.median(bare)), decode, cold))
+    if 0 in counts and 2 in counts:
+        speed_up = float(np.median(cold[2]) / np.median(cold[0]))
+        figures["cold extraction, 2 workers / 0 workers"] = round(speed_up, 2)
+    figures.update(_cold_and_warm_runs(spec))
+    return figures
 
+
+def _per_workers(
+    workers: int, bare: float, decode: dict[int, list[float]], cold: dict[int, list[float]]
+) -> Figures:
+    decoded, extracted = float(np.median(decode[workers])), float(np.median(cold[workers]))
+    return {
+        f"{workers} workers: decode + preprocess alone (img/s)": round(decoded, 1),
+        f"{workers} workers: cold extraction (img/s)": round(extracted, 1),
+        f"{workers} workers: cold / min(bare, decode) (target >= 0.9)": round(
+            extracted / min(bare, decoded), 3
+        ),
+    }
+
+
+def _decode_rate(backbone: Backbone, view: DatasetView, batch_size: int, workers: int) -> float:
+    dataset = view.with_transform(backbone.preprocessing.sample_transform())
+    start = time.perf_counter()
+    for _ in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
+        pass
+    return len(view) / (time.perf_counter() - start)
+
+
+def _cold_rate(backbone: Backbone, source: ImageSource, batch_size: int, workers: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = FeatureStore(backbone, Path(tmp), batch_size=batch_size, num_workers=workers)
+        start = time.perf_counter()
+        store.source_features(source)
+        return len(source) / (time.perf_counter() - start)
+
+
+def _cold_and_warm_runs(spec: RunSpec) -> Figures:
     with tempfile.TemporaryDirectory() as tmp:
         runs = dataclasses.replace(spec, cache_dir=Path(tmp) / "cache", out_dir=Path(tmp) / "runs")
         start = time.perf_counter()
@@ -63,29 +110,9 @@ def profile_pipeline(spec: RunSpec) -> Figures:
         start = time.perf_counter()
         warm = run(runs)
         warm_run = time.perf_counter() - start
-    bare_median, cold_median = float(np.median(bare)), float(np.median(cold))
     return {
-        "training images": len(source),
-        "rounds (medians reported)": ROUNDS,
-        "bare timm forward (img/s)": round(bare_median, 1),
-        "cold extraction: decode+preprocess+forward+cache write (img/s)": round(cold_median, 1),
-        "cold / bare (target >= 0.9)": round(cold_median / bare_median, 3),
         f"{spec.strategy} run, cold cache (s)": round(cold_run, 3),
         f"{spec.strategy} run, warm cache (s)": round(warm_run, 3),
         "warm speed-up (target >= 20)": round(cold_run / warm_run, 1),
         "backbone images forwarded in the warm run": int(warm.cost["images_forwarded"]),
     }
-
-
-def _time_bare_forward(backbone: Backbone, batches: list[torch.Tensor]) -> float:
-    with torch.inference_mode():
-        start = time.perf_counter()
-        for batch in batches:
-            backbone.forward_features(batch)
-        _sync(backbone.device)
-        return time.perf_counter() - start
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

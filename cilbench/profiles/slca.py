@@ -3,28 +3,23 @@
 SLCA trains experience 0 (warm-up, not timed), then experience 1, whose three stages it times
 itself: the slow learner (stage 1, through `cilbench.training.fit`: data loading and augmentation
 included), the per-class statistics, and classifier alignment. Then a bare loop trains a fresh
-copy of the same backbone and head with the same optimiser settings on the same number of batches,
-already augmented and on the device, with nothing else in the loop. Use the tiny ViT with enough
-images to time, e.g. `cilbench profile slca --stream synthetic --set stream.train_per_class=500`.
+copy of the same backbone and a head with the same optimiser settings on the same number of
+batches, already augmented and on the device, with nothing else in the loop (`profiles/bare.py`).
+Use the tiny ViT with enough images to time, e.g.
+`cilbench profile slca --stream synthetic --set stream.train_per_class=500`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from typing import Any, cast
+from typing import cast
 
-import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
-
-from cilbench.api import Experience
-from cilbench.backbones import Backbone
 from cilbench.features import FeatureStore
 from cilbench.profiles import Figures, register_profile
+from cilbench.profiles.bare import training_rate
 from cilbench.runner import RunSpec, prepare
 from cilbench.strategies.slca import SLCA
-from cilbench.training import TrainSettings, make_optimizer
+from cilbench.training import TrainSettings
 
 
 @register_profile("slca", ignores=("--strategy",))
@@ -42,7 +37,7 @@ def profile_slca(spec: RunSpec) -> Figures:
     config = strategy.config
     images = config.epochs * len(second.train)
     ours = images / seconds["slow_learner"]
-    bare = _bare_loop(backbone, second, config)
+    bare = training_rate(backbone, second.train, TrainSettings.from_config(config))
     total = sum(seconds.values())
     return {
         "device": str(backbone.device),
@@ -56,46 +51,3 @@ def profile_slca(spec: RunSpec) -> Figures:
         "classifier alignment share of the experience": round(seconds["alignment"] / total, 3),
         "class statistics share of the experience": round(seconds["statistics"] / total, 3),
     }
-
-
-def _bare_loop(backbone: Backbone, experience: Experience, config: Any) -> float:
-    """Images/s of plain timm training on pre-augmented, pre-loaded batches (same settings)."""
-    known = min(experience.new_classes)
-    loader = DataLoader(
-        experience.train.with_transform(backbone.preprocessing.train_transform()),
-        batch_size=config.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(0),
-    )
-    batches = [(backbone.prepare(x), y.to(backbone.device)) for x, y in loader]
-    model = backbone.build_model()
-    head = torch.nn.Linear(cast(int, model.num_features), len(experience.new_classes))
-    head = head.to(backbone.device)
-    groups = [
-        {"params": model.parameters(), "lr": config.lr * config.backbone_lr_scale},
-        {"params": head.parameters(), "lr": config.lr},
-    ]
-    optimizer = make_optimizer(groups, TrainSettings.from_config(config))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=backbone.device.type == "cuda")
-    model.train()
-
-    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        with autocast:
-            loss = F.cross_entropy(head(model(images)), labels - known)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step(*batches[0])  # warm-up
-    _sync(backbone.device)
-    start = time.perf_counter()
-    for _ in range(config.epochs):
-        for images, labels in batches:
-            step(images, labels)
-    _sync(backbone.device)
-    return config.epochs * len(experience.train) / (time.perf_counter() - start)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
