@@ -91,10 +91,14 @@ def prepare(spec: RunSpec) -> PreparedRun:
     sections = split_sections(spec.overrides)
     builder_cls = STREAMS.get(spec.stream)
     strategy_cls = STRATEGIES.get(spec.strategy)
-    builder = resolve(builder_cls, sections["stream"], what=f"stream {spec.stream!r} option")
+    # A recipe may set stream options too (`stream.class_order`: CODA-Prompt's natural order).
+    recipe = split_sections(strategy_cls.recipes.get(spec.stream, {}))
+    builder = resolve(
+        builder_cls, recipe["stream"], sections["stream"], what=f"stream {spec.stream!r} option"
+    )
     config: Any = resolve(
         strategy_cls.Config,
-        strategy_cls.recipes.get(spec.stream, {}),
+        recipe["strategy"],
         sections["strategy"],
         what=f"strategy {spec.strategy!r} config",
     )
@@ -180,14 +184,20 @@ def evaluate(
     store: FeatureStore,
     batch_size: int = 128,
     progress: Progress | None = None,
+    cached_features: bool = True,
 ) -> list[float | None]:
-    """Row t of the accuracy matrix (percent), None for test sets not seen yet."""
+    """Row t of the accuracy matrix (percent), None for test sets not seen yet.
+
+    `cached_features=False` makes a strategy that `predicts_with_features` compute the frozen
+    features itself (a second forward pass; `cilbench profile prompts` compares the two).
+    """
     num_seen = stream.experiences[t].num_seen_classes
     row: list[float | None] = [None] * len(stream.test_sets)
     for j in stream.test_sets_after(t):
         view = stream.test_sets[j]
         correct = 0
-        for scores, labels in _scored_batches(strategy, view, store, batch_size, progress):
+        batches = _scored_batches(strategy, view, store, batch_size, progress, cached_features)
+        for scores, labels in batches:
             if scores.shape != (len(labels), num_seen):
                 raise RuntimeError(
                     f"{type(strategy).__name__} returned scores of shape {tuple(scores.shape)}; "
@@ -204,8 +214,10 @@ def _scored_batches(
     store: FeatureStore,
     batch_size: int,
     progress: Progress | None,
+    cached_features: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(scores, labels) batches: from cached features when the strategy allows, else images."""
+    """(scores, labels) batches: from cached features when the strategy allows, else images
+    (with the cached frozen features of the same images for `predicts_with_features`)."""
     if strategy.predicts_from_features:
         features, labels = strategy.features_of(view)
         with torch.no_grad():
@@ -216,10 +228,20 @@ def _scored_batches(
     backbone = store.backbone
     dataset = view.with_transform(backbone.preprocessing.sample_transform())
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=store.num_workers)
+    frozen = None
+    if strategy.predicts_with_features and cached_features:
+        frozen = store.get(view)[0]  # rows in the loader's (unshuffled) order
+    start = 0
     with (progress or SilentProgress()).task("evaluating", total=len(view)) as advance:
         for images, labels in loader:
             with torch.no_grad():
-                yield strategy.predict(backbone.prepare(images)), labels
+                prepared = backbone.prepare(images)
+                if frozen is None:
+                    yield strategy.predict(prepared), labels
+                else:
+                    features = frozen[start : start + len(labels)].to(strategy.device)
+                    yield strategy.predict_with_features(prepared, features), labels
+            start += len(labels)
             advance(len(labels))
 
 
