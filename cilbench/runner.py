@@ -208,6 +208,18 @@ def evaluate(
     return row
 
 
+def predictions(
+    strategy: BaseStrategy,
+    view: DatasetView,
+    store: FeatureStore,
+    batch_size: int = 128,
+    cached_features: bool = True,
+) -> torch.Tensor:
+    """The label `evaluate` predicts for every image of `view`, in order."""
+    batches = _scored_batches(strategy, view, store, batch_size, None, cached_features)
+    return torch.cat([scores.argmax(dim=1).cpu() for scores, _ in batches])
+
+
 def _scored_batches(
     strategy: BaseStrategy,
     view: DatasetView,

@@ -163,7 +163,7 @@ def test_predictions_do_not_depend_on_the_batch_unless_the_batch_vote_is_on(trai
     rng = np.random.default_rng(0)
     natural = np.arange(len(images))
     reference = _predictions(strategy, images, natural, 16)
-    for batch in (1, 3, 7):
+    for batch in (3, 7):
         shuffled = _predictions(strategy, images, rng.permutation(len(images)), batch)
         assert torch.equal(shuffled, reference)
 
