@@ -14,7 +14,9 @@ from cilbench.data import DatasetView
 from cilbench.features import FeatureStore
 from cilbench.prompts import (
     ComponentPool,
+    KeyedPrompter,
     LayerPrompts,
+    PromptPool,
     _prefixed_attention,
     orthonormal_rows,
     prompted_features,
@@ -85,6 +87,27 @@ def test_top_k_per_sample_and_batch_vote_by_hand():
     ids = select_top_k(similarity, 2)
     assert ids.tolist() == [[0, 2], [1, 2], [1, 2]]
     assert pull_constraint(similarity, ids).item() == pytest.approx((1.4 + 1.5 + 1.2) / 3)
+
+
+def test_dualprompt_task_prompts_shared_start_and_general_prefix():
+    """Training uses experience t's own prompt and key; a new slot starts as the previous one."""
+    pool = PromptPool(4, size=3, length=2, layers=(1,), prefix=True)
+    general = PromptPool(4, size=1, length=1, layers=(0, 1), prefix=True, keyed=False)
+    generator = torch.Generator().manual_seed(0)
+    pool.reset_parameters(generator, 1.0)
+    general.reset_parameters(generator, 1.0)
+    prompter = KeyedPrompter(pool, 1, general=general, task_masked=True, share_previous=True)
+    prompter.start_task(1, generator)
+    assert torch.equal(pool.prompts[:, :, 1], pool.prompts[:, :, 0])
+    query = torch.randn(5, 4)
+    prompts, pull = prompter(query, task=1, training=True)
+    cosine = torch.nn.functional.cosine_similarity(query, pool.keys[1:2].expand(5, -1))
+    assert pull.item() == pytest.approx(cosine.mean().item(), abs=1e-6)
+    keys, values = prompts.prefixes[1]  # G-prompt's token, then E-prompt 1's two
+    assert keys.shape == (5, 3, 4)
+    assert torch.equal(keys[:, 0], general.prompts[1, 0, 0, 0].expand(5, -1))
+    assert torch.equal(values[:, 1:], pool.prompts[0, 1, 1].expand(5, -1, -1))
+    assert set(prompts.prefixes) == {0, 1} and not prompts.tokens
 
 
 def test_gram_schmidt_rows_by_hand():
