@@ -139,6 +139,10 @@ class BaseStrategy:
     recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     """Per-stream overrides of Config defaults, e.g. {"split-cifar100": {"epochs": 20}}."""
     predicts_from_features: ClassVar[bool] = False
+    predicts_with_features: ClassVar[bool] = False
+    """True: the runner evaluates through `predict_with_features(images, features)`, handing over
+    the frozen backbone's cached features of the same images (e.g. a prompt method's query), so
+    evaluation never runs the frozen model a second time."""
     uses_exemplars: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, *, seed: int = 0, device: str | torch.device = "cpu"):
@@ -169,14 +173,22 @@ class BaseStrategy:
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Scores (B, num_seen_classes) for a batch of normalised images."""
-        if not self.predicts_from_features:
+        if not (self.predicts_from_features or self.predicts_with_features):
             raise NotImplementedError(f"{type(self).__name__} must implement predict()")
         with torch.no_grad():
-            return self.predict_features(self.backbone.forward_features(images))
+            features = self.backbone.forward_features(images)
+            if self.predicts_with_features:
+                return self.predict_with_features(images, features)
+            return self.predict_features(features)
 
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
         """Scores (B, num_seen_classes) for frozen-backbone features."""
         raise NotImplementedError(f"{type(self).__name__} does not predict from frozen features")
+
+    def predict_with_features(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Scores (B, num_seen_classes) for prepared images and the frozen features of the same
+        images (what `self.backbone.forward_features(images)` returns, read from the cache)."""
+        raise NotImplementedError(f"{type(self).__name__} does not predict with frozen features")
 
     def features_of(self, view: DatasetView) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, labels) of every image in `view`, as `predict_features` expects them.

@@ -110,10 +110,12 @@ def prepare(spec: RunSpec) -> PreparedRun:
     check(spec, what="run option")
     sections = split_sections(spec.overrides)
     strategy_cls = STRATEGIES.get(spec.strategy)
-    recipe_name, source = _stream_source(spec.stream, sections["stream"])
+    # A recipe may set stream options too (`stream.class_order`: CODA-Prompt's natural order).
+    recipe = split_sections(strategy_cls.recipes.get(_recipe_name(spec.stream), {}))
+    source = _stream_source(spec.stream, recipe["stream"], sections["stream"])
     config: Any = resolve(
         strategy_cls.Config,
-        strategy_cls.recipes.get(recipe_name, {}),
+        recipe["strategy"],
         sections["strategy"],
         what=f"strategy {spec.strategy!r} config",
     )
@@ -140,29 +142,43 @@ def prepare(spec: RunSpec) -> PreparedRun:
     return PreparedRun(spec, stream, backbone, strategy, {**resolved, "device": device}, run_id)
 
 
+def _recipe_name(stream: str | StreamBuilder | Stream) -> str:
+    """The stream name a strategy's recipes are looked up by."""
+    if isinstance(stream, Stream):
+        return stream.info.name
+    if isinstance(stream, str):
+        return stream
+    cls = type(stream)
+    return next((n for n in STREAMS.names() if STREAMS.get(n) is cls), cls.__name__)
+
+
 def _stream_source(
-    stream: str | StreamBuilder | Stream, options: Mapping[str, Any]
-) -> tuple[str, StreamBuilder | Stream]:
-    """(name for recipes, builder with its `stream.*` options applied, or the built Stream)."""
+    stream: str | StreamBuilder | Stream,
+    recipe_options: Mapping[str, Any],
+    options: Mapping[str, Any],
+) -> StreamBuilder | Stream:
+    """The builder with the recipe's then the user's `stream.*` options applied, or the Stream.
+
+    A builder object keeps the fields its author set: only the user's options change it. A built
+    Stream takes no options at all.
+    """
     if isinstance(stream, Stream):
         if options:
             raise ConfigError(
                 f"stream options ({', '.join('stream.' + k for k in options)}) need a stream "
                 "name or builder; the Stream object given is already built."
             )
-        return stream.info.name, stream
+        return stream
+    what = f"stream {_recipe_name(stream)!r} option"
     if isinstance(stream, str):
-        return stream, resolve(STREAMS.get(stream), options, what=f"stream {stream!r} option")
+        return resolve(STREAMS.get(stream), recipe_options, options, what=what)
     if not isinstance(stream, StreamBuilder) or not dataclasses.is_dataclass(stream):
         raise ConfigError(
             "RunSpec.stream must be a stream name, a StreamBuilder dataclass or a Stream; "
             f"got {stream!r}."
         )
-    cls = type(stream)
-    name = next((n for n in STREAMS.names() if STREAMS.get(n) is cls), cls.__name__)
-    what = f"stream {name!r} option"
-    changes = resolve_settings(options, settings_schema(cls), what)
-    return name, check(dataclasses.replace(stream, **changes), what)
+    changes = resolve_settings(options, settings_schema(type(stream)), what)
+    return check(dataclasses.replace(stream, **changes), what)
 
 
 def _backbone(
@@ -265,14 +281,20 @@ def evaluate(
     store: FeatureStore,
     batch_size: int = 128,
     progress: Progress | None = None,
+    cached_features: bool = True,
 ) -> list[float | None]:
-    """Row t of the accuracy matrix (percent), None for test sets not seen yet."""
+    """Row t of the accuracy matrix (percent), None for test sets not seen yet.
+
+    `cached_features=False` makes a strategy that `predicts_with_features` compute the frozen
+    features itself (a second forward pass; `cilbench profile prompts` compares the two).
+    """
     num_seen = stream.experiences[t].num_seen_classes
     row: list[float | None] = [None] * len(stream.test_sets)
     for j in stream.test_sets_after(t):
         view = stream.test_sets[j]
         correct = 0
-        for scores, labels in _scored_batches(strategy, view, store, batch_size, progress):
+        batches = _scored_batches(strategy, view, store, batch_size, progress, cached_features)
+        for scores, labels in batches:
             if scores.shape != (len(labels), num_seen):
                 raise RuntimeError(
                     f"{type(strategy).__name__} returned scores of shape {tuple(scores.shape)}; "
@@ -283,14 +305,28 @@ def evaluate(
     return row
 
 
+def predictions(
+    strategy: BaseStrategy,
+    view: DatasetView,
+    store: FeatureStore,
+    batch_size: int = 128,
+    cached_features: bool = True,
+) -> torch.Tensor:
+    """The label `evaluate` predicts for every image of `view`, in order."""
+    batches = _scored_batches(strategy, view, store, batch_size, None, cached_features)
+    return torch.cat([scores.argmax(dim=1).cpu() for scores, _ in batches])
+
+
 def _scored_batches(
     strategy: BaseStrategy,
     view: DatasetView,
     store: FeatureStore,
     batch_size: int,
     progress: Progress | None,
+    cached_features: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(scores, labels) batches: from cached features when the strategy allows, else images."""
+    """(scores, labels) batches: from cached features when the strategy allows, else images
+    (with the cached frozen features of the same images for `predicts_with_features`)."""
     if strategy.predicts_from_features:
         features, labels = strategy.features_of(view)
         with torch.no_grad():
@@ -302,11 +338,21 @@ def _scored_batches(
     dataset = view.with_transform(backbone.preprocessing.sample_transform())
     workers = loader_workers(store.num_workers, [view.source], backbone.device)
     loader = DataLoader(dataset, batch_size=batch_size, **loader_options(backbone.device, workers))
+    frozen = None
+    if strategy.predicts_with_features and cached_features:
+        frozen = store.get(view)[0]  # rows in the loader's (unshuffled) order
+    start = 0
     with (progress or SilentProgress()).task("evaluating", total=len(view)) as advance:
         for images, labels in loader:
             with torch.no_grad(), autocast(backbone.device):
-                scores = strategy.predict(backbone.prepare(images))
+                prepared = backbone.prepare(images)
+                if frozen is None:
+                    scores = strategy.predict(prepared)
+                else:
+                    features = frozen[start : start + len(labels)].to(strategy.device)
+                    scores = strategy.predict_with_features(prepared, features)
             yield scores.float(), labels
+            start += len(labels)
             advance(len(labels))
 
 

@@ -17,7 +17,7 @@ import torch
 
 from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream
 from cilbench.backbones import Backbone, create_backbone
-from cilbench.config import resolve
+from cilbench.config import resolve, split_sections
 from cilbench.features import FeatureStore
 from cilbench.runner import evaluate
 
@@ -39,7 +39,8 @@ def make_strategy(
 ) -> BaseStrategy:
     """Strategy `name` with its synthetic recipe, set up on `backbone` with an in-memory store."""
     cls = STRATEGIES.get(name)
-    config: Any = resolve(cls.Config, cls.recipes.get("synthetic", {}), overrides)
+    recipe = split_sections(cls.recipes.get("synthetic", {}))["strategy"]
+    config: Any = resolve(cls.Config, recipe, overrides)
     strategy = cls(config, seed=seed)
     strategy.setup(backbone, stream.info, FeatureStore(backbone, cache_dir=None))
     return strategy

@@ -11,6 +11,7 @@ the result does not depend on their number (see `cilbench.augment.SeededSampler`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -39,7 +40,7 @@ class TrainSettings:
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
     weight_decay: Annotated[float, NonNegative()] = 0.0
-    schedule: Literal["constant", "cosine", "multistep"] = "cosine"
+    schedule: Literal["constant", "cosine", "multistep", "coda-cosine"] = "cosine"
     milestones: Annotated[tuple[int, ...], NonNegative()] = ()
     gamma: Annotated[float, Positive()] = 0.1
     min_lr: Annotated[float, NonNegative()] = 0.0
@@ -68,7 +69,16 @@ def make_optimizer(
 def make_scheduler(
     optimizer: torch.optim.Optimizer, settings: TrainSettings
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: constant, cosine to `min_lr` over `epochs`, or step decay."""
+    """Per-epoch schedule: constant, cosine to `min_lr` over `epochs`, step decay, or CODA's.
+
+    "coda-cosine" is CODA-Prompt's `CosineSchedule` (GT-RIPL/CODA-Prompt utils/schedulers.py):
+    epoch e of K trains at lr * cos(99 pi e / (200 (K - 1))), ending near 1.6 % of lr.
+    """
+    if settings.schedule == "coda-cosine":
+        last = max(settings.epochs - 1, 1)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: math.cos(99 * math.pi * epoch / (200 * last))
+        )
     if settings.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(settings.epochs, 1), eta_min=settings.min_lr
@@ -165,3 +175,25 @@ def count_trainable(modules: Iterable[torch.nn.Module]) -> int:
     """Parameters with requires_grad across `modules` (shared tensors counted once)."""
     seen = {id(p): p.numel() for m in modules for p in m.parameters() if p.requires_grad}
     return sum(seen.values())
+
+
+class WithPositions(Dataset):
+    """`data`'s samples with each label replaced by the pair (label, position in `data`).
+
+    For a loss that looks up per-sample data kept elsewhere (e.g. cached frozen features) by
+    position: `fit` hands the loss the (B, 2) pairs as its labels. Keeps `data`'s batched fetch.
+    """
+
+    def __init__(self, data: Dataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        fetch = getattr(self.data, "__getitems__", None)
+        items = fetch(indices) if fetch else [self.data[i] for i in indices]
+        return [(image, torch.tensor([label, i])) for (image, label), i in zip(items, indices)]

@@ -1,0 +1,276 @@
+"""Prompt methods: the prompt module against independent computations, the cached query, batch
+independence, what trains, CODA's components, and runs through the runner."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from cilbench.data import DatasetView
+from cilbench.features import FeatureStore
+from cilbench.prompts import (
+    ComponentPool,
+    KeyedPrompter,
+    LayerPrompts,
+    PromptPool,
+    _prefixed_attention,
+    orthonormal_rows,
+    prompted_features,
+    pull_constraint,
+    select_top_k,
+)
+from cilbench.runner import RunSpec, evaluate, run
+from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
+from cilbench.training import TrainSettings, WithPositions, make_scheduler
+
+PROMPT_STRATEGIES = ["l2p", "dualprompt", "coda-prompt"]
+
+
+def dinov2_like_vit() -> torch.nn.Module:
+    """A tiny random timm ViT with DINOv2's layout: patch 14, LayerScale, dynamic image size."""
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_small_patch14_dinov2",
+        pretrained=False,
+        img_size=28,
+        depth=2,
+        embed_dim=32,
+        num_heads=2,
+        init_values=0.5,
+        dynamic_img_size=True,
+        num_classes=0,
+    )
+    return model.eval()
+
+
+def prepared_images(view: DatasetView, backbone) -> torch.Tensor:
+    transform = backbone.preprocessing.sample_transform()
+    images = [transform(view.source.load(int(i))) for i in view.indices]
+    return backbone.prepare(torch.stack(images))
+
+
+def test_prefix_attention_equals_attending_to_extra_tokens():
+    """Prefix keys/values of extra tokens = letting the image tokens attend to those tokens."""
+    attention = dinov2_like_vit().blocks[0].attn
+    x, extra = torch.randn(3, 5, 32), torch.randn(3, 4, 32)
+    _, k, v = attention.qkv(extra).chunk(3, dim=-1)
+    expected = attention(torch.cat([x, extra], dim=1))[:, :5]
+    assert torch.allclose(_prefixed_attention(attention, x, k, v), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [28, 42])
+def test_prompted_forward_of_any_vit(size: int):
+    """No prompts: timm's own output. Inserted tokens: the hand-built sequence (no position)."""
+    model = dinov2_like_vit()
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert torch.allclose(prompted_features(model, images, LayerPrompts()), model(images))
+        tokens = torch.randn(2, 3, 32)
+        x = model._pos_embed(model.patch_embed(images))
+        x = model.norm(model.blocks(torch.cat([x[:, :1], tokens, x[:, 1:]], dim=1)))
+        prompted = LayerPrompts(tokens={0: tokens})
+        assert torch.allclose(prompted_features(model, images, prompted), x[:, 0], atol=1e-5)
+        mean = prompted_features(model, images, prompted, readout="prompts")
+        assert torch.allclose(mean, x[:, 1:4].mean(dim=1), atol=1e-5)
+
+
+def test_top_k_per_sample_and_batch_vote_by_hand():
+    similarity = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.7], [0.1, 0.9, 0.3]])
+    assert select_top_k(similarity, 1).flatten().tolist() == [0, 1, 1]
+    assert select_top_k(similarity, 1, batchwise=True).flatten().tolist() == [1, 1, 1]
+    tie = similarity[:2]  # ids 0 and 1 once each: the lower id wins the vote
+    assert select_top_k(tie, 1, batchwise=True).flatten().tolist() == [0, 0]
+    ids = select_top_k(similarity, 2)
+    assert ids.tolist() == [[0, 2], [1, 2], [1, 2]]
+    assert pull_constraint(similarity, ids).item() == pytest.approx((1.4 + 1.5 + 1.2) / 3)
+
+
+def test_dualprompt_task_prompts_shared_start_and_general_prefix():
+    """Training uses experience t's own prompt and key; a new slot starts as the previous one."""
+    pool = PromptPool(4, size=3, length=2, layers=(1,), prefix=True)
+    general = PromptPool(4, size=1, length=1, layers=(0, 1), prefix=True, keyed=False)
+    generator = torch.Generator().manual_seed(0)
+    pool.reset_parameters(generator, 1.0)
+    general.reset_parameters(generator, 1.0)
+    prompter = KeyedPrompter(pool, 1, general=general, task_masked=True, share_previous=True)
+    prompter.start_task(1, generator)
+    assert torch.equal(pool.prompts[:, :, 1], pool.prompts[:, :, 0])
+    query = torch.randn(5, 4)
+    prompts, pull = prompter(query, task=1, training=True)
+    cosine = torch.nn.functional.cosine_similarity(query, pool.keys[1:2].expand(5, -1))
+    assert pull.item() == pytest.approx(cosine.mean().item(), abs=1e-6)
+    keys, values = prompts.prefixes[1]  # G-prompt's token, then E-prompt 1's two
+    assert keys.shape == (5, 3, 4)
+    assert torch.equal(keys[:, 0], general.prompts[1, 0, 0, 0].expand(5, -1))
+    assert torch.equal(values[:, 1:], pool.prompts[0, 1, 1].expand(5, -1, -1))
+    assert set(prompts.prefixes) == {0, 1} and not prompts.tokens
+
+
+def test_gram_schmidt_rows_by_hand():
+    old = torch.tensor([[2.0, 0.0, 0.0]])
+    rows = orthonormal_rows(old, 2, torch.Generator().manual_seed(0))
+    assert torch.allclose(rows[:, 0], torch.zeros(2), atol=1e-6)
+    assert torch.allclose(rows @ rows.T, torch.eye(2), atol=1e-6)
+
+
+def test_coda_schedule_and_position_labels():
+    settings = TrainSettings(epochs=5, lr=1.0, schedule="coda-cosine", optimizer="adam")
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = make_scheduler(optimizer, settings)
+    rates = []
+    for _ in range(5):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([math.cos(99 * math.pi * e / 800) for e in range(5)])
+    data = WithPositions([(torch.zeros(1), 7), (torch.ones(1), 9)])
+    assert [pair.tolist() for _, pair in data.__getitems__([1, 0])] == [[9, 1], [7, 0]]
+
+
+def test_cached_query_equals_live_query(tmp_path):
+    """The feature cache (written and read back) holds the query the prompt module computes."""
+    stream, backbone = synthetic_stream(), tiny_backbone()
+    strategy = make_strategy("l2p", backbone, stream)
+    view = stream.test_sets[0]
+    FeatureStore(backbone, tmp_path).get(view)
+    reread = FeatureStore(backbone, tmp_path)
+    cached, _ = reread.get(view)
+    assert reread.cache_hits == 1
+    live = strategy.query(prepared_images(view, backbone))
+    assert (cached - live).abs().max().item() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def trained_l2p():
+    """L2P with top-1 selection from a pool of 10 after the first experience."""
+    stream, backbone = synthetic_stream(), tiny_backbone()
+    strategy = make_strategy("l2p", backbone, stream, top_k=1, prompt_length=2, init_scale=1.0)
+    strategy.train_experience(stream.experiences[0])
+    return stream, backbone, strategy
+
+
+def test_predictions_with_and_without_the_cache_are_identical(trained_l2p):
+    stream, backbone, strategy = trained_l2p
+    view = stream.test_sets[0]
+    images = prepared_images(view, backbone)
+    cached, _ = strategy.features.get(view)
+    with torch.no_grad():
+        assert torch.allclose(
+            strategy.predict_with_features(images, cached), strategy.predict(images), atol=1e-5
+        )
+    store = strategy.features
+    assert evaluate(strategy, stream, 0, store, 5) == evaluate(
+        strategy, stream, 0, store, 5, cached_features=False
+    )
+
+
+def _predictions(strategy, images, order: np.ndarray, batch: int) -> torch.Tensor:
+    """Per-image predicted class when the images come in `order`, `batch` at a time."""
+    query = strategy.query(images)
+    predicted = torch.empty(len(images), dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, len(order), batch):
+            chosen = torch.as_tensor(order[start : start + batch])
+            scores = strategy.predict_with_features(images[chosen], query[chosen])
+            predicted[chosen] = scores.argmax(dim=1)
+    return predicted
+
+
+def test_predictions_do_not_depend_on_the_batch_unless_the_batch_vote_is_on(trained_l2p):
+    stream, backbone, strategy = trained_l2p
+    images = prepared_images(stream.test_sets[0], backbone)
+    rng = np.random.default_rng(0)
+    natural = np.arange(len(images))
+    reference = _predictions(strategy, images, natural, 16)
+    for batch in (3, 7):
+        shuffled = _predictions(strategy, images, rng.permutation(len(images)), batch)
+        assert torch.equal(shuffled, reference)
+
+    voting = make_strategy(
+        "l2p", backbone, stream, top_k=1, prompt_length=2, init_scale=1.0, batchwise_prompt=True
+    )
+    voting.load_state_dict(strategy.state_dict())
+    alone = _predictions(voting, images, natural, 1)
+    assert torch.equal(alone, reference)  # a batch of one votes for its own prompt
+    together = _predictions(voting, images, natural, len(images))
+    assert not torch.equal(together, alone)
+
+
+@pytest.mark.parametrize("name", PROMPT_STRATEGIES)
+def test_only_prompts_keys_attention_and_head_train(name: str):
+    stream, backbone = synthetic_stream(), tiny_backbone()
+    strategy = make_strategy(name, backbone, stream)
+    frozen = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    before = {k: v.clone() for k, v in strategy.state_dict().items()}
+    strategy.train_experience(stream.experiences[0])
+    after = strategy.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    prompter = {
+        "l2p": {"prompter.pool.prompts", "prompter.pool.keys"},
+        "dualprompt": {"prompter.pool.prompts", "prompter.pool.keys", "prompter.general.prompts"},
+        "coda-prompt": {"prompter.components", "prompter.keys", "prompter.attention"},
+    }[name]
+    assert changed == prompter | {"num_seen", "heads.sizes"}
+    assert "heads.heads.0.weight" in after
+    assert all(torch.equal(v, frozen[k]) for k, v in backbone.model.state_dict().items())
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+
+
+def test_coda_new_components_orthogonal_and_old_ones_frozen():
+    stream, backbone = synthetic_stream(), tiny_backbone()
+    strategy = make_strategy("coda-prompt", backbone, stream)
+    pool = strategy.prompter
+    assert isinstance(pool, ComponentPool)
+    strategy.train_experience(stream.experiences[0])
+    old = {k: v.clone() for k, v in pool.state_dict().items()}
+    first, second = pool.owned(0), pool.owned(1)
+    pool.start_task(1, torch.Generator().manual_seed(1))
+    for name, values in pool.state_dict().items():
+        for layer in values:
+            rows = layer.flatten(1)
+            new = rows[second]
+            assert torch.allclose(new @ rows[first].T, torch.zeros(4, 4), atol=1e-5), name
+            assert torch.allclose(new @ new.T, torch.eye(4), atol=1e-5), name
+    strategy.train_experience(stream.experiences[1])
+    for name, values in pool.state_dict().items():
+        assert torch.equal(values[:, first], old[name][:, first]), f"{name} changed"
+        assert not torch.equal(values[:, second], old[name][:, second]), f"{name} did not train"
+
+
+@pytest.mark.parametrize("name", PROMPT_STRATEGIES)
+def test_run_finishes_and_records_the_query_flags(name: str, tmp_path):
+    overrides = {"stream.train_per_class": 8, "stream.test_per_class": 4}
+    if name == "l2p":
+        overrides.update({"query_from_cache": True, "batchwise_prompt": True})
+    result = run(RunSpec(strategy=name, stream="synthetic", out_dir=tmp_path, overrides=overrides))
+    assert result.complete and len(result.accuracy_matrix) == 3
+    assert result.strategy_report["query_from_cache"] is (name == "l2p")
+    assert result.strategy_report["batchwise_prompt"] is (name == "l2p")
+    assert result.cost["trainable_parameters"] > 0
+
+
+def test_coda_recipe_sets_the_natural_class_order(tmp_path, monkeypatch):
+    """A recipe's `stream.*` keys reach the stream, and the resolved config records them."""
+    from cilbench.runner import prepare
+    from cilbench.strategies.coda_prompt import CodaPrompt
+
+    for stream in ("split-cifar100", "split-imagenet-r"):
+        assert CodaPrompt.recipes[stream]["stream.class_order"] == "natural"
+    demo = {**CodaPrompt.recipes["synthetic"], "stream.class_order": "natural"}
+    monkeypatch.setattr(CodaPrompt, "recipes", {"synthetic": demo})
+    prepared = prepare(RunSpec(strategy="coda-prompt", stream="synthetic", out_dir=tmp_path))
+    assert prepared.config["stream_options"]["class_order"] == "natural"
+    assert prepared.stream.info.class_order == tuple(range(6))
+    assert prepared.config["strategy_config"]["components"] == 12
+
+
+def test_query_from_cache_trains_the_keys(trained_l2p):
+    stream, backbone, _ = trained_l2p
+    strategy = make_strategy("l2p", backbone, stream, query_from_cache=True)
+    before = strategy.prompter.pool.keys.detach().clone()
+    strategy.train_experience(stream.experiences[0])
+    assert not torch.equal(strategy.prompter.pool.keys, before)
