@@ -8,6 +8,7 @@ and the experience index).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import resource
@@ -23,7 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream
+from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream, StreamBuilder
+from cilbench.augment import Augmentation, resolve_augmentation
 from cilbench.backbones import Backbone, create_backbone
 from cilbench.callbacks import Progress, RunCallback, SilentProgress
 from cilbench.config import BACKBONE_SETTINGS, as_dict, resolve, resolve_settings, split_sections
@@ -31,6 +33,7 @@ from cilbench.data import DatasetView
 from cilbench.errors import CilbenchError, CorruptFileError
 from cilbench.features import FeatureStore, default_cache_dir
 from cilbench.metrics import summarize
+from cilbench.recipes import RECIPE_KEY, ChosenRecipe, choose, follow_seed
 from cilbench.results import RunResult, environment, save_result, write_atomic
 
 DEFAULT_STRATEGY = "nmc"
@@ -64,6 +67,7 @@ class PreparedRun:
     strategy: BaseStrategy
     config: dict[str, Any]
     run_id: str
+    recipe: ChosenRecipe
 
     @property
     def run_dir(self) -> Path:
@@ -85,41 +89,88 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def prepare(spec: RunSpec) -> PreparedRun:
-    """Resolve names and validate every setting before touching data; build the stream."""
-    device = resolve_device(spec.device)
+@dataclass(frozen=True)
+class RunSettings:
+    """Every setting of a run, resolved and validated (recipe chosen, `--set` applied)."""
+
+    recipe: ChosenRecipe
+    builder: StreamBuilder
+    config: Any
+    backbone: str
+    backbone_settings: dict[str, Any]
+    augmentation: Augmentation
+
+
+def resolve_run(spec: RunSpec) -> RunSettings:
+    """Layer defaults <- recipe <- `--set` for the strategy, stream, backbone and augmentation."""
     sections = split_sections(spec.overrides)
     builder_cls = STREAMS.get(spec.stream)
     strategy_cls = STRATEGIES.get(spec.strategy)
-    builder = resolve(builder_cls, sections["stream"], what=f"stream {spec.stream!r} option")
+    recipe = choose(spec.strategy, strategy_cls, spec.stream, sections["strategy"])
+    layers = recipe.sections()
+    stream_what = f"stream {spec.stream!r} option"
+    builder = resolve(builder_cls, layers["stream"], sections["stream"], what=stream_what)
+    strategy_keys = {k: v for k, v in sections["strategy"].items() if k != RECIPE_KEY}
     config: Any = resolve(
         strategy_cls.Config,
-        strategy_cls.recipes.get(spec.stream, {}),
-        sections["strategy"],
+        layers["strategy"],
+        strategy_keys,
         what=f"strategy {spec.strategy!r} config",
     )
-    backbone_name = spec.backbone or builder_cls.default_backbone
-    is_default = backbone_name == builder_cls.default_backbone
-    settings = dict(builder_cls.default_backbone_settings) if is_default else {}
+    backbone_name = spec.backbone or recipe.backbone or builder_cls.default_backbone
+    settings: dict[str, Any] = {}
+    if backbone_name in (builder_cls.default_backbone, recipe.backbone):  # reference preprocessing
+        settings.update(builder_cls.default_backbone_settings)
+        settings.update(resolve_settings(layers["backbone"], BACKBONE_SETTINGS, "backbone"))
     settings.update(resolve_settings(sections["backbone"], BACKBONE_SETTINGS, "backbone"))
-    backbone = create_backbone(backbone_name, device=device, **settings)
-    stream = builder.build(spec.data_root)
+    return RunSettings(
+        recipe=recipe,
+        builder=_follow_seed(builder, spec.seed),
+        config=config,
+        backbone=backbone_name,
+        backbone_settings=settings,
+        augmentation=resolve_augmentation(layers["augment"], sections["augment"]),
+    )
+
+
+def prepare(spec: RunSpec) -> PreparedRun:
+    """Resolve names and validate every setting before touching data; build the stream."""
+    device = resolve_device(spec.device)
+    settings = resolve_run(spec)
+    backbone = create_backbone(
+        settings.backbone,
+        device=device,
+        augmentation=settings.augmentation,
+        **settings.backbone_settings,
+    )
+    stream = settings.builder.build(spec.data_root)
     resolved = {
         "strategy": spec.strategy,
-        "strategy_config": as_dict(config),
+        "strategy_config": as_dict(settings.config),
         "stream": spec.stream,
-        "stream_options": builder.options(),
-        "backbone": backbone_name,
-        "backbone_settings": settings,
+        "stream_options": settings.builder.options(),
+        "backbone": settings.backbone,
+        "backbone_settings": settings.backbone_settings,
+        "augmentation": as_dict(settings.augmentation),
+        "recipe": settings.recipe.recipe.name,
         "seed": spec.seed,
         "eval_batch_size": spec.batch_size,
     }
     resolved = json.loads(json.dumps(resolved))  # tuples -> lists, as the checkpoint stores them
     identity = {"config": resolved, "data": sorted({v.source.fingerprint for v in _views(stream)})}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    run_id = f"{spec.stream}/{spec.strategy}-{backbone_name}-seed{spec.seed}-{digest}"
-    strategy = strategy_cls(config, seed=spec.seed, device=device)
-    return PreparedRun(spec, stream, backbone, strategy, {**resolved, "device": device}, run_id)
+    run_id = f"{spec.stream}/{spec.strategy}-{settings.backbone}-seed{spec.seed}-{digest}"
+    strategy = STRATEGIES.get(spec.strategy)(settings.config, seed=spec.seed, device=device)
+    config_record = {**resolved, "device": device}
+    return PreparedRun(spec, stream, backbone, strategy, config_record, run_id, settings.recipe)
+
+
+def _follow_seed(builder: StreamBuilder, seed: int) -> StreamBuilder:
+    """`class_order=pycil` becomes `pycil-<seed>`, so `--seed` picks the papers' class order."""
+    order = getattr(builder, "class_order", None)
+    if order != "pycil":
+        return builder
+    return dataclasses.replace(builder, class_order=follow_seed(order, seed))  # type: ignore[type-var]
 
 
 def run(
@@ -254,6 +305,7 @@ def _new_result(prepared: PreparedRun) -> RunResult:
         },
         environment=environment(),
         flags={"uses_exemplars": type(prepared.strategy).uses_exemplars},
+        recipe=prepared.recipe.describe(),
     )
 
 

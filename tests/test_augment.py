@@ -37,7 +37,7 @@ def test_batch_crops_equal_per_image_crop_and_resize():
     torch.manual_seed(3)
     batch = _augment_batch(backbone, images)
     torch.manual_seed(3)
-    boxes = random_resized_crop_boxes(8, 40, 40).long()
+    boxes = random_resized_crop_boxes(8, 40, 40, backbone.augmentation.scale).long()
     flips = torch.rand(8) < 0.5  # drawn right after the boxes, as _augment_batch draws them
     assert flips.any() and not flips.all()
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
