@@ -158,6 +158,9 @@ def _print_summary(result: Any, path: Path) -> None:
         ("backward transfer", "backward_transfer"),
     ]:
         metrics.add_row(name, "n/a" if m[key] is None else f"{m[key]:.2f}")
+    source = result.recipe.get("source")
+    where = f" ({source['repo']} {source['file']})" if source else ""
+    metrics.add_row("recipe", escape(f"{result.recipe.get('name', '')}{where}"))
     cost = result.cost
     metrics.add_row("wall time (s)", f"{cost['total_seconds']:.1f}")
     metrics.add_row("backbone images forwarded", str(cost["images_forwarded"]))
@@ -219,6 +222,9 @@ def recipes_command(
             "--stream", "-t", help="Only this stream (one without recipes: the fallback)."
         ),
     ] = None,
+    every_field: Annotated[
+        bool, typer.Option("--all", help="Every Config field, defaults marked with a dot.")
+    ] = False,
 ) -> None:
     """Print reference recipes: each (strategy, stream, variant)'s settings and their source."""
     from cilbench.api import STRATEGIES
@@ -227,7 +233,7 @@ def recipes_command(
     for name in [strategy] if strategy else STRATEGIES.names():
         cls = STRATEGIES.get(name)
         for stream_name in [stream] if stream else list(getattr(cls, "recipes", {})):
-            origin, fallback, views = view_recipes(name, stream_name)
+            origin, fallback, views = view_recipes(name, stream_name, every_field)
             title = f"{name} on {stream_name}" + (f" (recipes of {origin})" if fallback else "")
             table = Table(title=escape(title), show_lines=True)
             for column in ("recipe", "variant", "settings", "backbone", "augmentation", "source"):

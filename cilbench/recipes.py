@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from cilbench.config import split_sections
@@ -196,8 +196,6 @@ def choose(
         )
         fallback = f"{fallback}; {missing}" if fallback else missing
         variant = requested
-    if fallback:
-        log.warning("%s.", fallback)
     variant = None if variant is None else str(variant)
     return ChosenRecipe(chosen, origin, stream, variant, fallback)
 
@@ -253,40 +251,50 @@ class RecipeView:
     """Repository@commit, file, paper table, notes; or why there is none."""
 
 
-def view_recipes(strategy: str, stream: str) -> tuple[str, str, list[RecipeView]]:
-    """(stream the recipes were written for, fallback reason or '', views) for the CLI."""
-    from cilbench.api import STRATEGIES, STREAMS
-    from cilbench.augment import resolve_augmentation
-    from cilbench.config import BACKBONE_SETTINGS, resolve, resolve_settings
+def view_recipes(
+    strategy: str, stream: str, every_field: bool = False
+) -> tuple[str, str, list[RecipeView]]:
+    """(stream the recipes were written for, fallback reason or '', views) for the CLI.
+
+    Each recipe is resolved exactly as a run would resolve it (`runner.resolve_run`); the views
+    list the fields the recipe sets, or with `every_field` every Config field (defaults marked).
+    """
+    from cilbench.api import STRATEGIES
+    from cilbench.runner import RunSpec, resolve_run
 
     strategy_cls = STRATEGIES.get(strategy)
-    builder_cls = STREAMS.get(stream)
     origin, found, fallback = candidates(strategy, strategy_cls, stream)
     variant_key = getattr(strategy_cls, "variant_key", None)
     views = []
     for recipe in found:
-        chosen = ChosenRecipe(recipe, origin, stream)
-        layers = chosen.sections()
-        config: Any = resolve(strategy_cls.Config, layers["strategy"], what=f"{strategy} recipe")
-        options = resolve(builder_cls, layers["stream"], what=f"{stream} recipe")
-        settings = [f"{k}={_text(getattr(config, k))}" for k in layers["strategy"]]
-        settings += [f"stream.{k}={_text(getattr(options, k))}" for k in layers["stream"]]
-        tag = chosen.backbone or builder_cls.default_backbone
-        preprocessing = {
-            **builder_cls.default_backbone_settings,
-            **resolve_settings(layers["backbone"], BACKBONE_SETTINGS, "backbone"),
-        }
+        variant = recipe.settings.get(variant_key) if variant_key else None
+        overrides: dict[str, Any] = {RECIPE_KEY: recipe.name}
+        if variant_key and variant is not None:
+            overrides[variant_key] = variant
+        run = resolve_run(RunSpec(strategy=strategy, stream=stream, overrides=overrides))
+        layers = run.recipe.sections()
+        names = _field_names(run.config) if every_field else list(layers["strategy"])
+        settings = [
+            f"{k}={_text(getattr(run.config, k))}" + ("" if k in layers["strategy"] else " ·")
+            for k in names
+        ]
+        settings += [f"stream.{k}={_text(getattr(run.builder, k))}" for k in layers["stream"]]
+        backbone = [f"{k}={_text(v)}" for k, v in run.backbone_settings.items()]
         views.append(
             RecipeView(
                 name=recipe.name,
-                variant=str(recipe.settings.get(variant_key, "")) if variant_key else "",
+                variant="" if variant is None else str(variant),
                 settings=settings or ["(the Config defaults)"],
-                backbone=[tag, *(f"{k}={_text(v)}" for k, v in preprocessing.items())],
-                augmentation=_augmentation_text(resolve_augmentation(layers["augment"])),
+                backbone=[run.backbone, *backbone],
+                augmentation=_augmentation_text(run.augmentation),
                 source=_source_lines(recipe),
             )
         )
     return origin, fallback, views
+
+
+def _field_names(config: Any) -> list[str]:
+    return [f.name for f in fields(config)] if is_dataclass(config) else []
 
 
 def _text(value: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import resource
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +36,8 @@ from cilbench.features import FeatureStore, default_cache_dir
 from cilbench.metrics import summarize
 from cilbench.recipes import RECIPE_KEY, ChosenRecipe, choose, follow_seed
 from cilbench.results import RunResult, environment, save_result, write_atomic
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STRATEGY = "nmc"
 DEFAULT_STREAM = "split-fashion-mnist-mini"
@@ -137,6 +140,8 @@ def prepare(spec: RunSpec) -> PreparedRun:
     """Resolve names and validate every setting before touching data; build the stream."""
     device = resolve_device(spec.device)
     settings = resolve_run(spec)
+    if settings.recipe.fallback:
+        log.warning("%s.", settings.recipe.fallback)
     backbone = create_backbone(
         settings.backbone,
         device=device,

@@ -38,7 +38,7 @@ from cilbench.data import DatasetView
 from cilbench.features import FeatureStore
 from cilbench.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
 from cilbench.prototypes import PrototypeStrategy, cosine_scores
-from cilbench.recipes import IN1K, PILOT, REVISITING_CIL, Recipe, Source
+from cilbench.recipes import IN1K, PILOT, REVISITING_CIL, Recipe
 from cilbench.training import TrainSettings
 
 
@@ -62,7 +62,7 @@ def _paper(
     dataset = {"cifar224_5_5": "CIFAR-100 B0 Inc5", "imagenetr_5_5": "ImageNet-R B0 Inc5"}
     table = f"APER paper, {dataset.get(config, 'VTAB B0 Inc10')}, APER w/ {peft}"
     table += f": A_last / A_avg {published}" if published else ""
-    source: Source = REVISITING_CIL.file(f"exps/aper_{peft}/{config}_vit-b_{peft}.json", table)
+    source = REVISITING_CIL.file(f"exps/aper_{peft}/{config}_vit-b_{peft}.json", table)
     return Recipe(first_session_settings(peft, epochs, lr, batch_size, weight_decay), source)
 
 
