@@ -181,8 +181,11 @@ def _fallback(height: int, width: int, ratio: Sequence[float] = RATIO) -> tuple[
 
 
 def center_crop_boxes(count: int, height: int, width: int, crop_pct: float) -> torch.Tensor:
-    """The test-time geometry as boxes: Resize(shorter side to size / crop_pct) + CenterCrop(size)
-    keeps a centred square of side crop_pct x the shorter side."""
+    """(count, 4) boxes of the test-time geometry (the `none` and `flip-only` presets).
+
+    Resize(shorter side to size / crop_pct) + CenterCrop(size) keeps a centred square whose side
+    is crop_pct x the shorter side.
+    """
     side = crop_pct * min(height, width)
     x1, y1 = (width - side) / 2, (height - side) / 2
     return torch.tensor([[x1, y1, x1 + side, y1 + side]]).expand(count, 4).clone()
@@ -221,8 +224,10 @@ def _augment_batch(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
 
 
 def _jitter_brightness(images: torch.Tensor, brightness: float) -> torch.Tensor:
-    """ColorJitter's brightness: each image times a factor uniform in [max(0, 1-b), 1+b],
-    clipped to the pixel range (images are floats in [0, 255])."""
+    """ColorJitter's brightness: each image times a factor uniform in [max(0, 1-b), 1+b].
+
+    Images are floats in [0, 255]; the result is clipped to that range, as torchvision clips.
+    """
     low, high = max(0.0, 1 - brightness), 1 + brightness
     factors = torch.empty(len(images)).uniform_(low, high).to(images.device)
     return (images * factors.view(-1, 1, 1, 1)).clamp_(0, 255)

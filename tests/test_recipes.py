@@ -361,3 +361,22 @@ def test_recipe_of_a_strategy_without_recipes_is_its_defaults():
     with pytest.raises(ConfigError, match="no recipes"):
         choose("plain", Plain, "synthetic", {"recipe": "pilot"})
     assert isinstance(chosen.recipe, Recipe)
+
+
+def test_recipes_command_prints_every_variant_with_its_source(monkeypatch: pytest.MonkeyPatch):
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from cilbench.cli import app
+
+    monkeypatch.setattr("cilbench.cli.stdout", Console(width=250))
+    runner = CliRunner()
+    result = runner.invoke(app, ["recipes", "adam", "--stream", "split-imagenet-r"])
+    assert result.exit_code == 0, result.output
+    for peft in ("adapter", "ssf", "vpt-shallow", "vpt-deep", "finetune"):
+        assert f"imagenetr_5_5_vit-b_{peft}.json" in result.stdout
+    assert "aper_ssf_inr.json" in result.stdout and "batch_size=24" in result.stdout
+    fallback = runner.invoke(app, ["recipes", "slca", "--stream", "vtab"])
+    assert fallback.exit_code == 0 and "no recipe for stream 'vtab'" in fallback.stdout
+    unknown = runner.invoke(app, ["recipes", "slcaa"])
+    assert unknown.exit_code == 2 and "Did you mean 'slca'" in unknown.output
