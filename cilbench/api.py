@@ -136,8 +136,11 @@ class BaseStrategy:
     """
 
     Config: ClassVar[type] = NoConfig
-    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-    """Per-stream overrides of Config defaults, e.g. {"split-cifar100": {"epochs": 20}}."""
+    recipes: ClassVar[Mapping[str, Any]] = {}
+    """Per-stream settings over the Config defaults: a `cilbench.recipes.Recipe` (or a list of
+    them: variants and named alternatives), or a plain mapping such as {"epochs": 20}."""
+    variant_key: ClassVar[str | None] = None
+    """The Config field whose `--set` value picks a variant's recipe (ADAM's `peft`)."""
     predicts_from_features: ClassVar[bool] = False
     predicts_with_features: ClassVar[bool] = False
     """True: the runner evaluates through `predict_with_features(images, features)`, handing over

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from cilbench.augment import Augmentation, per_image_transform
 from cilbench.config import OneOf, Positive, Range, check, resolve_settings
 from cilbench.downloads import sha256_file
 from cilbench.errors import (
@@ -44,6 +45,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = 
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # [0,1] pixels, as LAMDA/PILOT/RanPAC/CODA feed
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # CIFAR-100's own statistics, as GengDavid/SLCA normalises CIFAR-100 (utils/data.py)
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")  # torchvision, on tensors
 
@@ -77,21 +80,14 @@ class Preprocessing:
             [v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(self.image_size)]
         )
 
-    def train_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Per-image augmentation for trained strategies: random resized crop and flip.
+    def train_transform(
+        self, augmentation: Augmentation | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Per-image training augmentation (default: the LAMDA reference pipeline).
 
-        The reference codebases (PyCIL, PILOT, SLCA) train with RandomResizedCrop(224) and a
-        horizontal flip; randomness comes from torch's RNG, which `training.fit` seeds.
+        Randomness comes from torch's RNG, which `training.fit` seeds.
         """
-        from torchvision.transforms import v2
-
-        mode = v2.InterpolationMode(self.interpolation)
-        return v2.Compose(
-            [
-                v2.RandomResizedCrop(self.image_size, interpolation=mode, antialias=True),
-                v2.RandomHorizontalFlip(),
-            ]
-        )
+        return per_image_transform(self, augmentation or Augmentation())
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Batch part, run on the model's device: uint8 (B,3,H,W) -> normalised float."""
@@ -265,10 +261,18 @@ def weight_file_spec(name: str) -> BackboneSpec:
 class Backbone:
     """A frozen timm feature extractor plus the preprocessing its features depend on."""
 
-    def __init__(self, spec: BackboneSpec, preprocessing: Preprocessing, device: str = "cpu"):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        preprocessing: Preprocessing,
+        device: str = "cpu",
+        augmentation: Augmentation | None = None,
+    ):
         self.spec = spec
         self.preprocessing = preprocessing
         self.device = torch.device(device)
+        self.augmentation = augmentation or Augmentation()
+        """What trained strategies' training images go through (`augment.training_data`)."""
 
     @property
     def tag(self) -> str:
@@ -364,7 +368,7 @@ class DerivedBackbone(Backbone):
 
     def __init__(self, base: Backbone, model: nn.Module, suffix: str):
         spec = dataclasses.replace(base.spec, name=f"{base.tag}+{suffix}")
-        super().__init__(spec, base.preprocessing, device=str(base.device))
+        super().__init__(spec, base.preprocessing, str(base.device), base.augmentation)
         model.requires_grad_(False)
         self.__dict__["model"] = model.eval()  # fills the `model` cached property
 
@@ -388,6 +392,7 @@ def create_backbone(
     normalization: str | None = None,
     interpolation: str | None = None,
     device: str = "cpu",
+    augmentation: Augmentation | None = None,
 ) -> Backbone:
     """The backbone `name` (or spec) with its preprocessing resolved (explicit arguments win)."""
     spec = resolve_backbone_spec(name)
@@ -411,7 +416,7 @@ def create_backbone(
         mean=tuple(float(v) for v in mean_std[0]),
         std=tuple(float(v) for v in mean_std[1]),
     )
-    return Backbone(spec, preprocessing, device=device)
+    return Backbone(spec, preprocessing, device=device, augmentation=augmentation)
 
 
 def _pretrained_cfg(spec: BackboneSpec) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The `cilbench` command line: run, ls, profile.
+"""The `cilbench` command line: run, ls, recipes, profile.
 
 Errors the user can fix (unknown names, bad settings, missing data, damaged files) are printed as
 one message without a traceback and exit with status 2.
@@ -207,6 +207,9 @@ def _print_summary(result: Any, path: Path) -> None:
         ("backward transfer", "backward_transfer"),
     ]:
         metrics.add_row(name, "n/a" if m[key] is None else f"{m[key]:.2f}")
+    source = result.recipe.get("source")
+    where = f" ({source['repo']} {source['file']})" if source else ""
+    metrics.add_row("recipe", escape(f"{result.recipe.get('name', '')}{where}"))
     cost = result.cost
     metrics.add_row("wall time (s)", f"{cost['total_seconds']:.1f}")
     metrics.add_row("backbone images forwarded", str(cost["images_forwarded"]))
@@ -256,6 +259,48 @@ def ls_command(
 def _first_line(obj: Any) -> str:
     text = getattr(obj, "description", "") or (obj.__doc__ or "")
     return text.strip().splitlines()[0] if text.strip() else ""
+
+
+@app.command("recipes")
+@user_errors
+def recipes_command(
+    strategy: Annotated[str | None, typer.Argument(help="Strategy; default: every one.")] = None,
+    stream: Annotated[
+        str | None,
+        typer.Option(
+            "--stream", "-t", help="Only this stream (one without recipes: the fallback)."
+        ),
+    ] = None,
+    every_field: Annotated[
+        bool, typer.Option("--all", help="Every Config field, defaults marked with a dot.")
+    ] = False,
+) -> None:
+    """Print reference recipes: each (strategy, stream, variant)'s settings and their source."""
+    from cilbench.api import STRATEGIES
+    from cilbench.recipes import view_recipes
+
+    for name in [strategy] if strategy else STRATEGIES.names():
+        cls = STRATEGIES.get(name)
+        for stream_name in [stream] if stream else list(getattr(cls, "recipes", {})):
+            origin, fallback, views = view_recipes(name, stream_name, every_field)
+            title = f"{name} on {stream_name}" + (f" (recipes of {origin})" if fallback else "")
+            table = Table(title=escape(title), show_lines=True)
+            for column in ("recipe", "variant", "settings", "backbone", "augmentation", "source"):
+                table.add_column(column, overflow="fold")
+            for view in views:
+                table.add_row(
+                    view.name,
+                    view.variant,
+                    escape("\n".join(view.settings)),
+                    escape("\n".join(view.backbone)),
+                    escape(view.augmentation),
+                    escape("\n".join(view.source)),
+                )
+            stdout.print(table)
+            if fallback:
+                stdout.print(f"[yellow]{escape(fallback)}[/]")
+            elif not views:
+                stdout.print(f"{escape(name)} has no recipes: it runs with its Config defaults.")
 
 
 @app.command("profile")

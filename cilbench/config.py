@@ -5,8 +5,9 @@ value that does not parse as the field's type fails with the key, the type and w
 Value ranges and choices are declared next to each field with `typing.Annotated` and a constraint
 (`lr: Annotated[float, Positive()] = 0.01`); `resolve` and `check` enforce them, so a bad value
 fails before any data is read or any experience trains.
-`--set` keys are routed by prefix: `stream.<option>` and `backbone.<setting>` address the stream
-builder and the backbone; anything else is a strategy hyper-parameter.
+`--set` keys are routed by prefix: `stream.<option>`, `backbone.<setting>` and `augment.<field>`
+address the stream builder, the backbone and the training augmentation; anything else is a
+strategy hyper-parameter.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from cilbench.errors import ConfigError, did_you_mean
 
 C = TypeVar("C")
 
-SECTIONS = ("stream", "backbone")
+SECTIONS = ("stream", "backbone", "augment")
 
 
 class Constraint:
@@ -184,8 +185,8 @@ def parse_assignments(pairs: Iterable[str]) -> dict[str, str]:
 
 
 def split_sections(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Route keys to 'strategy', 'stream' or 'backbone' by their prefix."""
-    sections: dict[str, dict[str, Any]] = {"strategy": {}, "stream": {}, "backbone": {}}
+    """Route keys to 'strategy', 'stream', 'backbone' or 'augment' by their prefix."""
+    sections: dict[str, dict[str, Any]] = {name: {} for name in ("strategy", *SECTIONS)}
     for key, value in overrides.items():
         prefix, dot, rest = key.partition(".")
         if dot and prefix in SECTIONS:

@@ -38,7 +38,9 @@ class FirstSessionConfig(PeftSettings):
 
     peft, adapter_*, vpt_tokens, lora_*: the PEFT variant and its sizes (`PeftSettings`).
     epochs, batch_size, lr, weight_decay, min_lr, optimizer, momentum: first-session training
-    (cosine schedule to min_lr).
+    (cosine schedule to min_lr). `optimizer`: `sgd` (momentum), `adam` (torch Adam) or `adamw`;
+    a reference config's `"optimizer": "adam"` means AdamW (PILOT models/aper_*.py), so reference
+    recipes translate it to `adamw`.
     """
 
     epochs: Annotated[int, Positive()] = 20
@@ -48,6 +50,17 @@ class FirstSessionConfig(PeftSettings):
     min_lr: Annotated[float, NonNegative()] = 0.0
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+
+
+def first_session_settings(
+    peft: str, epochs: int, lr: float, batch_size: int, weight_decay: float, **extra: Any
+) -> dict[str, Any]:
+    """A reference config's first-session row as settings (SGD; 5 prompt tokens for VPT)."""
+    sizes = {"vpt_tokens": 5} if peft.startswith("vpt") else {}
+    return {
+        "peft": peft, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+        "weight_decay": weight_decay, **sizes, **extra,
+    }  # fmt: skip
 
 
 class CosineHead(nn.Module):

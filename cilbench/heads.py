@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cilbench.backbones import Backbone
+from cilbench.errors import ConfigError
 
 
 class TaskHeads(nn.Module):
@@ -78,12 +79,18 @@ class HeadedNetwork(nn.Module):
 
     With `train_backbone` the backbone is a new trainable copy of the pinned weights; without, it
     is the runner's shared frozen model, which stays in eval mode even when the network trains.
+    `fresh_final_norm` replaces the trainable copy's final LayerNorm with a new one (weight 1,
+    bias 0, eps 1e-5), as GengDavid/SLCA does to its IN-21k ViT (convs/vits.py).
     """
 
-    def __init__(self, backbone: Backbone, train_backbone: bool = True):
+    def __init__(
+        self, backbone: Backbone, train_backbone: bool = True, fresh_final_norm: bool = False
+    ):
         super().__init__()
         self.train_backbone = train_backbone
         self.backbone = backbone.build_model() if train_backbone else backbone.model
+        if fresh_final_norm:
+            replace_final_norm(self.backbone, backbone.tag)
         self.heads = TaskHeads(cast(int, self.backbone.num_features), backbone.device)
 
     def train(self, mode: bool = True) -> HeadedNetwork:
@@ -100,6 +107,18 @@ class HeadedNetwork(nn.Module):
         """Parameters the strategy trains: the heads, plus the backbone when it is trained."""
         modules = [self.backbone, self.heads] if self.train_backbone else [self.heads]
         return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def replace_final_norm(model: nn.Module, tag: str) -> None:
+    """Give a trainable ViT a new final LayerNorm (`model.norm`), on the same device."""
+    norm = getattr(model, "norm", None)
+    if not isinstance(norm, nn.LayerNorm):
+        raise ConfigError(
+            f"fresh_final_norm replaces a ViT's final LayerNorm, and backbone {tag!r} has none; "
+            "use a ViT backbone or --set fresh_final_norm=false."
+        )
+    fresh = nn.LayerNorm(norm.normalized_shape)
+    model.norm = fresh.to(device=norm.weight.device)
 
 
 def heads_state(heads: TaskHeads, prefix: str) -> dict[str, torch.Tensor]:

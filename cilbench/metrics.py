@@ -85,7 +85,11 @@ def summarize(acc: np.ndarray, test_sizes: np.ndarray) -> dict[str, float | list
     """Every standard metric of a (possibly partial) accuracy matrix."""
     acc = np.asarray(acc, dtype=float)
     sizes = np.asarray(test_sizes)
+    curve = accuracy_after_each_step(acc, sizes, "sample-weighted")
+    task_curve = accuracy_after_each_step(acc, sizes, "task-averaged")
     return {
+        "accuracy_curve": [float(a) for a in curve],
+        "accuracy_curve_task_averaged": [float(a) for a in task_curve],
         "final_accuracy": final_accuracy(acc, sizes, "sample-weighted"),
         "final_accuracy_task_averaged": final_accuracy(acc, sizes, "task-averaged"),
         "average_accuracy": average_incremental_accuracy(acc, sizes, "sample-weighted"),

@@ -20,7 +20,10 @@ import numpy as np
 from cilbench.errors import CorruptFileError
 from cilbench.files import write_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 2 added `recipe` (and config.augmentation, config.recipe, the metrics' accuracy
+curves); a version-1 file reads with an empty `recipe`."""
 
 
 @dataclass
@@ -44,6 +47,9 @@ class RunResult:
     """Leaderboard flags, e.g. uses_exemplars."""
     strategy_report: dict[str, Any] = field(default_factory=dict)
     """What the strategy's `report()` returned after the last finished experience."""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    """The recipe that ran: name, stream, variant, source (repo, commit, file, paper table),
+    notes, and why it fell back to another stream's or variant's recipe, if it did."""
     complete: bool = False
     schema_version: int = SCHEMA_VERSION
 
@@ -62,9 +68,10 @@ class RunResult:
         if not isinstance(data, dict):
             raise CorruptFileError(f"{source}: expected a JSON object")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise CorruptFileError(
-                f"{source}: schema_version {version!r}, this cilbench reads {SCHEMA_VERSION}"
+                f"{source}: schema_version {version!r}, this cilbench reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         expected = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(data) - set(expected)

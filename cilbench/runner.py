@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import resource
 import time
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream, StreamBuilder
+from cilbench.augment import Augmentation, resolve_augmentation
 from cilbench.backbones import BACKBONE_SETTINGS, Backbone, BackboneSpec, create_backbone
 from cilbench.callbacks import Progress, RunCallback, SilentProgress
 from cilbench.checkpoint import load_checkpoint, save_checkpoint
@@ -45,7 +47,10 @@ from cilbench.errors import CilbenchError, ConfigError, CorruptFileError
 from cilbench.features import FeatureStore, default_cache_dir
 from cilbench.files import check_writable, remove_stale_temps, write_atomic
 from cilbench.metrics import summarize
+from cilbench.recipes import RECIPE_KEY, ChosenRecipe, choose, follow_seed
 from cilbench.results import RunResult, environment, load_result, save_result
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STRATEGY = "nmc"
 DEFAULT_STREAM = "split-fashion-mnist-mini"
@@ -84,6 +89,7 @@ class PreparedRun:
     strategy: BaseStrategy
     config: dict[str, Any]
     run_id: str
+    recipe: ChosenRecipe
 
     @property
     def run_dir(self) -> Path:
@@ -105,31 +111,65 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def prepare(spec: RunSpec) -> PreparedRun:
-    """Resolve names and validate every setting before touching data; build the stream."""
+@dataclass(frozen=True)
+class RunSettings:
+    """Every setting of a run, resolved and validated (recipe chosen, `--set` applied)."""
+
+    recipe: ChosenRecipe
+    builder: StreamBuilder | Stream
+    """The stream builder with its options applied, or the built Stream the spec gave."""
+    config: Any
+    backbone: str | BackboneSpec | Backbone
+    backbone_settings: dict[str, Any]
+    augmentation: Augmentation
+
+
+def resolve_run(spec: RunSpec) -> RunSettings:
+    """Layer defaults <- recipe <- `--set` for the strategy, stream, backbone and augmentation."""
     check(spec, what="run option")
     sections = split_sections(spec.overrides)
     strategy_cls = STRATEGIES.get(spec.strategy)
-    # A recipe may set stream options too (`stream.class_order`: CODA-Prompt's natural order).
-    recipe = split_sections(strategy_cls.recipes.get(_recipe_name(spec.stream), {}))
-    source = _stream_source(spec.stream, recipe["stream"], sections["stream"])
+    recipe = choose(spec.strategy, strategy_cls, _recipe_name(spec.stream), sections["strategy"])
+    layers = recipe.sections()
+    source = _stream_source(spec.stream, layers["stream"], sections["stream"], spec.seed)
+    strategy_keys = {k: v for k, v in sections["strategy"].items() if k != RECIPE_KEY}
     config: Any = resolve(
         strategy_cls.Config,
-        recipe["strategy"],
-        sections["strategy"],
+        layers["strategy"],
+        strategy_keys,
         what=f"strategy {spec.strategy!r} config",
     )
-    backbone, backbone_name, settings = _backbone(spec, source, sections["backbone"])
+    backbone, settings = _backbone_choice(spec, source, recipe, layers["backbone"], sections)
+    return RunSettings(
+        recipe=recipe,
+        builder=source,
+        config=config,
+        backbone=backbone,
+        backbone_settings=settings,
+        augmentation=resolve_augmentation(layers["augment"], sections["augment"]),
+    )
+
+
+def prepare(spec: RunSpec) -> PreparedRun:
+    """Resolve names and validate every setting before touching data; build the stream."""
+    settings = resolve_run(spec)
+    if settings.recipe.fallback:
+        log.warning("%s.", settings.recipe.fallback)
+    backbone = _create_backbone(settings, resolve_device(spec.device))
     device = str(backbone.device)
+    source = settings.builder
     stream = source if isinstance(source, Stream) else source.build(spec.data_root)
     stream_name = spec.stream if isinstance(spec.stream, str) else stream.info.name
+    choice = settings.backbone
     resolved = {
         "strategy": spec.strategy,
-        "strategy_config": as_dict(config),
+        "strategy_config": as_dict(settings.config),
         "stream": stream_name,
         "stream_options": {} if isinstance(source, Stream) else source.options(),
-        "backbone": backbone_name,
-        "backbone_settings": settings,
+        "backbone": choice if isinstance(choice, str) else backbone.tag,
+        "backbone_settings": settings.backbone_settings,
+        "augmentation": as_dict(settings.augmentation),
+        "recipe": settings.recipe.recipe.name,
         "seed": spec.seed,
         "eval_batch_size": spec.batch_size,
     }
@@ -138,8 +178,9 @@ def prepare(spec: RunSpec) -> PreparedRun:
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     label = re.sub(r"[^\w.+@-]", "_", backbone.tag)  # a folder name, whatever the spec's name
     run_id = f"{stream_name}/{spec.strategy}-{label}-seed{spec.seed}-{digest}"
-    strategy = strategy_cls(config, seed=spec.seed, device=device)
-    return PreparedRun(spec, stream, backbone, strategy, {**resolved, "device": device}, run_id)
+    strategy = STRATEGIES.get(spec.strategy)(settings.config, seed=spec.seed, device=device)
+    config_record = {**resolved, "device": device}
+    return PreparedRun(spec, stream, backbone, strategy, config_record, run_id, settings.recipe)
 
 
 def _recipe_name(stream: str | StreamBuilder | Stream) -> str:
@@ -156,11 +197,12 @@ def _stream_source(
     stream: str | StreamBuilder | Stream,
     recipe_options: Mapping[str, Any],
     options: Mapping[str, Any],
+    seed: int,
 ) -> StreamBuilder | Stream:
     """The builder with the recipe's then the user's `stream.*` options applied, or the Stream.
 
     A builder object keeps the fields its author set: only the user's options change it. A built
-    Stream takes no options at all.
+    Stream takes no options at all. `class_order=pycil` becomes `pycil-<seed>`.
     """
     if isinstance(stream, Stream):
         if options:
@@ -171,20 +213,38 @@ def _stream_source(
         return stream
     what = f"stream {_recipe_name(stream)!r} option"
     if isinstance(stream, str):
-        return resolve(STREAMS.get(stream), recipe_options, options, what=what)
+        return _follow_seed(resolve(STREAMS.get(stream), recipe_options, options, what=what), seed)
     if not isinstance(stream, StreamBuilder) or not dataclasses.is_dataclass(stream):
         raise ConfigError(
             "RunSpec.stream must be a stream name, a StreamBuilder dataclass or a Stream; "
             f"got {stream!r}."
         )
     changes = resolve_settings(options, settings_schema(type(stream)), what)
-    return check(dataclasses.replace(stream, **changes), what)
+    return _follow_seed(check(dataclasses.replace(stream, **changes), what), seed)
 
 
-def _backbone(
-    spec: RunSpec, source: StreamBuilder | Stream, overrides: Mapping[str, Any]
-) -> tuple[Backbone, str, dict[str, Any]]:
-    """(backbone on the run's device, its name for the result, the settings applied to it)."""
+def _follow_seed(builder: StreamBuilder, seed: int) -> StreamBuilder:
+    """`class_order=pycil` becomes `pycil-<seed>`, so `--seed` picks the papers' class order."""
+    order = getattr(builder, "class_order", None)
+    if order != "pycil":
+        return builder
+    return dataclasses.replace(builder, class_order=follow_seed(order, seed))  # type: ignore[type-var]
+
+
+def _backbone_choice(
+    spec: RunSpec,
+    source: StreamBuilder | Stream,
+    recipe: ChosenRecipe,
+    recipe_settings: Mapping[str, Any],
+    sections: Mapping[str, Mapping[str, Any]],
+) -> tuple[str | BackboneSpec | Backbone, dict[str, Any]]:
+    """(the backbone to use, the preprocessing settings applied to it).
+
+    The stream's default or the recipe's backbone gets the reference preprocessing (the stream's
+    default settings, then the recipe's); any other backbone keeps its own. `backbone.*` settings
+    always apply last.
+    """
+    overrides = sections["backbone"]
     choice = spec.backbone
     if isinstance(choice, Backbone):
         if overrides:
@@ -197,19 +257,31 @@ def _backbone(
                 f"run option 'device' is {spec.device!r} but the Backbone object given is on "
                 f"{choice.device}; pass device='auto' or a backbone on {spec.device!r}."
             )
-        return choice, choice.tag, {}
+        return choice, {}
     if choice is None and isinstance(source, Stream):
         raise ConfigError(
             "RunSpec.backbone is required with a Stream object (a stream builder declares a "
             "default backbone; a built Stream does not)."
         )
     defaults = source if isinstance(source, StreamBuilder) else StreamBuilder
-    name = choice if choice is not None else defaults.default_backbone
-    is_default = name == defaults.default_backbone
-    settings = dict(defaults.default_backbone_settings) if is_default else {}
+    name = choice if choice is not None else recipe.backbone or defaults.default_backbone
+    settings: dict[str, Any] = {}
+    if name in (defaults.default_backbone, recipe.backbone):  # reference preprocessing
+        settings.update(defaults.default_backbone_settings)
+        settings.update(resolve_settings(recipe_settings, BACKBONE_SETTINGS, "backbone"))
     settings.update(resolve_settings(overrides, BACKBONE_SETTINGS, "backbone"))
-    backbone = create_backbone(name, device=resolve_device(spec.device), **settings)
-    return backbone, name if isinstance(name, str) else name.name, settings
+    return name, settings
+
+
+def _create_backbone(settings: RunSettings, device: str) -> Backbone:
+    """The run's backbone on `device`, carrying the run's training augmentation."""
+    choice = settings.backbone
+    if isinstance(choice, Backbone):
+        choice.augmentation = settings.augmentation  # the run's setting, like any other
+        return choice
+    return create_backbone(
+        choice, device=device, augmentation=settings.augmentation, **settings.backbone_settings
+    )
 
 
 def run(
@@ -387,6 +459,7 @@ def _new_result(prepared: PreparedRun) -> RunResult:
         },
         environment=environment(),
         flags={"uses_exemplars": type(prepared.strategy).uses_exemplars},
+        recipe=prepared.recipe.describe(),
     )
 
 

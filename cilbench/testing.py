@@ -17,8 +17,9 @@ import torch
 
 from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream
 from cilbench.backbones import Backbone, create_backbone
-from cilbench.config import resolve, split_sections
+from cilbench.config import resolve
 from cilbench.features import FeatureStore
+from cilbench.recipes import recipes_of
 from cilbench.runner import evaluate
 
 TINY_BACKBONE = "tiny-vit-random"
@@ -39,7 +40,8 @@ def make_strategy(
 ) -> BaseStrategy:
     """Strategy `name` with its synthetic recipe, set up on `backbone` with an in-memory store."""
     cls = STRATEGIES.get(name)
-    recipe = split_sections(cls.recipes.get("synthetic", {}))["strategy"]
+    recipes = recipes_of(cls, "synthetic")
+    recipe = recipes[0].sections()["strategy"] if recipes else {}
     config: Any = resolve(cls.Config, recipe, overrides)
     strategy = cls(config, seed=seed)
     strategy.setup(backbone, stream.info, FeatureStore(backbone, cache_dir=None))

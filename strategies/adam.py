@@ -9,14 +9,13 @@ prototype. Old prototypes never change; a class that reappears (domain-increment
 updates its running mean.
 
 Config (see `cilbench.first_session.FirstSessionConfig`): `peft` picks the variant (adapter, ssf,
-vpt-shallow, vpt-deep, lora, finetune); the first-session fields default to the LAMDA-PILOT APER
-adapter settings. The recipes hold the adapter's reference settings per stream; the other
-variants' reference settings (methods.md, PILOT exps) are set with `--set`:
-
-- split-cifar100: ssf, vpt-shallow, vpt-deep (vpt_tokens=5) as adapter; finetune
-  `epochs=6 batch_size=128 weight_decay=0.05`.
-- split-imagenet-r: ssf as adapter; vpt-deep `epochs=20 lr=0.05 batch_size=24 vpt_tokens=30`;
-  finetune `epochs=5 batch_size=144 weight_decay=0.005`.
+vpt-shallow, vpt-deep, lora, finetune); the first-session fields default to the APER adapter
+settings on CIFAR-100. Recipes (`cilbench recipes adam`) hold every variant's reference settings
+per stream: `paper` from the authors' RevisitingCIL configs (IN-21k ViT; written for B0 Inc5 on
+CIFAR-100 and ImageNet-R, `--set stream.increment=5` for that protocol), `pilot` from LAMDA-PILOT's
+(IN-1k ViT). `--set peft=ssf` picks that variant's recipe. lora has no reference recipe (it keeps
+the adapter's training settings, with a warning); PILOT's ImageNet-R vpt-shallow config names a
+backbone without VPT and does not run, so there is no `pilot` vpt-shallow recipe there.
 
 Where cilbench differs from the reference: the frozen branch's features come from the shared
 feature cache and the adapted branch's are extracted once after task 0 and cached, so no image is
@@ -37,8 +36,9 @@ from cilbench.api import Experience, StreamInfo, register_strategy
 from cilbench.backbones import Backbone
 from cilbench.data import DatasetView
 from cilbench.features import FeatureStore
-from cilbench.first_session import AdaptedBranch, FirstSessionConfig
+from cilbench.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
 from cilbench.prototypes import PrototypeStrategy, cosine_scores
+from cilbench.recipes import IN1K, PILOT, REVISITING_CIL, Recipe
 from cilbench.training import TrainSettings
 
 
@@ -49,16 +49,77 @@ class AdamConfig(FirstSessionConfig):
     peft: PeftVariant = "adapter"
 
 
+def _paper(
+    peft: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+    config: str,
+    published: str = "",
+) -> Recipe:
+    """A RevisitingCIL config: exps/aper_<peft>/<config>_vit-b_<peft>.json (IN-21k ViT)."""
+    dataset = {"cifar224_5_5": "CIFAR-100 B0 Inc5", "imagenetr_5_5": "ImageNet-R B0 Inc5"}
+    table = f"APER paper, {dataset.get(config, 'VTAB B0 Inc10')}, APER w/ {peft}"
+    table += f": A_last / A_avg {published}" if published else ""
+    source = REVISITING_CIL.file(f"exps/aper_{peft}/{config}_vit-b_{peft}.json", table)
+    return Recipe(first_session_settings(peft, epochs, lr, batch_size, weight_decay), source)
+
+
+def _pilot(
+    peft: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+    config: str,
+    **extra: Any,
+) -> Recipe:
+    """A LAMDA-PILOT config, exps/<config> (its backbones are the IN-1k ViT)."""
+    table = "LAMDA-PILOT README curves (B0 Inc10 / B0 Inc20, IN-1k)"
+    settings = first_session_settings(peft, epochs, lr, batch_size, weight_decay, **extra)
+    return Recipe(settings, PILOT.file(f"exps/{config}", table), name="pilot", backbone=IN1K)
+
+
 @register_strategy("adam")
 class Adam(PrototypeStrategy):
     """Cosine to class means of [frozen | first-session-adapted] features."""
 
     Config = AdamConfig
-    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+    variant_key: ClassVar[str] = "peft"
+    recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16},
         "split-fashion-mnist-mini": {"peft": "finetune", "epochs": 1, "batch_size": 64},
-        "split-cifar100": {"epochs": 20, "lr": 0.01, "batch_size": 48, "weight_decay": 5e-4},
-        "split-imagenet-r": {"epochs": 10, "lr": 0.05, "batch_size": 16, "weight_decay": 5e-3},
+        "split-cifar100": [
+            _paper("adapter", 20, 0.01, 48, 5e-4, "cifar224_5_5", "85.15 / 90.65"),
+            _paper("ssf", 20, 0.01, 48, 5e-4, "cifar224_5_5"),
+            _paper("vpt-shallow", 20, 0.01, 48, 5e-4, "cifar224_5_5"),
+            _paper("vpt-deep", 5, 0.05, 16, 5e-4, "cifar224_5_5"),
+            _paper("finetune", 5, 0.01, 128, 5e-4, "cifar224_5_5"),
+            _pilot("adapter", 20, 0.01, 48, 5e-4, "aper_aperpter.json"),
+            _pilot("ssf", 20, 0.01, 48, 5e-4, "aper_ssf.json"),
+            _pilot("vpt-shallow", 20, 0.01, 48, 5e-4, "aper_vpt_shallow.json"),
+            _pilot("vpt-deep", 20, 0.01, 48, 5e-4, "aper_vpt_deep.json"),
+            _pilot("finetune", 6, 0.01, 128, 0.05, "aper_finetune.json"),
+        ],
+        "split-imagenet-r": [
+            _paper("adapter", 20, 0.05, 24, 5e-3, "imagenetr_5_5", "64.33 / 72.35"),
+            _paper("ssf", 20, 0.01, 48, 5e-4, "imagenetr_5_5"),
+            _paper("vpt-shallow", 20, 0.01, 48, 5e-4, "imagenetr_5_5"),
+            _paper("vpt-deep", 5, 0.05, 16, 5e-4, "imagenetr_5_5"),
+            _paper("finetune", 5, 0.01, 128, 5e-4, "imagenetr_5_5"),
+            _pilot("adapter", 10, 0.05, 16, 5e-3, "aper_aperpter_inr.json"),
+            _pilot("ssf", 20, 0.01, 48, 5e-4, "aper_ssf_inr.json"),
+            _pilot("vpt-deep", 20, 0.05, 24, 5e-4, "aper_vpt_deep_inr.json", vpt_tokens=30),
+            _pilot("finetune", 5, 0.01, 144, 5e-3, "aper_finetune_inr.json"),
+        ],
+        "vtab": [
+            _paper("adapter", 20, 0.01, 48, 5e-4, "vtab_10_10", "84.35 / 85.95"),
+            _paper("ssf", 20, 0.01, 48, 5e-4, "vtab_10_10", "81.92 / 85.66"),
+            _paper("vpt-shallow", 20, 0.01, 48, 5e-4, "vtab_10_10", "85.36 / 87.15"),
+            _paper("vpt-deep", 5, 0.05, 16, 5e-4, "vtab_10_10", "83.06 / 86.59"),
+            _paper("finetune", 5, 0.01, 128, 5e-4, "vtab_10_10", "80.44 / 87.47"),
+        ],
     }
 
     def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:

@@ -202,7 +202,7 @@ class AvalancheStrategy(BaseStrategy):
         dataset = _make_taskaware_classification_dataset(
             experience.train.with_transform(_identity),
             transform_groups={
-                "train": (preprocessing.train_transform(), None),
+                "train": (preprocessing.train_transform(self.backbone.augmentation), None),
                 "eval": (preprocessing.sample_transform(), None),
             },
             initial_transform_group="train",

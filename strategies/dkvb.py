@@ -65,6 +65,7 @@ from cilbench.api import STREAMS, BaseStrategy, Experience, register_strategy
 from cilbench.config import AtMostField, NonNegative, Positive, Range, Registered, resolve
 from cilbench.data import DatasetView
 from cilbench.errors import CilbenchError
+from cilbench.recipes import DKVB_EXPERIMENTS, Recipe
 from cilbench.training import NonFiniteLossError, TrainSettings, make_optimizer
 
 KEY_INIT_INDEX = -1
@@ -245,7 +246,7 @@ class DKVB(BaseStrategy):
     """Discrete key-value bottleneck: frozen keys per random projection, locally trained values."""
 
     Config = DKVBConfig
-    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+    recipes: ClassVar[Mapping[str, Any]] = {
         # cilbench's own smoke-test size: the synthetic stream has 144 training images; batches
         # of 16 give key initialisation 90 EMA steps, enough for the Gaussian start to fade.
         "synthetic": {
@@ -261,8 +262,15 @@ class DKVB(BaseStrategy):
         # ablations (num_books 16-256, num_pairs 256-4096). Accuracy stops moving after ~30
         # epochs here (256 codebooks: 78.8% final at 30 epochs, 78.6% at 100).
         "split-fashion-mnist-mini": {"num_codebooks": 64, "keys_per_codebook": 256, "epochs": 30},
-        # The paper's CIFAR-100 sweep (cifar100_split2_clip_resnet50_ours_base.yaml).
-        "split-cifar100": {"epochs": 500},
+        "split-cifar100": Recipe(
+            {"epochs": 500},
+            DKVB_EXPERIMENTS.file(
+                "sweeps/icml2023/cifar100_split2_clip_resnet50_ours_base.yaml",
+                "DKVB (ICML 2023) CIFAR-100 sweep; no ViT-B/16 result exists (results.md)",
+            ),
+            notes="the sweep runs 2 classes per task on CLIP ViT-B/32 or ResNet50 features; the "
+            "other Config defaults are its num_books, num_pairs, dim_key, lr, clip and batch",
+        ),
     }
     predicts_from_features = True
 

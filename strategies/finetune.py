@@ -1,21 +1,33 @@
 """Fine-tuning: the lower bound of every class-incremental leaderboard.
 
-Sequential training on each experience's data alone, with one linear head that grows by the new
-classes and cross-entropy over all classes seen so far; nothing protects old classes, so they are
-forgotten (catastrophic forgetting). With `train_backbone=false` the backbone stays frozen and only
-the head trains, on cached frozen features (a sequential linear probe).
+Sequential training on each experience's data alone, with a linear head that grows by the new
+classes; nothing protects old classes, so they are forgotten (catastrophic forgetting). With
+`train_backbone=false` the backbone stays frozen and only the head trains, on cached frozen
+features (a sequential linear probe).
 
 Config: `epochs`, `batch_size`, `lr` (head), `backbone_lr_scale` (backbone lr = lr x this),
-`optimizer`, `momentum`, `weight_decay`, `schedule`, `milestones`, `gamma`, `grad_clip`,
-`num_workers`, `train_backbone`. The reference recipes use SLCA's epochs so the bounds and SLCA
-share a training budget.
+`optimizer`, `momentum`, `weight_decay` (`first_weight_decay`: on experience 0, None = the same),
+`schedule`, `milestones`, `gamma`, `grad_clip`, `num_workers`, `train_backbone`, `loss` (`seen`:
+cross-entropy over every class seen so far; `new`: over this experience's new classes only),
+`freeze_old_heads`, `fresh_final_norm` (see `cilbench.heads.HeadedNetwork`).
+
+The papers define this bound differently; each definition is a named recipe (`--set recipe=...`,
+`cilbench recipes finetune`), and the result records which one ran:
+
+- `pilot` (default on the built-in streams): LAMDA-PILOT's finetune (exps/finetune*.json,
+  models/finetune.py): IN-1k ViT, SGD lr 1e-3, weight decay 5e-4 on the first experience and 2e-4
+  after, 20 epochs, batch 128, cross-entropy over the new classes only.
+- `slca-seqft`: SLCA's Seq FT, its stage 1 without the slow learner or classifier alignment
+  (current-task logits, earlier heads frozen, fresh final LayerNorm, SLCA's data pipeline).
+- `shared-head`: one head over all seen classes with cross-entropy over all of them, lr 0.01 for
+  every parameter, cosine schedule (cilbench's earlier definition; also the Config defaults).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated, Any
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +38,10 @@ from cilbench.augment import training_data
 from cilbench.backbones import Backbone
 from cilbench.config import NonNegative
 from cilbench.data import DatasetView
+from cilbench.errors import ConfigError
 from cilbench.features import FeatureStore
 from cilbench.heads import HeadedNetwork, load_network, network_state
+from cilbench.recipes import IN1K, PILOT, SLCA, Recipe
 from cilbench.training import TrainSettings, fit
 
 
@@ -43,11 +57,65 @@ class FinetuneConfig(TrainSettings):
     backbone_lr_scale: Annotated[float, NonNegative()] = 1.0
     num_workers: Annotated[int | None, NonNegative()] = None
     train_backbone: bool = True
+    loss: Literal["seen", "new"] = "seen"
+    freeze_old_heads: bool = False
+    first_weight_decay: Annotated[float | None, NonNegative()] = None
+    fresh_final_norm: bool = False
 
 
-RECIPES: dict[str, dict[str, Any]] = {
-    "split-cifar100": {"epochs": 20},
-    "split-imagenet-r": {"epochs": 50},
+def _pilot(config: str) -> Recipe:
+    """LAMDA-PILOT's finetune (the same settings for CIFAR-100 and ImageNet-R)."""
+    return Recipe(
+        {
+            "epochs": 20, "lr": 1e-3, "batch_size": 128, "weight_decay": 2e-4,
+            "first_weight_decay": 5e-4, "schedule": "multistep", "milestones": (40, 70),
+            "loss": "new",
+        },
+        PILOT.file(f"exps/{config}", "LAMDA-PILOT README curves, Finetune row, IN-1k"),
+        name="pilot",
+        backbone=IN1K,
+        notes="first experience: init_milestones 60,120,170; neither set is reached in 20 "
+        "epochs; SGD momentum 0.9 (models/finetune.py)",
+    )  # fmt: skip
+
+
+def _slca_seqft(epochs: int, milestone: int, dataset: str) -> Recipe:
+    """SLCA's stage 1 at one learning rate for all parameters, no classifier alignment."""
+    cifar = dataset == "cifar"
+    return Recipe(
+        {
+            "epochs": epochs, "milestones": (milestone,), "schedule": "multistep",
+            "lr": 0.01, "batch_size": 128, "weight_decay": 5e-4, "loss": "new",
+            "freeze_old_heads": True, "fresh_final_norm": True,
+            "backbone.normalization": "cifar100" if cifar else "imagenet",
+            "augment.preset": "slca-cifar" if cifar else "slca",
+        },
+        SLCA.file(
+            "models/slca.py", "SLCA (ICCV 2023) Seq FT baseline (the paper's lower bound)"
+        ),
+        name="slca-seqft",
+        notes="the repository has no Seq FT config: models/slca.py with bcb_lrscale 1 (lr 0.01 "
+        f"for every parameter) and no alignment; epochs from exps/slca/slca_{dataset}*.json",
+    )  # fmt: skip
+
+
+def _shared_head(epochs: int) -> Recipe:
+    return Recipe(
+        {"epochs": epochs, "lr": 0.01, "loss": "seen", "schedule": "cosine"},
+        name="shared-head",
+        notes="cilbench's own definition: one head over all seen classes, no reference config",
+    )
+
+
+RECIPES: dict[str, Any] = {
+    "split-cifar100": [_pilot("finetune.json"), _slca_seqft(20, 18, "cifar"), _shared_head(20)],
+    "split-imagenet-r": [
+        _pilot("finetune_inr.json"),
+        _slca_seqft(50, 40, "imgnetr"),
+        _shared_head(50),
+    ],
+    # CoRe50 NI repeats every class in every session, so "new classes only" is undefined there.
+    "core50": [_shared_head(20)],
     "synthetic": {"epochs": 1, "batch_size": 16},
     "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},
 }
@@ -67,34 +135,46 @@ class Finetune(BaseStrategy):
 
     def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
         super().setup(backbone, info, features)
-        self.network = HeadedNetwork(backbone, self.config.train_backbone)
+        if self.config.loss == "new" and info.scenario != "class-incremental":
+            raise ConfigError(
+                f"loss=new trains on each experience's new classes, which a {info.scenario} "
+                f"stream ({info.name}) does not have; use --set loss=seen."
+            )
+        self.network = self.new_network()
         self.num_seen = 0
+        self.known = 0
+
+    def new_network(self) -> HeadedNetwork:
+        """The pre-trained backbone (a trainable copy, or the frozen one) with no heads yet."""
+        config = self.config
+        return HeadedNetwork(self.backbone, config.train_backbone, config.fresh_final_norm)
 
     def train_experience(self, experience: Experience) -> None:
         generator = self.generator(experience.index)
         self.start_experience(experience, generator)
-        self.num_seen = experience.num_seen_classes
+        self.known, self.num_seen = self.num_seen, experience.num_seen_classes
         self.train_on(self.training_views(experience), generator, experience.index)
 
     def start_experience(self, experience: Experience, generator: torch.Generator) -> None:
         """Grow the head by the experience's new classes."""
         extra = experience.num_seen_classes - self.network.heads.num_classes
         if extra > 0:
-            self.network.heads.grow(extra, generator)
+            self.network.heads.grow(extra, generator, freeze_old=self.config.freeze_old_heads)
 
     def training_views(self, experience: Experience) -> list[DatasetView]:
         """The data to train on: this experience's alone."""
         return [experience.train]
 
     def train_on(self, views: list[DatasetView], generator: torch.Generator, index: int) -> None:
-        """Cross-entropy over all seen classes on `views` (images, or frozen features)."""
+        """Cross-entropy over the seen (or only the new) classes on `views` (images or features)."""
         config = self.config
         network = self.network
         data, prepare, model = self._data(views)
+        first = self.known if config.loss == "new" else 0
         num_seen = self.num_seen
 
         def loss_fn(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(model(inputs)[:, :num_seen], labels)
+            return F.cross_entropy(model(inputs)[:, first:num_seen], labels - first)
 
         workers = self.features.num_workers if config.num_workers is None else config.num_workers
         groups = [{"params": network.heads.parameters(), "lr": config.lr}]
@@ -107,7 +187,7 @@ class Finetune(BaseStrategy):
             groups,
             data,
             prepare,
-            TrainSettings.from_config(config),
+            self._settings(index),
             generator,
             device=self.device,
             progress=self.features.progress,
@@ -115,6 +195,12 @@ class Finetune(BaseStrategy):
             num_workers=workers,
         )
         network.eval()
+
+    def _settings(self, index: int) -> TrainSettings:
+        settings = TrainSettings.from_config(self.config)
+        if index == 0 and self.config.first_weight_decay is not None:
+            return replace(settings, weight_decay=self.config.first_weight_decay)
+        return settings
 
     def _data(self, views: list[DatasetView]) -> tuple[Dataset, Any, torch.nn.Module]:
         """(dataset, prepare, model): augmented images, or cached features for a linear probe."""
@@ -140,6 +226,8 @@ class Finetune(BaseStrategy):
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         load_network(self.network, state)
         self.num_seen = int(state["num_seen"])
+        if self.config.freeze_old_heads:  # as `grow` left them: only the newest head trains
+            self.network.heads.heads[:-1].requires_grad_(False)
 
     def trainable_parameters(self) -> int:
         return self.network.parameter_count()

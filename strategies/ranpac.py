@@ -13,6 +13,12 @@ to split keeps the previous lambda, 1 at the start).
 Config: `peft` ('none' skips the first session), the first-session fields of
 `cilbench.first_session.FirstSessionConfig`, `projection_dim` (M), `ridges`, `validation_fraction`.
 
+Recipes (`cilbench recipes ranpac`): `paper` from the authors' args/<dataset>_publish.csv rows
+(Phase 1 = the PEFT variant, 20 epochs, lr 0.01, batch 48; `--set peft=none` picks the no-Phase-1
+row); on ImageNet-R, CoRe50 and VTAB they use the IN-1k ViT, on CIFAR-100 the IN-21k one with
+Resize(224) and no 256 -> 224 centre crop. `pilot` is LAMDA-PILOT's (IN-1k ViT, adapter; ImageNet-R
+with the APER adapter's 10 epochs, lr 0.05, batch 16).
+
 Memory: G is M x M float32 (381 MiB at M = 10000); the solve and the lambda search run in float64,
 the precision the small ridges need. The lambda search uses one eigendecomposition, of the smaller
 of H H' and H' H, for all candidates instead of one M x M solve per candidate; the selected
@@ -34,7 +40,8 @@ from cilbench.backbones import Backbone
 from cilbench.config import Positive, Range
 from cilbench.data import DatasetView
 from cilbench.features import FeatureStore
-from cilbench.first_session import AdaptedBranch, FirstSessionConfig
+from cilbench.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
+from cilbench.recipes import IN1K, PILOT, RANPAC, Recipe
 from cilbench.training import TrainSettings
 
 RIDGES = tuple(10.0**k for k in range(-8, 9))
@@ -87,18 +94,52 @@ def solve_ridge(gram: torch.Tensor, targets: torch.Tensor, ridge: float) -> torc
     return torch.linalg.solve(system, targets.double()).float()
 
 
+def _paper(peft: str, dataset: str, published: str, **extra: Any) -> Recipe:
+    """Row 7 (Phase 1 + RP, M = 10000) or, for peft=none, row 4 of args/<dataset>_publish.csv."""
+    row, name = (4, "No Phase 1") if peft == "none" else (7, "Algorithm 1")
+    table = f"paper_tables/Table_data_main_{dataset}.csv, {name}: {published} (task-averaged)"
+    training = first_session_settings(peft, 20, 0.01, 48, 5e-4) if peft != "none" else {}
+    settings = {"peft": peft, **training, "projection_dim": 10000, **extra}
+    return Recipe(
+        settings,
+        RANPAC.file(f"args/{dataset}_publish.csv", table),
+        backbone=None if dataset == "cifar224" else IN1K,
+        notes=f"row ID {row}",
+    )
+
+
+def _pilot(
+    config: str, epochs: int, lr: float, batch_size: int, weight_decay: float, protocol: str
+) -> Recipe:
+    """LAMDA-PILOT's exps/<config> (adapter on the IN-1k ViT)."""
+    settings = first_session_settings("adapter", epochs, lr, batch_size, weight_decay)
+    table = f"LAMDA-PILOT README curve, {protocol}, IN-1k"
+    return Recipe(settings, PILOT.file(f"exps/{config}", table), name="pilot", backbone=IN1K)
+
+
 @register_strategy("ranpac")
 class RanPAC(BaseStrategy):
     """Ridge regression on ReLU random projections of (adapted) features, updated per experience."""
 
     Config = RanpacConfig
     predicts_from_features = True
-    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+    variant_key: ClassVar[str] = "peft"
+    recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16, "projection_dim": 256},
         # The CPU demo: frozen features from the shared cache, a smaller projection.
         "split-fashion-mnist-mini": {"peft": "none", "projection_dim": 2000},
-        "split-cifar100": {"peft": "adapter", "epochs": 20, "lr": 0.01, "batch_size": 48},
-        "split-imagenet-r": {"peft": "ssf", "epochs": 20, "lr": 0.01, "batch_size": 48},
+        "split-cifar100": [
+            _paper("adapter", "cifar224", "92.2", **{"backbone.crop_pct": 1.0}),
+            _paper("none", "cifar224", "89.0", **{"backbone.crop_pct": 1.0}),
+            _pilot("ranpac.json", 20, 0.01, 48, 5e-4, "CIFAR B0 Inc10"),
+        ],
+        "split-imagenet-r": [
+            _paper("ssf", "imagenetr", "77.9"),
+            _paper("none", "imagenetr", "71.8"),
+            _pilot("ranpac_inr.json", 10, 0.05, 16, 5e-3, "IN-R B0 Inc20"),
+        ],
+        "core50": [_paper("adapter", "core50", "96.7"), _paper("none", "core50", "94.3")],
+        "vtab": [_paper("ssf", "vtab", "92.2"), _paper("none", "vtab", "92.2")],
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

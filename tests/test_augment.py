@@ -1,14 +1,23 @@
-"""Batched random resized crop + flip against torchvision's per-image definition."""
+"""Training augmentation: batched crops against torchvision's definition, reference presets."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms import RandomResizedCrop, v2
 
-from cilbench.augment import SeededSampler, _augment_batch, random_resized_crop_boxes, training_data
+from cilbench.augment import (
+    SeededSampler,
+    _augment_batch,
+    per_image_transform,
+    random_resized_crop_boxes,
+    resolve_augmentation,
+    training_data,
+)
 from cilbench.data import DatasetView, FileSource
+from cilbench.errors import ConfigError
 from cilbench.testing import synthetic_stream, tiny_backbone
 
 
@@ -37,7 +46,7 @@ def test_batch_crops_equal_per_image_crop_and_resize():
     torch.manual_seed(3)
     batch = _augment_batch(backbone, images)
     torch.manual_seed(3)
-    boxes = random_resized_crop_boxes(8, 40, 40).long()
+    boxes = random_resized_crop_boxes(8, 40, 40, backbone.augmentation.scale).long()
     flips = torch.rand(8) < 0.5  # drawn right after the boxes, as _augment_batch draws them
     assert flips.any() and not flips.all()
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
@@ -86,3 +95,61 @@ def test_seeded_sampler_is_a_permutation_with_one_seed_per_position():
     assert len({seed for _, seed in keys}) == 10
     replay = list(SeededSampler(10, torch.Generator().manual_seed(0)))
     assert keys == replay and keys != list(SeededSampler(10, generator))  # next epoch differs
+
+
+def _areas(boxes: torch.Tensor, height: int, width: int) -> np.ndarray:
+    return ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (height * width)).numpy()
+
+
+@pytest.mark.parametrize(
+    ("preset", "scale"),
+    [("lamda", (0.05, 1.0)), ("torchvision", (0.08, 1.0)), ("slca", (0.08, 1.0))],
+)
+def test_preset_crops_follow_the_reference_scale(preset: str, scale: tuple[float, float]):
+    """PILOT/RevisitingCIL/RanPAC crop with scale (0.05, 1), SLCA with torchvision's (0.08, 1)."""
+    augmentation = resolve_augmentation({"preset": preset})
+    assert augmentation.scale == scale
+    crop = per_image_transform(tiny_backbone().preprocessing, augmentation).transforms[0]
+    assert isinstance(crop, v2.RandomResizedCrop) and tuple(crop.scale) == scale
+    torch.manual_seed(0)
+    ours = _areas(random_resized_crop_boxes(20_000, 224, 224, augmentation.scale), 224, 224)
+    image = torch.zeros(3, 224, 224)
+    theirs = []
+    for _ in range(20_000):
+        _, _, h, w = RandomResizedCrop.get_params(image, list(scale), [3 / 4, 4 / 3])
+        theirs.append(h * w / 224**2)
+    for q in (0.01, 0.1, 0.5, 0.9):
+        assert abs(np.quantile(ours, q) - np.quantile(theirs, q)) < 0.015
+    assert ours.min() >= scale[0] - 0.005 and np.mean(ours < 0.08) == pytest.approx(
+        np.mean(np.array(theirs) < 0.08), abs=0.01
+    )
+
+
+def test_center_presets_give_the_test_crop_with_or_without_flip():
+    backbone = tiny_backbone(crop_pct=0.5)
+    images = torch.arange(2 * 3 * 40 * 40).reshape(2, 3, 40, 40).remainder(251).to(torch.uint8)
+    backbone.augmentation = resolve_augmentation({"preset": "none"})
+    plain = _augment_batch(backbone, images)
+    test_crop = backbone.preprocessing.sample_transform()(images)  # resize 64, centre crop 32
+    expected = backbone.preprocessing.normalize(test_crop.float())
+    assert (plain - expected).abs().mean() < 0.1
+    backbone.augmentation = resolve_augmentation({"preset": "flip-only"})
+    torch.manual_seed(1)
+    flipped = _augment_batch(backbone, images)
+    for i in range(2):
+        same, mirrored = (flipped[i] - plain[i]).abs().max(), (flipped[i] - plain[i].flip(-1))
+        assert same < 1e-4 or mirrored.abs().max() < 1e-4
+
+
+def test_brightness_jitter_scales_each_image_within_the_range():
+    backbone = tiny_backbone(normalization="none")
+    backbone.augmentation = resolve_augmentation({"preset": "none", "brightness": "0.25"})
+    images = torch.full((64, 3, 32, 32), 100, dtype=torch.uint8)
+    factors = _augment_batch(backbone, images).mean(dim=(1, 2, 3)) * 255 / 100
+    assert factors.min() >= 0.75 - 1e-4 and factors.max() <= 1.25 + 1e-4
+    assert factors.std() > 0.05  # a factor per image, not one per batch
+
+
+def test_unknown_preset_is_refused_with_a_suggestion():
+    with pytest.raises(ConfigError, match="Did you mean 'flip-only'"):
+        resolve_augmentation({"preset": "flip_only"})

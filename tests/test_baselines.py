@@ -108,3 +108,35 @@ def test_joint_runs_on_sessions_from_separate_sources():
         strategy.train_experience(experience)
     views = strategy.training_views(stream.experiences[2])
     assert len({v.source.fingerprint for v in views}) == 3
+
+
+@pytest.mark.parametrize(("loss", "freeze"), [("seen", False), ("new", False), ("new", True)])
+def test_finetune_loss_definitions(loss: str, freeze: bool):
+    """`new` (PILOT, SLCA Seq FT) leaves old heads without a loss gradient; frozen ones stay put."""
+    stream = synthetic_stream()
+    overrides = {**LINEAR_PROBE, "loss": loss, "freeze_old_heads": freeze, "weight_decay": 0.0}
+    strategy = make_strategy("finetune", tiny_backbone(), stream, **overrides)
+    strategy.train_experience(stream.experiences[0])
+    old = [p.detach().clone() for p in strategy.network.heads.heads[0].parameters()]
+    strategy.train_experience(stream.experiences[1])
+    new_params = list(strategy.network.heads.heads[0].parameters())
+    changed = any(not torch.equal(a, b) for a, b in zip(old, new_params))
+    assert changed == (loss == "seen"), (loss, freeze)  # momentum: 0 grads never move a weight
+    assert all(p.requires_grad != freeze for p in strategy.network.heads.heads[0].parameters())
+
+
+def test_first_weight_decay_applies_to_the_first_experience_only():
+    stream = synthetic_stream()
+    strategy = make_strategy(
+        "finetune", tiny_backbone(), stream, weight_decay=2e-4, first_weight_decay=5e-4
+    )
+    assert strategy._settings(0).weight_decay == 5e-4
+    assert strategy._settings(1).weight_decay == 2e-4
+
+
+def test_new_class_loss_is_refused_where_it_is_undefined():
+    stream = synthetic_stream(scenario="domain-incremental")
+    with pytest.raises(CilbenchError, match="loss=seen"):
+        make_strategy("finetune", tiny_backbone(), stream, loss="new")
+    with pytest.raises(CilbenchError, match="loss must be 'seen'"):
+        make_strategy("joint", tiny_backbone(), synthetic_stream(), loss="new")

@@ -101,11 +101,14 @@ def test_wrong_type_names_key_type_and_value(key: str, value: str, expected: str
 
 
 def test_set_pairs_are_routed_by_prefix():
-    pairs = parse_assignments(["lr=0.1", "stream.increment=5", "backbone.image_size=64"])
+    pairs = parse_assignments(
+        ["lr=0.1", "stream.increment=5", "backbone.image_size=64", "augment.preset=none"]
+    )
     assert split_sections(pairs) == {
         "strategy": {"lr": "0.1"},
         "stream": {"increment": "5"},
         "backbone": {"image_size": "64"},
+        "augment": {"preset": "none"},
     }
     with pytest.raises(ConfigError, match="key=value"):
         parse_assignments(["lr"])

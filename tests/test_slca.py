@@ -166,3 +166,14 @@ def test_a_diverging_alignment_stops_with_a_clear_error(stream):
     strategy.train_experience(stream.experiences[0])
     with pytest.raises(NonFiniteLossError, match="alignment loss"):
         strategy.train_experience(stream.experiences[1])
+
+
+def test_fresh_final_norm_replaces_the_pretrained_layer_norm():
+    """GengDavid/SLCA convs/vits.py: `del model.norm; model.norm = nn.LayerNorm(768)`."""
+    backbone = tiny_backbone()
+    stream = synthetic_stream()
+    fresh = make_strategy("slca", backbone, stream).network.backbone.norm
+    kept = make_strategy("slca", backbone, stream, fresh_final_norm=False).network.backbone.norm
+    assert fresh.eps == 1e-5 and kept.eps == backbone.model.norm.eps == 1e-6
+    assert torch.equal(fresh.weight, torch.ones(64)) and torch.equal(fresh.bias, torch.zeros(64))
+    assert torch.equal(kept.weight, backbone.model.norm.weight)

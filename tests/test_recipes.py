@@ -1,0 +1,382 @@
+"""Reference recipes: resolved settings against the reference configs, sources, fallbacks."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from cilbench.api import STRATEGIES, STREAMS
+from cilbench.benchmarks.synthetic import Synthetic
+from cilbench.errors import ConfigError
+from cilbench.recipes import IN1K, IN21K, Recipe, recipes_of
+from cilbench.runner import RunSpec, resolve_run, run
+from cilbench.streams import class_order
+
+# Files the values below were read from (repository @ the commit named in cilbench/recipes.py).
+RC = "zhoudw-zdw/RevisitingCIL exps/"
+PILOT = "LAMDA-CL/LAMDA-PILOT exps/"
+RANPAC = "RanPAC/RanPAC args/"
+SLCA = "GengDavid/SLCA "
+JANSON = "Pauljanson002/pretrained-cl "
+LAMDA = {"augment.scale": (0.05, 1.0), "augment.interpolation": "bilinear", "augment.flip": True}
+"""PILOT / RevisitingCIL / RanPAC utils/data.py build_transform: RandomResizedCrop scale
+(0.05, 1) (bilinear, torchvision's default), RandomHorizontalFlip, ToTensor, no Normalize."""
+NO_NORM = {"backbone.normalization": "none", "backbone.crop_pct": 0.875}
+
+
+def first(
+    epochs: int, lr: float, batch: int, wd: float, tokens: int | None = None
+) -> dict[str, Any]:
+    """A first-session row: epochs, lr, batch, weight decay (and VPT prompt tokens)."""
+    row = {"epochs": epochs, "lr": lr, "batch_size": batch, "weight_decay": wd}
+    return {**row, "vpt_tokens": tokens} if tokens else row
+
+
+# (strategy, stream, --set keys, expected resolved values, the reference file they come from)
+REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
+    # ADAM / APER: the paper's code (RevisitingCIL, IN-21k) and LAMDA-PILOT (IN-1k).
+    *[
+        (
+            "adam", stream, {"peft": peft},
+            {"peft": peft, "backbone": IN21K, **first(*values), **LAMDA, **NO_NORM},
+            f"{RC}aper_{peft}/{config}_vit-b_{peft}.json",
+        )
+        for stream, config, rows in [
+            ("split-cifar100", "cifar224_5_5", {
+                "adapter": (20, 0.01, 48, 5e-4), "ssf": (20, 0.01, 48, 5e-4),
+                "vpt-shallow": (20, 0.01, 48, 5e-4, 5), "vpt-deep": (5, 0.05, 16, 5e-4, 5),
+                "finetune": (5, 0.01, 128, 5e-4),
+            }),
+            ("split-imagenet-r", "imagenetr_5_5", {
+                "adapter": (20, 0.05, 24, 5e-3), "ssf": (20, 0.01, 48, 5e-4),
+                "vpt-shallow": (20, 0.01, 48, 5e-4, 5), "vpt-deep": (5, 0.05, 16, 5e-4, 5),
+                "finetune": (5, 0.01, 128, 5e-4),
+            }),
+            ("vtab", "vtab_10_10", {
+                "adapter": (20, 0.01, 48, 5e-4), "ssf": (20, 0.01, 48, 5e-4),
+                "vpt-shallow": (20, 0.01, 48, 5e-4, 5), "vpt-deep": (5, 0.05, 16, 5e-4, 5),
+                "finetune": (5, 0.01, 128, 5e-4),
+            }),
+        ]
+        for peft, values in rows.items()
+    ],
+    *[
+        (
+            "adam", stream, {"recipe": "pilot", "peft": peft},
+            {"peft": peft, "backbone": IN1K, **first(*values), **LAMDA, **NO_NORM},
+            f"{PILOT}{config}",
+        )
+        for stream, peft, config, values in [
+            ("split-cifar100", "adapter", "aper_aperpter.json", (20, 0.01, 48, 5e-4)),
+            ("split-cifar100", "ssf", "aper_ssf.json", (20, 0.01, 48, 5e-4)),
+            ("split-cifar100", "vpt-shallow", "aper_vpt_shallow.json", (20, 0.01, 48, 5e-4, 5)),
+            ("split-cifar100", "vpt-deep", "aper_vpt_deep.json", (20, 0.01, 48, 5e-4, 5)),
+            ("split-cifar100", "finetune", "aper_finetune.json", (6, 0.01, 128, 0.05)),
+            ("split-imagenet-r", "adapter", "aper_aperpter_inr.json", (10, 0.05, 16, 5e-3)),
+            ("split-imagenet-r", "ssf", "aper_ssf_inr.json", (20, 0.01, 48, 5e-4)),
+            ("split-imagenet-r", "vpt-deep", "aper_vpt_deep_inr.json", (20, 0.05, 24, 5e-4, 30)),
+            ("split-imagenet-r", "finetune", "aper_finetune_inr.json", (5, 0.01, 144, 5e-3)),
+        ]
+    ],
+    # RanPAC: args/<dataset>_publish.csv row ID 7 (Phase 1 + RP) and ID 4 (no Phase 1).
+    ("ranpac", "split-cifar100", {}, {
+        "peft": "adapter", **first(20, 0.01, 48, 5e-4), "projection_dim": 10000,
+        "backbone": IN21K, "backbone.crop_pct": 1.0, **LAMDA,
+    }, f"{RANPAC}cifar224_publish.csv ID 7; utils/data.py isCifar: Resize(224), no 256 crop"),
+    ("ranpac", "split-cifar100", {"peft": "none"}, {
+        "peft": "none", "projection_dim": 10000, "backbone": IN21K, "backbone.crop_pct": 1.0,
+    }, f"{RANPAC}cifar224_publish.csv ID 4"),
+    ("ranpac", "split-cifar100", {"recipe": "pilot"}, {
+        "peft": "adapter", **first(20, 0.01, 48, 5e-4), "backbone": IN1K, **NO_NORM,
+    }, f"{PILOT}ranpac.json (pretrained_vit_b16_224_adapter)"),
+    ("ranpac", "split-imagenet-r", {}, {
+        "peft": "ssf", **first(20, 0.01, 48, 5e-4), "projection_dim": 10000, "backbone": IN1K,
+        **NO_NORM, **LAMDA,
+    }, f"{RANPAC}imagenetr_publish.csv ID 7 (pretrained_vit_b16_224_ssf)"),
+    ("ranpac", "split-imagenet-r", {"peft": "none"}, {"peft": "none", "backbone": IN1K},
+     f"{RANPAC}imagenetr_publish.csv ID 4"),
+    ("ranpac", "split-imagenet-r", {"recipe": "pilot"}, {
+        "peft": "adapter", **first(10, 0.05, 16, 5e-3), "backbone": IN1K,
+    }, f"{PILOT}ranpac_inr.json"),
+    ("ranpac", "core50", {}, {
+        "peft": "adapter", **first(20, 0.01, 48, 5e-4), "backbone": IN1K, **NO_NORM,
+    }, f"{RANPAC}core50_publish.csv ID 7 (pretrained_vit_b16_224_adapter)"),
+    ("ranpac", "core50", {"peft": "none"}, {"peft": "none", "backbone": IN1K},
+     f"{RANPAC}core50_publish.csv ID 4"),
+    ("ranpac", "vtab", {}, {"peft": "ssf", **first(20, 0.01, 48, 5e-4), "backbone": IN1K},
+     f"{RANPAC}vtab_publish.csv ID 7"),
+    ("ranpac", "vtab", {"peft": "none"}, {"peft": "none", "backbone": IN1K},
+     f"{RANPAC}vtab_publish.csv ID 4"),
+    # SLCA: the original (exps/slca/*.json, models/slca.py defaults, utils/data.py, convs/vits.py)
+    ("slca", "split-cifar100", {}, {
+        "epochs": 20, "milestones": (18,), "lr": 0.01, "backbone_lr_scale": 0.01,
+        "weight_decay": 5e-4, "batch_size": 128, "ca_epochs": 5, "ca_lr": None,
+        "logit_temperature": 0.1, "fresh_final_norm": True, "backbone": IN21K,
+        "backbone.normalization": "cifar100", "augment.scale": (0.08, 1.0),
+        "augment.interpolation": "bicubic", "augment.brightness": 63 / 255,
+    }, f"{SLCA}exps/slca/slca_cifar.json; utils/data.py iCIFAR100_224; convs/vits.py"),
+    ("slca", "split-imagenet-r", {}, {
+        "epochs": 50, "milestones": (40,), "batch_size": 128, "ca_epochs": 5, "ca_lr": None,
+        "fresh_final_norm": True, "backbone": IN21K, "backbone.normalization": "imagenet",
+        "augment.scale": (0.08, 1.0), "augment.interpolation": "bicubic",
+        "augment.brightness": 0.0,
+    }, f"{SLCA}exps/slca/slca_imgnetr.json; utils/data.py iImageNetR"),
+    ("slca", "split-cifar100", {"recipe": "pilot"}, {
+        "epochs": 20, "milestones": (18,), "batch_size": 64, "ca_epochs": 3, "ca_lr": None,
+        "fresh_final_norm": False, "backbone": IN1K, **NO_NORM, **LAMDA,
+    }, f"{PILOT}slca.json"),
+    ("slca", "split-imagenet-r", {"recipe": "pilot"}, {
+        "epochs": 5, "milestones": (40,), "batch_size": 64, "ca_epochs": 3, "backbone": IN1K,
+    }, f"{PILOT}slca_inr.json"),
+    # Lower and upper bounds.
+    *[
+        ("finetune", stream, {}, {
+            "epochs": 20, "lr": 1e-3, "weight_decay": 2e-4, "first_weight_decay": 5e-4,
+            "batch_size": 128, "schedule": "multistep", "milestones": (40, 70),
+            "loss": "new", "freeze_old_heads": False, "backbone": IN1K, **LAMDA,
+        }, f"{PILOT}{config}; models/finetune.py")
+        for stream, config in [
+            ("split-cifar100", "finetune.json"), ("split-imagenet-r", "finetune_inr.json")
+        ]
+    ],
+    ("finetune", "split-cifar100", {"recipe": "slca-seqft"}, {
+        "epochs": 20, "milestones": (18,), "lr": 0.01, "backbone_lr_scale": 1.0,
+        "weight_decay": 5e-4, "batch_size": 128, "loss": "new", "freeze_old_heads": True,
+        "fresh_final_norm": True, "backbone": IN21K, "backbone.normalization": "cifar100",
+        "augment.brightness": 63 / 255,
+    }, f"{SLCA}models/slca.py (bcb_lrscale 1, no alignment); exps/slca/slca_cifar.json"),
+    ("finetune", "split-imagenet-r", {"recipe": "slca-seqft"}, {
+        "epochs": 50, "milestones": (40,), "loss": "new", "freeze_old_heads": True,
+        "backbone.normalization": "imagenet",
+    }, f"{SLCA}models/slca.py; exps/slca/slca_imgnetr.json"),
+    *[
+        ("joint", stream, {}, {
+            "epochs": 30, "lr": 0.01, "backbone_lr_scale": 0.01, "schedule": "constant",
+            "batch_size": 128, "weight_decay": 5e-4, "loss": "seen", "backbone": backbone,
+        }, f"{RANPAC}{dataset}_publish.csv ID 1 (joint_full: body_lr 1e-4, head_lr 0.01)")
+        for stream, dataset, backbone in [
+            ("split-cifar100", "cifar224", IN21K),
+            ("split-imagenet-r", "imagenetr", IN1K),
+            ("vtab", "vtab", IN1K),
+        ]
+    ],
+    # NMC (Janson et al.): Resize without crop on CIFAR, iCaRL order, bilinear, no normalisation.
+    ("nmc", "split-cifar100", {}, {
+        "stream.class_order": "icarl", "backbone.crop_pct": 1.0,
+        "backbone.interpolation": "bilinear", "backbone.normalization": "none", "backbone": IN21K,
+    }, f"{JANSON}main_cifar100.py"),
+    ("nmc", "core50", {}, {"backbone.interpolation": "bilinear", **NO_NORM, "backbone": IN21K},
+     f"{JANSON}main_core50.py: Resize(256), CenterCrop(224)"),
+    ("nmc", "split-imagenet-r", {}, {"backbone.interpolation": "bilinear", **NO_NORM},
+     f"{JANSON}main_imagenet-r.py"),
+    # SimpleCIL: no hyper-parameters; the backbone differs.
+    *[
+        ("simplecil", stream, sets, {"backbone": backbone, **NO_NORM}, source)
+        for stream, sets, backbone, source in [
+            ("split-cifar100", {}, IN21K, f"{RC}simplecil/cifar224_5_5_vit-b_simplecil.json"),
+            ("split-cifar100", {"recipe": "pilot"}, IN1K, f"{PILOT}simplecil.json"),
+            ("split-imagenet-r", {}, IN21K, f"{RC}simplecil/imagenetr_5_5_vit-b_simplecil.json"),
+            ("split-imagenet-r", {"recipe": "pilot"}, IN1K, f"{PILOT}simplecil_inr.json"),
+            ("vtab", {}, IN21K, f"{RC}simplecil/vtab_10_10_vit-b_simplecil.json"),
+        ]
+    ],
+    ("dkvb", "split-cifar100", {}, {
+        "epochs": 500, "num_codebooks": 256, "keys_per_codebook": 4096, "key_dim": 14,
+        "lr": 0.3, "grad_clip": 1.0, "batch_size": 256,
+    }, "ftraeuble/experiments_discrete_key_value_bottleneck sweeps/icml2023/"
+       "cifar100_split2_clip_resnet50_ours_base.yaml"),
+]  # fmt: skip
+
+
+def resolved_values(strategy: str, stream: str, sets: dict[str, str], seed: int = 0) -> dict:
+    """Every resolved setting of a run as flat `--set`-style keys (plus `backbone`)."""
+    settings = resolve_run(RunSpec(strategy=strategy, stream=stream, seed=seed, overrides=sets))
+    values: dict[str, Any] = {"backbone": settings.backbone}
+    if dataclasses.is_dataclass(settings.config):
+        values.update(dataclasses.asdict(settings.config))
+    values.update({f"stream.{k}": v for k, v in dataclasses.asdict(settings.builder).items()})
+    values.update({f"backbone.{k}": v for k, v in settings.backbone_settings.items()})
+    values.update({f"augment.{k}": v for k, v in dataclasses.asdict(settings.augmentation).items()})
+    return values
+
+
+@pytest.mark.parametrize(
+    ("strategy", "stream", "sets", "expected", "reference"),
+    REFERENCE,
+    ids=[f"{r[0]}-{r[1]}-{'-'.join(r[2].values()) or 'default'}" for r in REFERENCE],
+)
+def test_resolved_settings_equal_the_reference_config(
+    strategy: str, stream: str, sets: dict, expected: dict, reference: str
+):
+    values = resolved_values(strategy, stream, sets)
+    for key, value in expected.items():
+        numeric = isinstance(value, float) or (isinstance(value, tuple) and value)
+        assert values[key] == (pytest.approx(value) if numeric else value), (
+            f"{key}: see {reference}"
+        )
+
+
+def test_every_reference_recipe_is_in_the_table():
+    """A new sourced recipe must come with its row above (and a plain mapping has no source)."""
+    tabled = {(s, t, v.get("recipe", ""), v.get("peft", "")) for s, t, v, _, _ in REFERENCE}
+    for name in STRATEGIES.names():
+        cls = STRATEGIES.get(name)
+        for stream in cls.recipes:
+            recipes = recipes_of(cls, stream)
+            default = recipes[0].name
+            for recipe in recipes:
+                if recipe.source is None:
+                    assert recipe.notes, f"{name} on {stream}: a recipe without source says why"
+                    continue
+                key = (
+                    name,
+                    stream,
+                    "" if recipe.name == default else recipe.name,
+                    str(recipe.settings.get(getattr(cls, "variant_key", None) or "", "")),
+                )
+                variants = {key, (*key[:3], "")}
+                assert variants & tabled, f"no reference row for {key}"
+
+
+def test_every_source_names_a_file_at_a_pinned_commit():
+    for name in STRATEGIES.names():
+        cls = STRATEGIES.get(name)
+        for stream in cls.recipes:
+            for recipe in recipes_of(cls, stream):
+                source = recipe.source
+                if source is None:
+                    continue
+                assert re.fullmatch(r"[0-9a-f]{40}", source.commit)
+                assert source.file and source.table, f"{name} {stream} {recipe.name}"
+                assert source.url.endswith(f"/blob/{source.commit}/{source.file}")
+
+
+def test_result_records_recipe_source_augmentation_and_both_curves(tmp_path):
+    result = run(
+        RunSpec(strategy="nmc", stream="synthetic", out_dir=tmp_path, cache_dir=None, seed=1)
+    )
+    assert result.recipe["name"] == "default" and result.recipe["fallback"] == ""
+    assert result.config["augmentation"]["scale"] == [0.05, 1.0]
+    assert result.config["recipe"] == "default"
+    assert result.backbone["preprocessing"]["crop_pct"] == 1.0
+    acc, sizes = result.matrix(), np.array(result.test_sizes)
+    for t, row in enumerate(acc):  # independent: correct answers over images, and row means
+        seen = ~np.isnan(row)
+        weighted = (row[seen] * sizes[seen]).sum() / sizes[seen].sum()
+        assert result.metrics["accuracy_curve"][t] == pytest.approx(weighted)
+        assert result.metrics["accuracy_curve_task_averaged"][t] == pytest.approx(row[seen].mean())
+    assert len(result.metrics["accuracy_curve"]) == len(result.accuracy_matrix)
+
+
+def test_sourced_recipe_is_recorded_in_the_result(tmp_path):
+    prepared_recipe = resolve_run(
+        RunSpec(strategy="slca", stream="split-imagenet-r", overrides={"recipe": "pilot"})
+    ).recipe
+    record = prepared_recipe.describe()
+    assert record["name"] == "pilot" and record["backbone"] == IN1K
+    assert record["source"]["file"] == "exps/slca_inr.json"
+    assert record["source"]["repo"] == "LAMDA-CL/LAMDA-PILOT"
+
+
+class MyStream(Synthetic):
+    """A user's own stream: no strategy has a recipe for it."""
+
+
+def test_custom_stream_falls_back_visibly(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    STREAMS.names()  # discover the built-ins first
+    monkeypatch.setitem(STREAMS._items, "my-stream", MyStream)
+    values = resolved_values("slca", "my-stream", {})
+    assert values["epochs"] == 20 and values["augment.brightness"] == pytest.approx(63 / 255)
+    assert "backbone.normalization" not in values  # not the CIFAR recipe's mean/std
+    with caplog.at_level(logging.WARNING, logger="cilbench.runner"):
+        result = run(
+            RunSpec(
+                strategy="simplecil",
+                stream="my-stream",
+                out_dir=tmp_path,
+                cache_dir=None,
+                overrides={"stream.num_classes": "4"},
+            )
+        )
+    assert "no recipe for stream 'my-stream'" in caplog.text
+    assert result.recipe["stream"] == "split-cifar100"
+    assert "my-stream" in result.recipe["fallback"]
+    assert result.recipe["source"]["repo"] == "zhoudw-zdw/RevisitingCIL"
+
+
+def test_variant_without_reference_keeps_the_default_variants_training_settings():
+    values = resolved_values("adam", "split-imagenet-r", {"peft": "lora"})
+    assert values["peft"] == "lora" and values["epochs"] == 20 and values["batch_size"] == 24
+    chosen = resolve_run(
+        RunSpec(strategy="adam", stream="split-imagenet-r", overrides={"peft": "lora"})
+    ).recipe
+    assert chosen.variant == "lora" and "no reference recipe for peft=lora" in chosen.fallback
+    assert chosen.stream_matches  # the stream's own recipe: its backbone settings still apply
+
+
+def test_unknown_recipe_name_suggests_the_nearest():
+    with pytest.raises(ConfigError, match="Did you mean 'pilot'"):
+        resolve_run(RunSpec(strategy="slca", stream="split-cifar100", overrides={"recipe": "pilt"}))
+
+
+def test_set_overrides_the_recipe():
+    values = resolved_values("slca", "split-imagenet-r", {"epochs": "3", "augment.preset": "none"})
+    assert values["epochs"] == 3 and values["milestones"] == (40,)
+    assert values["augment.crop"] == "center" and values["augment.flip"] is False
+
+
+@pytest.mark.parametrize(
+    ("seed", "first_four"),
+    [(1993, [68, 56, 78, 8]), (1996, [35, 18, 40, 85]), (1997, [88, 77, 36, 54])],
+)
+def test_pycil_class_order_follows_the_seed(seed: int, first_four: list[int]):
+    """PyCIL: np.random.seed(seed); np.random.permutation(n) (first values: results.md §3.1)."""
+    values = resolved_values("slca", "split-cifar100", {"stream.class_order": "pycil"}, seed)
+    assert values["stream.class_order"] == f"pycil-{seed}"
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        expected = np.random.permutation(100).tolist()
+    finally:
+        np.random.set_state(state)
+    order = class_order(values["stream.class_order"], 100)
+    assert order == expected and order[:4] == first_four
+
+
+def test_recipe_of_a_strategy_without_recipes_is_its_defaults():
+    class Plain:
+        recipes: ClassVar[dict] = {}
+
+    from cilbench.recipes import choose
+
+    chosen = choose("plain", Plain, "synthetic", {})
+    assert chosen.recipe.name == "defaults" and chosen.fallback == ""
+    with pytest.raises(ConfigError, match="no recipes"):
+        choose("plain", Plain, "synthetic", {"recipe": "pilot"})
+    assert isinstance(chosen.recipe, Recipe)
+
+
+def test_recipes_command_prints_every_variant_with_its_source(monkeypatch: pytest.MonkeyPatch):
+    from rich.console import Console
+    from typer.testing import CliRunner
+
+    from cilbench.cli import app
+
+    monkeypatch.setattr("cilbench.cli.stdout", Console(width=250))
+    runner = CliRunner()
+    result = runner.invoke(app, ["recipes", "adam", "--stream", "split-imagenet-r"])
+    assert result.exit_code == 0, result.output
+    for peft in ("adapter", "ssf", "vpt-shallow", "vpt-deep", "finetune"):
+        assert f"imagenetr_5_5_vit-b_{peft}.json" in result.stdout
+    assert "aper_ssf_inr.json" in result.stdout and "batch_size=24" in result.stdout
+    fallback = runner.invoke(app, ["recipes", "slca", "--stream", "vtab"])
+    assert fallback.exit_code == 0 and "no recipe for stream 'vtab'" in fallback.stdout
+    unknown = runner.invoke(app, ["recipes", "slcaa"])
+    assert unknown.exit_code == 2 and "Did you mean 'slca'" in unknown.output
