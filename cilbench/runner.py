@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream
 from cilbench.backbones import Backbone, create_backbone
-from cilbench.callbacks import Progress, RunCallback, SilentProgress
+from cilbench.callbacks import Progress, RunCallback, SilentProgress, observing
 from cilbench.config import BACKBONE_SETTINGS, as_dict, resolve, resolve_settings, split_sections
 from cilbench.data import DatasetView
 from cilbench.errors import CilbenchError, CorruptFileError
@@ -142,6 +142,8 @@ def run(
     strategy, stream = prepared.strategy, prepared.stream
     strategy.setup(prepared.backbone, stream.info, store)
     result = _resume_or_start(prepared, resume)
+    for callback in callbacks:
+        callback.on_run_start(prepared.run_id, prepared.config, prepared.run_dir)
     cost = result.cost
     if not result.accuracy_matrix:
         start = time.perf_counter()
@@ -155,7 +157,8 @@ def run(
         for callback in callbacks:
             callback.on_experience_start(experience)
         start = time.perf_counter()
-        strategy.train_experience(experience)
+        with observing(callbacks):
+            strategy.train_experience(experience)
         cost["train_seconds"].append(time.perf_counter() - start)
         start = time.perf_counter()
         row = evaluate(strategy, stream, experience.index, store, spec.batch_size, progress)
@@ -167,9 +170,12 @@ def run(
         _save_checkpoint(prepared, strategy, result)
         for callback in callbacks:
             callback.on_experience_end(experience, row)
+            callback.on_metrics(experience.index, result.metrics)
     result.complete = True
     save_result(result, prepared.result_path)
     prepared.checkpoint_path.unlink(missing_ok=True)
+    for callback in callbacks:
+        callback.on_run_end(result)
     return result
 
 

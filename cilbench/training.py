@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cilbench.callbacks import Progress, SilentProgress
+from cilbench.callbacks import Progress, SilentProgress, report_loss
 from cilbench.config import shared_fields
 from cilbench.errors import CilbenchError
 
@@ -131,6 +131,7 @@ def fit(
             _stop_if_not_finite(total, description, epoch, step)
             scheduler.step()
             epoch_losses.append(total.item() / max(count, 1))
+            report_loss(description, epoch, epoch_losses[-1])
     optimizer.zero_grad(set_to_none=True)  # leave no stale gradients on the model
     return epoch_losses
 
