@@ -266,9 +266,7 @@ def _show_sweep(outcomes: Any, total: int) -> int:
             spec, m = outcome.spec, outcome.metrics
             failed += outcome.status == "failed"
             numbers = (
-                [f"{m['final_accuracy']:.2f}", f"{m['average_accuracy']:.2f}"]
-                if m
-                else ["", ""]
+                [f"{m['final_accuracy']:.2f}", f"{m['average_accuracy']:.2f}"] if m else ["", ""]
             )
             status = escape(outcome.error) if outcome.error else outcome.status
             table.add_row(
@@ -276,6 +274,51 @@ def _show_sweep(outcomes: Any, total: int) -> int:
                 f"{outcome.total_seconds:.1f}",
             )  # fmt: skip
     return failed
+
+
+leaderboard_app = typer.Typer(
+    help="Validate results onto boards and generate the leaderboard pages.", no_args_is_help=True
+)
+app.add_typer(leaderboard_app, name="leaderboard")
+BoardRootOpt = Annotated[Path, typer.Option("--root", help="The leaderboards folder.")]
+
+
+@leaderboard_app.command("add")
+@user_errors
+def leaderboard_add(
+    results: Annotated[list[Path], typer.Argument(help="Result JSON files.")],
+    root: BoardRootOpt = Path("leaderboards"),
+) -> None:
+    """Validate results (schema, stream version, strategy, complete matrix, protocol) and store."""
+    from cilbench.leaderboard import add
+
+    for path in add(results, root):
+        stdout.print(f"stored {path}", soft_wrap=True)
+    stdout.print("Now run `cilbench leaderboard build`.")
+
+
+@leaderboard_app.command("build")
+@user_errors
+def leaderboard_build(
+    root: BoardRootOpt = Path("leaderboards"),
+    check: Annotated[
+        bool, typer.Option(help="Write nothing; exit 1 when a generated file is stale.")
+    ] = False,
+) -> None:
+    """Recompute every metric from the stored matrices and write README.md, tables, CSVs, plots."""
+    from cilbench.leaderboard_pages import build, stale
+
+    if check:
+        outdated = stale(root)
+        for path in outdated:
+            stderr.print(f"stale: {path}")
+        if outdated:
+            stderr.print("Run `cilbench leaderboard build` and commit the result.")
+            raise typer.Exit(1)
+        stdout.print("leaderboard pages are up to date")
+        return
+    for path in build(root):
+        stdout.print(f"wrote {path}", soft_wrap=True)
 
 
 @app.command("ls")

@@ -259,7 +259,7 @@ def _new_result(prepared: PreparedRun) -> RunResult:
             "trainable_parameters": 0,
         },
         environment=environment(),
-        flags={"uses_exemplars": type(prepared.strategy).uses_exemplars},
+        flags=prepared.strategy.leaderboard_flags(),
     )
 
 

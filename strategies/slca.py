@@ -87,6 +87,7 @@ class SLCA(BaseStrategy):
     """Slow-learner fine-tuning, per-class Gaussians, classifier alignment on sampled features."""
 
     Config = SLCAConfig
+    frozen_backbone = False
     recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "split-cifar100": {"epochs": 20, "milestones": (18,), "ca_epochs": 5, "batch_size": 128},
         "split-imagenet-r": {"epochs": 50, "milestones": (40,), "ca_epochs": 5, "batch_size": 128},
