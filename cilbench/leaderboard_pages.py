@@ -298,7 +298,7 @@ def accuracy_plot(rows: Sequence[Row], path: Path) -> None:
     for row in rows:
         steps = range(1, len(row.curve) + 1)
         axes.plot(steps, row.curve, marker="o", label=f"{row.name} ({row.backbone})")
-    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.set_xticks(range(1, max((len(r.curve) for r in rows), default=0) + 1))
     axes.set_xlabel("experiences learned")
     axes.set_ylabel("accuracy on seen classes (%, sample-weighted)")
     axes.legend(fontsize=7)
