@@ -206,3 +206,25 @@ def test_run_from_replays_a_stored_result(tmp_path: Path):
     save_result(tampered, path)
     differs = runner.invoke(app, replay)
     assert differs.exit_code == 1 and "accuracy differs by up to" in differs.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "frozen", "future_inputs"),
+    [
+        ("nmc", {}, True, False),
+        ("slca", {}, False, False),
+        ("finetune", {}, False, False),
+        ("finetune", {"train_backbone": "false"}, True, False),
+        ("dkvb", {}, True, True),
+        ("dkvb", {"key_init_stream": "synthetic"}, True, False),
+    ],
+)
+def test_strategies_declare_leaderboard_flags(name, settings, frozen, future_inputs):
+    from cilbench.api import STRATEGIES
+    from cilbench.config import resolve
+
+    cls = STRATEGIES.get(name)
+    flags = cls(resolve(cls.Config, settings)).leaderboard_flags()
+    assert flags["frozen_backbone"] is frozen
+    assert flags["key_init_on_future_inputs"] is future_inputs
+    assert flags["uses_exemplars"] is False
