@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 
 from cilbench.errors import ConfigError, CorruptFileError, did_you_mean
 from cilbench.loggers import make_loggers, optional_import
+from cilbench.results import RunResult, load_result
 from cilbench.runner import RunSpec, prepare, run
 
 Status = Literal["skipped", "resumed", "ran", "failed"]
@@ -73,12 +74,9 @@ def run_one(spec: RunSpec, log: Sequence[str] = ()) -> Outcome:
     """Skip a finished run, resume a checkpointed one, or run it; never raise (failures return)."""
     try:
         prepared = prepare(spec)
-        if _finished(prepared.result_path, prepared.config):
-            status: Status = "skipped"
-            from cilbench.results import load_result
-
-            result = load_result(prepared.result_path)
-        else:
+        result = _finished(prepared.result_path, prepared.config)
+        status: Status = "skipped"
+        if result is None:
             resume = prepared.checkpoint_path.exists()
             status = "resumed" if resume else "ran"
             result = run(spec, resume=resume, callbacks=make_loggers(log))
@@ -94,17 +92,15 @@ def run_one(spec: RunSpec, log: Sequence[str] = ()) -> Outcome:
     )
 
 
-def _finished(path: Path, config: dict[str, Any]) -> bool:
-    """A complete, readable result of exactly this configuration exists at `path`."""
-    from cilbench.results import load_result
-
+def _finished(path: Path, config: dict[str, Any]) -> RunResult | None:
+    """The complete, readable result of exactly this configuration at `path`, if there is one."""
     if not path.exists():
-        return False
+        return None
     try:
         result = load_result(path)
     except CorruptFileError:
-        return False
-    return result.complete and result.config == config
+        return None
+    return result if result.complete and result.config == config else None
 
 
 class Executor(Protocol):
