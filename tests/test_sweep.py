@@ -150,3 +150,40 @@ def test_submitit_local_executor_gives_the_local_metrics(tmp_path: Path):
     jobs = _matrices(list(executor.map(_grid(tmp_path / "slurm", ["nmc"], [0, 1]))))
     local = _matrices(list(sweep(_grid(tmp_path / "local", ["nmc"], [0, 1]))))
     assert jobs == local and len(jobs) == 2
+
+
+KILL_SWEEP_INSIDE_SECOND_RUN = """
+import os, signal, sys, threading, time
+from pathlib import Path
+from cilbench.runner import RunSpec
+from cilbench.sweep import expand_grid, sweep
+
+base = RunSpec(stream="synthetic", out_dir=Path(sys.argv[1]))
+specs = expand_grid(base, ["finetune"], ["synthetic"], [0, 1, 2])
+
+def kill_when_the_second_run_checkpoints():
+    while not list(Path(sys.argv[1]).glob("synthetic/*seed1*/checkpoint.safetensors")):
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+threading.Thread(target=kill_when_the_second_run_checkpoints, daemon=True).start()
+for outcome in sweep(specs):
+    pass
+"""
+
+
+@pytest.mark.slow
+def test_sweep_killed_with_sigkill_resumes_without_recomputing(tmp_path: Path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "runs"
+    killed = subprocess.run([sys.executable, "-c", KILL_SWEEP_INSIDE_SECOND_RUN, str(out)])
+    assert killed.returncode == -9
+    (done,) = out.rglob("result.json")
+    mtime = done.stat().st_mtime_ns
+    base = RunSpec(stream=STREAM, out_dir=out)
+    specs = expand_grid(base, ["finetune"], [STREAM], [0, 1, 2])
+    statuses = {o.spec.seed: o.status for o in sweep(specs)}
+    assert statuses == {0: "skipped", 1: "resumed", 2: "ran"}
+    assert done.stat().st_mtime_ns == mtime
