@@ -34,7 +34,9 @@ def _extract_in_child(cache: str, events: dict[str, Any], results: Any, name: st
     events["ready"].set()  # imports done, backbone built: the next step takes milliseconds
     events["go"].wait()
     features = store.source_features(source)
-    results.put((name, store.images_forwarded, store.cache_hits, features))
+    # numpy, not a tensor: torch would share the tensor's memory through a file descriptor that
+    # dies with this process before the parent reads it
+    results.put((name, store.images_forwarded, store.cache_hits, features.numpy()))
 
 
 @pytest.mark.slow
@@ -64,7 +66,8 @@ def test_two_processes_extract_one_key_once(tmp_path: Path):
     assert outcomes["first"][:2] == [num_images, 0]
     assert outcomes["second"][:2] == [0, 1], "the second process redid the work"
     assert not events["second"]["started"].is_set()
-    assert torch.equal(outcomes["first"][2], outcomes["second"][2])
+    first, second = (torch.from_numpy(outcomes[n][2]) for n in ("first", "second"))
+    assert torch.equal(first, second)
     (file,) = (tmp_path / "features").glob("*.safetensors")
-    assert torch.equal(load_file(str(file))["features"], outcomes["first"][2])
+    assert torch.equal(load_file(str(file))["features"], first)
     assert not list((tmp_path / "features").glob("*.tmp")), "a temporary file was left behind"
