@@ -147,6 +147,9 @@ class BaseStrategy:
     the frozen backbone's cached features of the same images (e.g. a prompt method's query), so
     evaluation never runs the frozen model a second time."""
     uses_exemplars: ClassVar[bool] = False
+    frozen_backbone: ClassVar[bool | None] = None
+    """Pre-trained weights never updated (None: from `config.train_backbone`, else True when
+    predicting from frozen features, else not declared)."""
 
     def __init__(self, config: Any = None, *, seed: int = 0, device: str | torch.device = "cpu"):
         self.config = config if config is not None else self.Config()
@@ -212,6 +215,22 @@ class BaseStrategy:
     def report(self) -> dict[str, Any]:
         """Strategy-specific figures for the result file (JSON-serialisable), e.g. key usage."""
         return {}
+
+    def leaderboard_flags(self) -> dict[str, bool | None]:
+        """Facts a leaderboard prints beside the numbers (None: not declared).
+
+        Override to add config-dependent ones; prompt strategies add `batchwise_prompt_vote`.
+        """
+        frozen = self.frozen_backbone
+        if frozen is None and hasattr(self.config, "train_backbone"):
+            frozen = not self.config.train_backbone
+        if frozen is None and self.predicts_from_features:
+            frozen = True
+        return {
+            "uses_exemplars": self.uses_exemplars,
+            "frozen_backbone": frozen,
+            "key_init_on_future_inputs": type(self).before_stream is not BaseStrategy.before_stream,
+        }
 
     def trainable_parameters(self) -> int:
         """Number of parameters this strategy trains (a cost figure)."""

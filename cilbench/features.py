@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
@@ -110,20 +111,41 @@ class FeatureStore:
         key, description = self.cache_key(source)
         if key in self._memory:
             return self._memory[key]
-        path = self.cache_dir / "features" / f"{key}.safetensors" if self.cache_dir else None
-        features = _read_cached(path, description) if path is not None else None
-        if features is None:
+        if self.cache_dir is None:
             features = self._extract(source)
-            if path is not None and self._writable:
-                self._write(path, features, description)
         else:
-            self.cache_hits += 1
+            path = self.cache_dir / "features" / f"{key}.safetensors"
+            features = self._cached_or_extracted(source, path, description)
         self._memory[key] = features
         return features
 
     def remember(self, source: ImageSource, features: torch.Tensor) -> None:
         """Answer `source` with `features` in this process (features computed elsewhere)."""
         self._memory[self.cache_key(source)[0]] = features
+
+    def _cached_or_extracted(
+        self, source: ImageSource, path: Path, description: str
+    ) -> torch.Tensor:
+        """Read the cache file, or extract and write it while holding its lock.
+
+        Another process extracting the same key holds the lock, so this one waits and then reads
+        its file instead of doing the same work twice. A cache that cannot be written is only
+        read.
+        """
+        features = _read_cached(path, description)
+        if features is not None:
+            self.cache_hits += 1
+            return features
+        if not self._writable:
+            return self._extract(source)
+        with FileLock(path.with_suffix(".lock")):
+            features = _read_cached(path, description)
+            if features is not None:
+                self.cache_hits += 1
+                return features
+            features = self._extract(source)
+            self._write(path, features, description)
+        return features
 
     def cache_key(self, source: ImageSource) -> tuple[str, str]:
         """(hex key, the JSON it hashes): everything the features depend on."""

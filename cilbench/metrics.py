@@ -76,6 +76,19 @@ def backward_transfer(acc: np.ndarray) -> float | None:
     return float(np.mean([acc[-1, j] - f for j, f in zip(columns, first)]))
 
 
+def average_step_drop(acc: np.ndarray) -> float | None:
+    """CODA-Prompt's forgetting "F_N": the mean over steps t >= 1 of the mean drop, over the test
+    sets evaluated at t-1, from a[t-1, i] to a[t, i]. Not Chaudhry's (no max); None for one step.
+    """
+    acc = np.asarray(acc, dtype=float)
+    drops = []
+    for t in range(1, len(acc)):
+        columns = ~np.isnan(acc[t - 1]) & ~np.isnan(acc[t])
+        if columns.any():
+            drops.append(float(np.mean(acc[t - 1, columns] - acc[t, columns])))
+    return float(np.mean(drops)) if drops else None
+
+
 def per_task_accuracy(acc: np.ndarray) -> list[float | None]:
     """The last row: accuracy on each test set after the last experience."""
     return [None if np.isnan(a) else float(a) for a in np.asarray(acc, dtype=float)[-1]]

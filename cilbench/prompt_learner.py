@@ -54,6 +54,7 @@ class PromptLearner(BaseStrategy):
 
     Config: ClassVar[type] = PromptLearnerConfig
     predicts_with_features = True
+    frozen_backbone = True
     readout: ClassVar[Readout] = "token"
 
     def build_prompter(self, model: Any, info: StreamInfo) -> Prompter:
@@ -140,6 +141,10 @@ class PromptLearner(BaseStrategy):
         load_heads(self.heads, state, "heads.")
         self.num_seen = int(state["num_seen"])
         self.task = int(state["task"])
+
+    def leaderboard_flags(self) -> dict[str, bool | None]:
+        """The reference codes' per-batch prompt vote makes a prediction depend on its batch."""
+        return {**super().leaderboard_flags(), "batchwise_prompt_vote": self.config.batchwise_prompt}
 
     def report(self) -> dict[str, Any]:
         """How queries and prompt ids were obtained (leaderboard flags)."""

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream, StreamBuilder
 from cilbench.augment import Augmentation, resolve_augmentation
 from cilbench.backbones import BACKBONE_SETTINGS, Backbone, BackboneSpec, create_backbone
-from cilbench.callbacks import Progress, RunCallback, SilentProgress
+from cilbench.callbacks import Progress, RunCallback, SilentProgress, observing
 from cilbench.checkpoint import load_checkpoint, save_checkpoint
 from cilbench.config import (
     AvailableDevice,
@@ -315,6 +315,8 @@ def run(
     strategy, stream = prepared.strategy, prepared.stream
     strategy.setup(prepared.backbone, stream.info, store)
     result = _resume_or_start(prepared, resume, overwrite)
+    for callback in callbacks:
+        callback.on_run_start(prepared.run_id, prepared.config, prepared.run_dir)
     cost = result.cost
     if not result.accuracy_matrix:
         start = time.perf_counter()
@@ -328,7 +330,8 @@ def run(
         for callback in callbacks:
             callback.on_experience_start(experience)
         start = time.perf_counter()
-        strategy.train_experience(experience)
+        with observing(callbacks):
+            strategy.train_experience(experience)
         cost["train_seconds"].append(time.perf_counter() - start)
         start = time.perf_counter()
         row = evaluate(strategy, stream, experience.index, store, spec.batch_size, progress)
@@ -340,9 +343,12 @@ def run(
         _save_checkpoint(prepared, strategy, result)
         for callback in callbacks:
             callback.on_experience_end(experience, row)
+            callback.on_metrics(experience.index, result.metrics)
     result.complete = True
     save_result(result, prepared.result_path)
     prepared.checkpoint_path.unlink(missing_ok=True)
+    for callback in callbacks:
+        callback.on_run_end(result)
     return result
 
 
@@ -458,7 +464,7 @@ def _new_result(prepared: PreparedRun) -> RunResult:
             "trainable_parameters": 0,
         },
         environment=environment(),
-        flags={"uses_exemplars": type(prepared.strategy).uses_exemplars},
+        flags=prepared.strategy.leaderboard_flags(),
         recipe=prepared.recipe.describe(),
     )
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from cilbench.callbacks import Progress, SilentProgress
+from cilbench.callbacks import Progress, SilentProgress, report_loss
 from cilbench.config import NonNegative, Positive, Range, shared_fields
 from cilbench.data import loader_options, loader_workers
 from cilbench.devices import autocast
@@ -152,6 +152,7 @@ def fit(
             _stop_if_not_finite(total, description, epoch, step)
             scheduler.step()
             epoch_losses.append(total.item() / max(count, 1))
+            report_loss(description, epoch, epoch_losses[-1])
     optimizer.zero_grad(set_to_none=True)  # leave no stale gradients on the model
     return epoch_losses
 

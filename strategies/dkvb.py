@@ -274,6 +274,11 @@ class DKVB(BaseStrategy):
     }
     predicts_from_features = True
 
+    def leaderboard_flags(self) -> dict[str, bool | None]:
+        """Keys come from the stream's own future inputs unless `key_init_stream` names another."""
+        flags = super().leaderboard_flags()
+        return {**flags, "key_init_on_future_inputs": not self.config.key_init_stream}
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bottleneck: KeyValueBottleneck | None = None

@@ -99,6 +99,7 @@ class SLCA(BaseStrategy):
     """Slow-learner fine-tuning, per-class Gaussians, classifier alignment on sampled features."""
 
     Config = SLCAConfig
+    frozen_backbone = False
     recipes: ClassVar[Mapping[str, Any]] = {
         "split-cifar100": [
             Recipe(

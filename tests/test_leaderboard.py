@@ -1,0 +1,230 @@
+"""Leaderboards: validation, math on hand-made results, published numbers, staleness, replay."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from cilbench.cli import app
+from cilbench.errors import RegistryError
+from cilbench.leaderboard import LeaderboardError, add, aggregate, load_board, load_references
+from cilbench.leaderboard_pages import build, stale
+from cilbench.results import RunResult, load_result, save_result
+
+REPO_BOARDS = Path(__file__).parents[1] / "leaderboards"
+OPTIONS = {"num_classes": 2, "increment": 1, "init_classes": 0, "class_order": "natural"}
+
+
+def _result(seed: int, matrix: list[list[float | None]], **changes: Any) -> RunResult:
+    """A two-task result on the synthetic stream; its stored metrics are deliberately wrong."""
+    config = {
+        "strategy": "nmc",
+        "strategy_config": {},
+        "stream": "synthetic",
+        "stream_options": dict(OPTIONS),
+        "backbone": "tiny-vit-random",
+        "backbone_settings": {},
+        "seed": seed,
+        "eval_batch_size": 128,
+        "device": "cpu",
+    }
+    config.update(changes.pop("config", {}))
+    result = RunResult(
+        run_id=f"synthetic/nmc-tiny-vit-random-seed{seed}-{changes.pop('digest', 'abc')}",
+        config=config,
+        stream={
+            "name": "synthetic",
+            "version": "1",
+            "scenario": "class-incremental",
+            "experience_classes": [[0], [1]],
+        },
+        backbone={"tag": "tiny-vit-random"},
+        accuracy_matrix=matrix,
+        test_sizes=[100, 300],
+        metrics={"final_accuracy": 99.0, "average_accuracy": 99.0},  # never read by the board
+        cost={"total_seconds": 10.0 + seed, "peak_memory_mib": 100.0, "trainable_parameters": 0},
+        flags={"uses_exemplars": False, "frozen_backbone": True},
+        complete=True,
+    )
+    for key, value in changes.items():
+        setattr(result, key, value)
+    return result
+
+
+SEED0 = [[80.0, None], [60.0, 40.0]]  # sample-weighted final (60*100 + 40*300)/400 = 45
+SEED1 = [[90.0, None], [70.0, 60.0]]  # sample-weighted final (70*100 + 60*300)/400 = 62.5
+
+
+def _files(tmp_path: Path, *results: RunResult) -> list[Path]:
+    paths = []
+    for i, result in enumerate(results):
+        path = tmp_path / "runs" / f"{i}.json"
+        save_result(result, path)
+        paths.append(path)
+    return paths
+
+
+def _references(root: Path, *entries: dict[str, Any]) -> None:
+    base = {
+        "strategy": "nmc",
+        "stream": "synthetic",
+        "protocol": {"increment": 1},
+        "backbone": "tiny-vit-random",
+        "source": "a test",
+        "evidence": "LOG",
+        "verified": True,
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    references = [{**base, **entry} for entry in entries]
+    (root / "reference.json").write_text(json.dumps({"references": references}))
+
+
+def test_rows_are_recomputed_from_matrices_with_mean_and_sample_std(tmp_path: Path):
+    board = tmp_path / "boards"
+    add(_files(tmp_path, _result(0, SEED0), _result(1, SEED1)), board)
+    (row,) = aggregate(load_board(board, "synthetic"))
+    assert row.seeds == [0, 1]
+    # Sample-weighted: 45 and 62.5. Task-averaged: (60+40)/2 = 50 and (70+60)/2 = 65.
+    assert row.stats["final_accuracy"] == pytest.approx((53.75, 17.5 / math.sqrt(2)))
+    assert row.stats["final_accuracy_task_averaged"] == pytest.approx((57.5, 15 / math.sqrt(2)))
+    # A_1 is the first row alone: 80 and 90 in both conventions.
+    assert row.stats["average_accuracy"][0] == pytest.approx(((80 + 45) / 2 + (90 + 62.5) / 2) / 2)
+    assert row.stats["average_accuracy_task_averaged"][0] == pytest.approx(
+        ((80 + 50) / 2 + (90 + 65) / 2) / 2
+    )
+    assert row.stats["forgetting"] == pytest.approx((20.0, 0.0))
+    assert row.stats["average_step_drop"] == pytest.approx((20.0, 0.0))
+    assert row.curve == pytest.approx([85.0, 53.75])
+    assert row.wall_seconds == pytest.approx(10.5)
+
+
+def test_one_seed_has_no_std(tmp_path: Path):
+    add(_files(tmp_path, _result(0, SEED0)), tmp_path / "b")
+    (row,) = aggregate(load_board(tmp_path / "b", "synthetic"))
+    assert row.stats["final_accuracy"] == (45.0, None)
+
+
+def test_published_number_and_gap_in_its_own_convention(tmp_path: Path):
+    board = tmp_path / "boards"
+    _references(
+        board,
+        {"final_accuracy": 50.0, "convention": "task-averaged"},
+        {"final_accuracy": 50.0, "convention": "sample-weighted"},
+        {"final_accuracy": 1.0, "convention": "task-averaged", "backbone": "other"},
+        {"final_accuracy": 1.0, "convention": "task-averaged", "protocol": {"increment": 5}},
+    )
+    add(_files(tmp_path, _result(0, SEED0), _result(1, SEED1)), board)
+    (row,) = aggregate(load_board(board, "synthetic"), load_references(board / "reference.json"))
+    assert [r.convention for r in row.references] == ["task-averaged", "sample-weighted"]
+    assert row.gap(row.references[0]) == pytest.approx(57.5 - 50.0)
+    assert row.gap(row.references[1]) == pytest.approx(53.75 - 50.0)
+    build(board)
+    page = (board / "synthetic.md").read_text()
+    assert "| 57.50 ± 10.61 |" in page and "| +7.50 |" in page
+    csv_row = (board / "synthetic.csv").read_text().splitlines()[1]
+    assert ",53.7500,12.3744," in csv_row
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"config": {"strategy": "nmcc"}}, "Did you mean 'nmc'?"),
+        ({"complete": False}, "incomplete run"),
+        ({"accuracy_matrix": [[80.0, None]]}, "incomplete run"),
+        ({"stream": {"name": "synthetic", "version": "0", "experience_classes": [[0], [1]]}},
+         "version '0'"),
+    ],
+)  # fmt: skip
+def test_add_refuses_bad_results(tmp_path: Path, change: dict[str, Any], message: str):
+    with pytest.raises((LeaderboardError, RegistryError), match=message):
+        add(_files(tmp_path, _result(0, SEED0, **change)), tmp_path / "boards")
+    assert not (tmp_path / "boards" / "synthetic").exists()
+
+
+def test_add_refuses_another_protocol(tmp_path: Path):
+    board = tmp_path / "boards"
+    add(_files(tmp_path, _result(0, SEED0)), board)
+    other = _result(1, SEED1, config={"stream_options": {**OPTIONS, "class_order": "seed:3"}})
+    with pytest.raises(LeaderboardError, match=r"protocol differs .* in options"):
+        add(_files(tmp_path, other), board)
+
+
+def test_build_check_finds_stale_pages(tmp_path: Path):
+    board = tmp_path / "boards"
+    _references(board, {"final_accuracy": 50.0, "convention": "task-averaged"})
+    add(_files(tmp_path, _result(0, SEED0)), board)
+    assert {p.name for p in stale(board)} >= {"README.md", "synthetic.md", "synthetic-time.png"}
+    build(board)
+    assert stale(board) == []
+    add(_files(tmp_path, _result(1, SEED1)), board)  # a new result, pages not rebuilt
+    assert {p.name for p in stale(board)} == {
+        "README.md",
+        "synthetic.md",
+        "synthetic.csv",
+        "synthetic-accuracy.png",
+        "synthetic-time.png",
+    }
+    build(board)
+    (board / "synthetic.md").write_text("edited by hand")
+    assert [p.name for p in stale(board)] == ["synthetic.md"]
+    check = CliRunner().invoke(app, ["leaderboard", "build", "--check", "--root", str(board)])
+    assert check.exit_code == 1 and "stale" in check.output
+
+
+def test_the_repository_leaderboards_are_up_to_date():
+    assert stale(REPO_BOARDS) == [], "run `cilbench leaderboard build` and commit the pages"
+
+
+def test_reference_numbers_name_their_source_convention_and_status():
+    references = load_references(REPO_BOARDS / "reference.json")
+    assert {"l2p", "dualprompt", "coda-prompt", "slca", "simplecil"} <= {
+        r.strategy for r in references
+    }
+    for ref in references:
+        assert ref.convention in ("sample-weighted", "task-averaged")
+        assert ref.source and ref.evidence
+        assert ref.verified == (ref.evidence in ("LOG", "IMG", "README", "DER"))
+
+
+def test_run_from_replays_a_stored_result(tmp_path: Path):
+    runner = CliRunner()
+    args = ["--stream", "synthetic", "--set", "stream.num_classes=4", "--out", str(tmp_path / "a")]
+    first = runner.invoke(app, ["run", *args, "--json"])
+    assert first.exit_code == 0, first.output
+    (path,) = (tmp_path / "a").rglob("result.json")
+    replay = ["run", "--from", str(path), "--out", str(tmp_path / "b"), "--json"]
+    same = runner.invoke(app, replay)
+    assert same.exit_code == 0, same.output
+    assert "metrics match the stored result exactly" in same.stderr
+    tampered = load_result(path)
+    tampered.accuracy_matrix[-1][0] = 0.0
+    save_result(tampered, path)
+    differs = runner.invoke(app, replay)
+    assert differs.exit_code == 1 and "accuracy differs by up to" in differs.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "frozen", "future_inputs"),
+    [
+        ("nmc", {}, True, False),
+        ("slca", {}, False, False),
+        ("finetune", {}, False, False),
+        ("finetune", {"train_backbone": "false"}, True, False),
+        ("dkvb", {}, True, True),
+        ("dkvb", {"key_init_stream": "synthetic"}, True, False),
+    ],
+)
+def test_strategies_declare_leaderboard_flags(name, settings, frozen, future_inputs):
+    from cilbench.api import STRATEGIES
+    from cilbench.config import resolve
+
+    cls = STRATEGIES.get(name)
+    flags = cls(resolve(cls.Config, settings)).leaderboard_flags()
+    assert flags["frozen_backbone"] is frozen
+    assert flags["key_init_on_future_inputs"] is future_inputs
+    assert flags["uses_exemplars"] is False
