@@ -144,7 +144,8 @@ class PromptLearner(BaseStrategy):
 
     def leaderboard_flags(self) -> dict[str, bool | None]:
         """The reference codes' per-batch prompt vote makes a prediction depend on its batch."""
-        return {**super().leaderboard_flags(), "batchwise_prompt_vote": self.config.batchwise_prompt}
+        flags = super().leaderboard_flags()
+        return {**flags, "batchwise_prompt_vote": self.config.batchwise_prompt}
 
     def report(self) -> dict[str, Any]:
         """How queries and prompt ids were obtained (leaderboard flags)."""
