@@ -197,7 +197,10 @@ def _add_adapters(model: Any, settings: PeftSettings) -> None:
 
 
 def _add_ssf(model: Any) -> None:
-    model.patch_embed = ScaleShift(model.patch_embed, model.embed_dim)
+    # The patch embedding's last step is its norm (Identity in most ViTs); wrapping that rather
+    # than the whole PatchEmbed keeps the attributes timm reads from it (`grid_size` for
+    # `dynamic_img_size` models such as DINOv2).
+    model.patch_embed.norm = ScaleShift(model.patch_embed.norm, model.embed_dim)
     for block in model.blocks:
         block.attn.qkv = _wrap_linear(block.attn.qkv)
         block.attn.proj = _wrap_linear(block.attn.proj)
