@@ -6,7 +6,8 @@ share it. The variants, following the APER reference code (LAMDA-PILOT `backbone
 
 - `adapter`: AdaptFormer's parallel adapter in every block,
   `x + MLP(LN2(x)) + s * up(drop(relu(down(x))))` with `x` the post-attention residual stream (no
-  layer norm in front), bottleneck 64, s = 0.1. `up` starts at zero, so the adapted model equals
+  layer norm in front; in a block with LayerScale, such as DINOv2's, the adapter's output is
+  added outside it), bottleneck 64, s = 0.1. `up` starts at zero, so the adapted model equals
   the pre-trained one until it trains.
 - `ssf`: a learnable scale and shift (last dimension) after the patch embedding, every qkv,
   attention projection, fc1, fc2, norm1 and norm2, and the final norm; init scale ~ N(1, .02),

