@@ -6,7 +6,8 @@ share it. The variants, following the APER reference code (LAMDA-PILOT `backbone
 
 - `adapter`: AdaptFormer's parallel adapter in every block,
   `x + MLP(LN2(x)) + s * up(drop(relu(down(x))))` with `x` the post-attention residual stream (no
-  layer norm in front), bottleneck 64, s = 0.1. `up` starts at zero, so the adapted model equals
+  layer norm in front; in a block with LayerScale, such as DINOv2's, the adapter's output is
+  added outside it), bottleneck 64, s = 0.1. `up` starts at zero, so the adapted model equals
   the pre-trained one until it trains.
 - `ssf`: a learnable scale and shift (last dimension) after the patch embedding, every qkv,
   attention projection, fc1, fc2, norm1 and norm2, and the final norm; init scale ~ N(1, .02),
@@ -197,7 +198,10 @@ def _add_adapters(model: Any, settings: PeftSettings) -> None:
 
 
 def _add_ssf(model: Any) -> None:
-    model.patch_embed = ScaleShift(model.patch_embed, model.embed_dim)
+    # The patch embedding's last step is its norm (Identity in most ViTs); wrapping that rather
+    # than the whole PatchEmbed keeps the attributes timm reads from it (`grid_size` for
+    # `dynamic_img_size` models such as DINOv2).
+    model.patch_embed.norm = ScaleShift(model.patch_embed.norm, model.embed_dim)
     for block in model.blocks:
         block.attn.qkv = _wrap_linear(block.attn.qkv)
         block.attn.proj = _wrap_linear(block.attn.proj)

@@ -47,12 +47,17 @@ def test_ssf_at_unit_scale_and_zero_shift_keeps_the_frozen_features(tiny):
     adapted = _adapted(tiny, "ssf")
     with torch.no_grad():
         assert not torch.allclose(adapted(_images()), tiny(_images()), atol=1e-3)  # N(1,.02) init
-        for name, parameter in adapted.named_parameters():
-            if name.endswith(".scale"):
-                parameter.fill_(1.0)
-            elif name.endswith(".shift"):
-                parameter.zero_()
+        _neutral_ssf(adapted)
         assert torch.allclose(adapted(_images()), tiny(_images()), atol=1e-6, rtol=0)
+
+
+def _neutral_ssf(model: torch.nn.Module) -> None:
+    """Set every SSF scale to 1 and shift to 0 (in place, under no_grad)."""
+    for name, parameter in model.named_parameters():
+        if name.endswith(".scale"):
+            parameter.fill_(1.0)
+        elif name.endswith(".shift"):
+            parameter.zero_()
 
 
 def test_adapter_is_added_in_parallel_to_the_mlp_on_the_post_attention_stream(tiny):
@@ -117,6 +122,35 @@ def test_parameter_counts_on_vit_b16_match_the_formulas(vit_b16):
     assert _trainable(_adapted(vit_b16, "vpt-shallow")) == 5 * dim
     assert _trainable(_adapted(vit_b16, "vpt-deep", vpt_tokens=30)) == depth * 30 * dim
     assert _trainable(_adapted(vit_b16, "finetune")) == sum(p.numel() for p in vit_b16.parameters())
+
+
+@pytest.mark.parametrize("variant", [*VIT_ONLY, "finetune"])
+def test_variants_work_on_a_dinov2_shaped_vit_at_any_image_size(variant):
+    """Patch 14, LayerScale and `dynamic_img_size` (the offline DINOv2 preset's traits): every
+    variant runs at two input sizes and, with its updates at their neutral values, gives the
+    pre-trained features (VPT's prompts take part in attention, so it only keeps the shape)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        dinov2 = timm.create_model(
+            "vit_small_patch14_dinov2",
+            num_classes=0,
+            img_size=28,
+            depth=2,
+            embed_dim=32,
+            num_heads=2,
+            dynamic_img_size=True,
+            init_values=0.5,
+        ).eval()
+    adapted = _adapted(dinov2, variant)
+    with torch.no_grad():
+        if variant == "ssf":
+            _neutral_ssf(adapted)
+        for side in (28, 42):
+            x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(side))
+            if variant.startswith("vpt"):
+                assert adapted(x).shape == (2, 32)
+            else:
+                assert torch.allclose(adapted(x), dinov2(x), atol=1e-5, rtol=0), side
 
 
 def test_vit_only_variants_refuse_other_backbones_and_name_them():
