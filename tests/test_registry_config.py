@@ -20,6 +20,7 @@ from cilbench.config import (
     split_sections,
 )
 from cilbench.errors import ConfigError, RegistryError
+from cilbench.recipes import recipes_of
 from cilbench.registry import Registry
 
 
@@ -147,8 +148,12 @@ def test_unregister_removes_a_name():
 def test_every_default_and_recipe_satisfies_its_constraints():
     for name in STRATEGIES.names():
         cls = STRATEGIES.get(name)
-        for stream, recipe in {"(defaults)": {}, **cls.recipes}.items():
-            assert resolve(cls.Config, recipe), (name, stream)
+        assert resolve(cls.Config), name
+        for stream in cls.recipes:
+            for recipe in recipes_of(cls, stream):
+                sections = recipe.sections()
+                assert resolve(cls.Config, sections["strategy"]), (name, stream, recipe.name)
+                assert resolve(STREAMS.get(stream), sections["stream"]), (name, stream)
     for name in STREAMS.names():
         assert check(STREAMS.get(name)()), name
 
