@@ -312,7 +312,8 @@ def test_disk_full_feature_cache_degrades_to_memory(tmp_path, monkeypatch, caplo
         result = run(_spec(tmp_path))
     assert result.complete
     assert caplog.text.count("cannot be written") == 1
-    assert list((tmp_path / "cache" / "features").iterdir()) == []
+    written = (tmp_path / "cache" / "features").iterdir()
+    assert [p for p in written if p.suffix != ".lock"] == []  # the empty lock file may stay
 
 
 # --- unwritable folders -----------------------------------------------------------------------

@@ -158,7 +158,7 @@ def test_crafted_cifar_pickle_through_the_cli(tmp_path, monkeypatch) -> None:  #
 UNSAFE_LOADERS = {
     r"\bpickle\.loads?\(": "pickle.load runs code from the file; use cilbench.safe_pickle",
     r"\bUnpickler\(": "a plain Unpickler runs code; use PlainUnpickler",
-    r"\b(joblib|dill|shelve|marshal|cloudpickle)\.": "these unpickle",
+    r"\b(joblib|dill|shelve|marshal|cloudpickle)\.(loads?|open)\(": "these unpickle",
     r"\byaml\.(unsafe_)?load\(": "use yaml.safe_load",
     r"\btorch\.load\((?![^)]*weights_only=True)": "torch.load needs weights_only=True",
     r"\bnp\.load\((?![^)]*allow_pickle=False)": "np.load needs allow_pickle=False",
