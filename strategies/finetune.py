@@ -41,7 +41,7 @@ from cilbench.data import DatasetView
 from cilbench.errors import ConfigError
 from cilbench.features import FeatureStore
 from cilbench.heads import HeadedNetwork, load_network, network_state
-from cilbench.recipes import IN1K, PILOT, SLCA, Recipe
+from cilbench.recipes import IN1K, PILOT, SLCA, Recipe, shared_head_recipe
 from cilbench.training import TrainSettings, fit
 
 
@@ -100,10 +100,8 @@ def _slca_seqft(epochs: int, milestone: int, dataset: str) -> Recipe:
 
 
 def _shared_head(epochs: int) -> Recipe:
-    return Recipe(
-        {"epochs": epochs, "lr": 0.01, "loss": "seen", "schedule": "cosine"},
-        name="shared-head",
-        notes="cilbench's own definition: one head over all seen classes, no reference config",
+    return shared_head_recipe(
+        epochs, "cilbench's own definition: one head over all seen classes, no reference config"
     )
 
 

@@ -30,7 +30,7 @@ from cilbench.backbones import Backbone
 from cilbench.data import DatasetView, ImageSource
 from cilbench.errors import CilbenchError, ConfigError
 from cilbench.features import FeatureStore
-from cilbench.recipes import IN1K, RANPAC, Recipe
+from cilbench.recipes import IN1K, RANPAC, Recipe, shared_head_recipe
 from cilbench.strategies.finetune import Finetune
 
 
@@ -53,11 +53,7 @@ def _ranpac(dataset: str, published: str) -> Recipe:
 
 
 def _shared_head(epochs: int) -> Recipe:
-    return Recipe(
-        {"epochs": epochs, "lr": 0.01, "loss": "seen", "schedule": "cosine"},
-        name="shared-head",
-        notes="cilbench's own definition, no reference config",
-    )
+    return shared_head_recipe(epochs, "cilbench's own definition, no reference config")
 
 
 @register_strategy("joint")
