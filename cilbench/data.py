@@ -12,8 +12,9 @@ because copying a batch out of an array costs less than shipping it back from a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -205,6 +206,27 @@ def loader_workers(requested: int | None, sources: Iterable[Any], device: torch.
         return requested
     decodes = any(getattr(source, "decodes_files", False) for source in sources)
     return default_workers() if decodes or device.type == "cuda" else 0
+
+
+@contextlib.contextmanager
+def threads_beside_workers(workers: int) -> Iterator[None]:
+    """Leave the decoding workers their cores: the main process computes on the rest (at least 1).
+
+    torch's intra-op threads busy-wait between operations; with as many workers as cores they
+    take CPU time the decoders need. On 2 cores with 2 workers, cold extraction of JPEGs went from
+    0.70-0.78x to 0.93-1.05x of decoding alone with one main-process thread instead of two.
+    For inference only: a backward pass sums gradients in an order that depends on the thread
+    count, so a training loop keeps its threads and its results do not depend on `--workers`.
+    """
+    import joblib
+
+    before = torch.get_num_threads()
+    wanted = max(1, min(before, joblib.cpu_count() - workers)) if workers > 0 else before
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def loader_options(

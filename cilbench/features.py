@@ -28,7 +28,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from cilbench.backbones import Backbone
 from cilbench.callbacks import Progress, SilentProgress
-from cilbench.data import DatasetView, ImageSource, loader_options, loader_workers
+from cilbench.data import (
+    DatasetView,
+    ImageSource,
+    loader_options,
+    loader_workers,
+    threads_beside_workers,
+)
 from cilbench.devices import autocast, compute_dtype
 from cilbench.files import atomic_path, remove_stale_temps, writable_problem
 
@@ -65,6 +71,7 @@ def extract_features(
         progress.task(description, total=total) as advance,
         torch.inference_mode(),
         autocast(device),
+        threads_beside_workers(num_workers),
     ):
         for images, _ in loader:
             chunks.append(forward(backbone.prepare(images)).float().cpu())

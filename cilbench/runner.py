@@ -41,7 +41,7 @@ from cilbench.config import (
     settings_schema,
     split_sections,
 )
-from cilbench.data import DatasetView, loader_options, loader_workers
+from cilbench.data import DatasetView, loader_options, loader_workers, threads_beside_workers
 from cilbench.devices import autocast
 from cilbench.errors import CilbenchError, ConfigError, CorruptFileError
 from cilbench.features import FeatureStore, default_cache_dir
@@ -420,7 +420,10 @@ def _scored_batches(
     if strategy.predicts_with_features and cached_features:
         frozen = store.get(view)[0]  # rows in the loader's (unshuffled) order
     start = 0
-    with (progress or SilentProgress()).task("evaluating", total=len(view)) as advance:
+    with (
+        threads_beside_workers(workers),
+        (progress or SilentProgress()).task("evaluating", total=len(view)) as advance,
+    ):
         for images, labels in loader:
             with torch.no_grad(), autocast(backbone.device):
                 prepared = backbone.prepare(images)

@@ -18,6 +18,7 @@ from cilbench.data import (
     default_workers,
     loader_options,
     loader_workers,
+    threads_beside_workers,
 )
 from cilbench.devices import autocast, compute_dtype, pins_memory
 from cilbench.errors import ConfigError
@@ -33,6 +34,24 @@ def test_default_workers_follow_the_cpu_affinity(monkeypatch):
     assert default_workers() == 1
     monkeypatch.setattr(joblib, "cpu_count", lambda: 96)
     assert default_workers() == MAX_DEFAULT_WORKERS
+
+
+def test_inference_threads_leave_the_decoding_workers_their_cores(monkeypatch):
+    monkeypatch.setattr(joblib, "cpu_count", lambda: 8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with threads_beside_workers(6):
+            assert torch.get_num_threads() == 2  # 8 cores - 6 workers
+        with threads_beside_workers(8):
+            assert torch.get_num_threads() == 1  # never fewer than one
+        with threads_beside_workers(0):
+            assert torch.get_num_threads() == 4  # no workers: all threads compute
+        with threads_beside_workers(1):
+            assert torch.get_num_threads() == 4  # never more than it had
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_default_workers_go_to_decoding_or_to_a_gpu(tmp_path, monkeypatch):
