@@ -201,6 +201,7 @@ class Row:
     peak_memory_mib: float
     trainable_parameters: int
     flags: dict[str, bool | None]
+    """The flags the strategy reports (None: undeclared); a missing one does not apply to it."""
     curve: list[float]
     """Mean sample-weighted accuracy after each experience (for the plot)."""
     references: list[Reference]
@@ -256,7 +257,7 @@ def _row(group: Sequence[RunResult], references: Sequence[Reference]) -> Row:
         wall_seconds=float(np.mean([r.cost.get("total_seconds", 0.0) for r in group])),
         peak_memory_mib=float(np.mean([r.cost.get("peak_memory_mib", 0.0) for r in group])),
         trainable_parameters=max(int(r.cost.get("trainable_parameters", 0)) for r in group),
-        flags={k: first.flags.get(k) for k in FLAGS},
+        flags={k: first.flags[k] for k in FLAGS if k in first.flags},
         curve=[float(v) for v in np.mean(curves, axis=0)],
         references=[ref for ref in references if ref.matches(first)],
     )

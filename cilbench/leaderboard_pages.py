@@ -79,8 +79,12 @@ def _fmt(mean: float | None, std: float | None) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
-def _flag(value: bool | None) -> str:
-    return {True: "yes", False: "no", None: "?"}[value]
+def _flag(flags: dict[str, bool | None], key: str) -> str:
+    """yes / no; ? when the strategy leaves it undeclared (None); n/a when it does not apply
+    (a strategy reports only the flags that concern it, e.g. no prompt vote without prompts)."""
+    if key not in flags:
+        return "n/a"
+    return {True: "yes", False: "no", None: "?"}[flags[key]]
 
 
 def _published(row: Row) -> list[str]:
@@ -126,7 +130,7 @@ def _cells(row: Row) -> list[str]:
         f"{row.trainable_parameters:,}",
         f"{row.wall_seconds:.1f}",
         f"{row.peak_memory_mib:.0f}",
-        *(_flag(row.flags[k]) for k in FLAGS),
+        *(_flag(row.flags, k) for k in FLAGS),
         *_published(row),
     ]
 
@@ -159,7 +163,7 @@ def board_csv(rows: Sequence[Row]) -> str:
             [row.name, row.backbone, row.protocol, " ".join(map(str, row.seeds))]
             + [_raw(v) for k in METRICS for v in row.stats[k]]
             + [row.trainable_parameters, f"{row.wall_seconds:.3f}", f"{row.peak_memory_mib:.1f}"]
-            + [_raw(row.flags[k]) for k in flags]
+            + [_raw(row.flags[k]) if k in row.flags else "n/a" for k in flags]
             + ([ref.final_accuracy, ref.source, ref.convention, _raw(gap)] if ref else [""] * 4)
         )
     return out.getvalue()
@@ -189,7 +193,8 @@ accuracies (L2P, DualPrompt, CODA-Prompt, RanPAC). Forgetting (Chaudhry) is the 
 accuracy minus the last, averaged over tasks; CODA's F_N averages the drop from one step to the
 next. Wall time and peak memory are per run, on the machine in each result's `environment`; wall
 time includes feature extraction when the run found the feature cache cold. Flags:
-`?` means the strategy does not declare it. The published number is the first entry of
+`?` means the strategy does not declare it, `n/a` that it does not apply (no prompt vote without
+prompts). The published number is the first entry of
 `reference.json` for the same strategy, stream, protocol and backbone; the gap is our mean minus it,
 in its accuracy convention.
 """

@@ -41,6 +41,7 @@ class NMC(PrototypeStrategy):
         "split-imagenet-r": _janson("main_imagenet-r.py"),
         "synthetic": {},
         "split-fashion-mnist-mini": {},
+        "split-fashion-mnist": {},
     }
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:

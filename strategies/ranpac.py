@@ -126,8 +126,9 @@ class RanPAC(BaseStrategy):
     variant_key: ClassVar[str] = "peft"
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16, "projection_dim": 256},
-        # The CPU demo: frozen features from the shared cache, a smaller projection.
+        # The offline CPU demos: frozen features from the shared cache, a smaller projection.
         "split-fashion-mnist-mini": {"peft": "none", "projection_dim": 2000},
+        "split-fashion-mnist": {"peft": "none", "projection_dim": 2000},
         "split-cifar100": [
             _paper("adapter", "cifar224", "92.2", **{"backbone.crop_pct": 1.0}),
             _paper("none", "cifar224", "89.0", **{"backbone.crop_pct": 1.0}),

@@ -51,6 +51,7 @@ class SimpleCIL(PrototypeStrategy):
         "vtab": [_paper("vtab_10_10", "VTAB B0 Inc10", "84.38 / 85.99")],
         "synthetic": {},
         "split-fashion-mnist-mini": {},
+        "split-fashion-mnist": {},
     }
 
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:

@@ -109,6 +109,24 @@ def test_one_seed_has_no_std(tmp_path: Path):
     assert row.stats["final_accuracy"] == (45.0, None)
 
 
+def test_flags_say_yes_no_undeclared_or_not_applicable(tmp_path: Path):
+    """A strategy without prompts reports no prompt vote: not applicable, not unknown."""
+    flags = {"uses_exemplars": False, "frozen_backbone": None, "key_init_on_future_inputs": True}
+    _references(tmp_path / "b")
+    add(_files(tmp_path, _result(0, SEED0, flags=flags)), tmp_path / "b")
+    build(tmp_path / "b")
+    lines = (tmp_path / "b" / "synthetic.md").read_text().splitlines()
+    header, _, row = [line for line in lines if line.startswith("|")]
+    cells = dict(zip(_cells(header), _cells(row)))
+    assert cells["exemplars"] == "no" and cells["frozen backbone"] == "?"
+    assert cells["key init on future inputs"] == "yes"
+    assert cells["batch-wise prompt vote"] == "n/a"
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
 def test_published_number_and_gap_in_its_own_convention(tmp_path: Path):
     board = tmp_path / "boards"
     _references(
