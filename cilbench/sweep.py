@@ -13,9 +13,12 @@ schedule; cilbench only hands them one function, `run_one`:
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import dataclasses
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +126,7 @@ class LocalExecutor:
         with concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_limit_threads,
+            initializer=_start_worker,
             initargs=(threads,),
         ) as pool:
             futures = [pool.submit(run_one, spec, log) for spec in specs]
@@ -131,11 +134,25 @@ class LocalExecutor:
                 yield future.result()
 
 
-def _limit_threads(threads: int) -> None:
-    """Share the cores between worker processes instead of oversubscribing them."""
+def _start_worker(threads: int) -> None:
+    """Share the cores between worker processes instead of oversubscribing them, and end with
+    the sweep: a killed sweep must not leave workers that hold cache locks and write results."""
     import torch
 
     torch.set_num_threads(threads)
+    die_with_parent()
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal a process receives when its parent exits (Linux only)."""
+
+
+def die_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent exits; elsewhere a no-op."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @dataclass

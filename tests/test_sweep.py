@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,6 @@ for outcome in sweep(specs):
 @pytest.mark.slow
 def test_sweep_killed_with_sigkill_resumes_without_recomputing(tmp_path: Path):
     import subprocess
-    import sys
 
     out = tmp_path / "runs"
     killed = subprocess.run([sys.executable, "-c", KILL_SWEEP_INSIDE_SECOND_RUN, str(out)])
@@ -187,3 +187,27 @@ def test_sweep_killed_with_sigkill_resumes_without_recomputing(tmp_path: Path):
     statuses = {o.spec.seed: o.status for o in sweep(specs)}
     assert statuses == {0: "skipped", 1: "resumed", 2: "ran"}
     assert done.stat().st_mtime_ns == mtime
+
+
+def _death_signal() -> int:
+    import ctypes
+
+    signal_number = ctypes.c_int()
+    ctypes.CDLL(None).prctl(2, ctypes.byref(signal_number), 0, 0, 0)  # PR_GET_PDEATHSIG
+    return signal_number.value
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux only")
+def test_pool_workers_end_with_a_killed_sweep():
+    """A killed sweep leaves no worker running on, holding cache locks and writing results."""
+    import concurrent.futures
+    import multiprocessing
+    import signal
+
+    from cilbench.sweep import _start_worker
+
+    with concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(1,)
+    ) as pool:
+        assert pool.submit(_death_signal).result() == signal.SIGTERM
+    assert _death_signal() == 0  # this process asked for nothing
