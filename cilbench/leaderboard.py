@@ -250,7 +250,7 @@ def _row(group: Sequence[RunResult], references: Sequence[Reference]) -> Row:
     ]
     return Row(
         strategy=first.config["strategy"],
-        backbone=first.config["backbone"],
+        backbone=backbone_label(first.config),
         protocol=protocol_label(first),
         seeds=[r.config["seed"] for r in group],
         stats={k: mean_std([m[k] for m in per_run]) for k in METRICS},
@@ -261,6 +261,13 @@ def _row(group: Sequence[RunResult], references: Sequence[Reference]) -> Row:
         curve=[float(v) for v in np.mean(curves, axis=0)],
         references=[ref for ref in references if ref.matches(first)],
     )
+
+
+def backbone_label(config: dict[str, Any]) -> str:
+    """The backbone tag with the input size of the run: the same weights at 56 and 112 px are
+    different rows, and a reader must see which one a number comes from."""
+    size = config.get("backbone_settings", {}).get("image_size")
+    return f"{config['backbone']} @ {size} px" if size else str(config["backbone"])
 
 
 def _name_variants(rows: list[Row], keys: list[str]) -> None:

@@ -101,6 +101,14 @@ def test_rows_are_recomputed_from_matrices_with_mean_and_sample_std(tmp_path: Pa
     assert row.stats["average_step_drop"] == pytest.approx((20.0, 0.0))
     assert row.curve == pytest.approx([85.0, 53.75])
     assert row.wall_seconds == pytest.approx(10.5)
+    assert row.backbone == "tiny-vit-random"
+
+
+def test_the_backbone_column_names_the_input_size(tmp_path: Path):
+    sized = _result(0, SEED0, config={"backbone_settings": {"image_size": 56}})
+    add(_files(tmp_path, sized), tmp_path / "b")
+    (row,) = aggregate(load_board(tmp_path / "b", "synthetic"))
+    assert row.backbone == "tiny-vit-random @ 56 px"
 
 
 def test_one_seed_has_no_std(tmp_path: Path):
