@@ -231,7 +231,7 @@ def aggregate(results: Sequence[RunResult], references: Sequence[Reference] = ()
     for result in results:
         groups.setdefault(_config_key(result), []).append(result)
     rows = [_row(group, references) for group in groups.values()]
-    _name_variants(rows, list(groups))
+    _name_variants(rows, list(groups.values()))
     return sorted(rows, key=lambda r: (-(r.stats["final_accuracy"][0] or 0.0), r.name))
 
 
@@ -270,12 +270,26 @@ def backbone_label(config: dict[str, Any]) -> str:
     return f"{config['backbone']} @ {size} px" if size else str(config["backbone"])
 
 
-def _name_variants(rows: list[Row], keys: list[str]) -> None:
-    """Rows sharing strategy and backbone get a short config hash so readers can tell them apart."""
-    for row, key in zip(rows, keys):
-        twins = [r for r in rows if (r.strategy, r.backbone) == (row.strategy, row.backbone)]
-        if len(twins) > 1:
-            row.variant = hashlib.sha256(key.encode()).hexdigest()[:6]
+def _name_variants(rows: list[Row], groups: list[list[RunResult]]) -> None:
+    """Rows sharing strategy and backbone get a name readers can tell apart: the strategy's
+    variant (ADAM's `peft`) when that differs between them, else a short config hash."""
+    from cilbench.api import STRATEGIES
+
+    firsts = [group[0] for group in groups]
+    for row, first in zip(rows, firsts):
+        twins = [f for r, f in zip(rows, firsts) if _same_row_name(r, row)]
+        if len(twins) == 1:
+            continue
+        key = STRATEGIES.get(row.strategy).variant_key
+        values = {str(t.config["strategy_config"].get(key)) for t in twins} if key else set()
+        if len(values) == len(twins):
+            row.variant = str(first.config["strategy_config"].get(key))
+        else:
+            row.variant = hashlib.sha256(_config_key(first).encode()).hexdigest()[:6]
+
+
+def _same_row_name(a: Row, b: Row) -> bool:
+    return (a.strategy, a.backbone) == (b.strategy, b.backbone)
 
 
 def load_board(root: Path, stream: str) -> list[RunResult]:

@@ -104,6 +104,18 @@ def test_rows_are_recomputed_from_matrices_with_mean_and_sample_std(tmp_path: Pa
     assert row.backbone == "tiny-vit-random"
 
 
+def test_variants_of_one_strategy_are_named_by_their_variant_key():
+    def adam(peft: str, seed: int) -> RunResult:
+        config = {"strategy": "adam", "strategy_config": {"peft": peft, "epochs": 1}}
+        return _result(seed, SEED0, config=config)
+
+    rows = aggregate([adam("lora", 0), adam("adapter", 0), adam("adapter", 1)])
+    assert sorted(r.name for r in rows) == ["adam [adapter]", "adam [lora]"]
+    nmc = [_result(0, SEED0), _result(0, SEED0, config={"strategy_config": {"shrink": 0.5}})]
+    names = [r.name for r in aggregate(nmc)]  # no variant key: a config hash tells them apart
+    assert len(set(names)) == 2 and all(n.startswith("nmc [") for n in names)
+
+
 def test_the_backbone_column_names_the_input_size(tmp_path: Path):
     sized = _result(0, SEED0, config={"backbone_settings": {"image_size": 56}})
     add(_files(tmp_path, sized), tmp_path / "b")
