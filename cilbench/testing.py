@@ -30,6 +30,26 @@ def tiny_backbone(**settings: Any) -> Backbone:
     return create_backbone(TINY_BACKBONE, **settings)
 
 
+def tiny_dinov2_vit() -> torch.nn.Module:
+    """A seeded random 2-block timm ViT with DINOv2's layout (patch 14, LayerScale, dynamic image
+    size) at 28 px, in eval mode; torch's global RNG is left as it was."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = timm.create_model(
+            "vit_small_patch14_dinov2",
+            num_classes=0,
+            img_size=28,
+            depth=2,
+            embed_dim=32,
+            num_heads=2,
+            dynamic_img_size=True,
+            init_values=0.5,
+        )
+    return model.eval()
+
+
 def synthetic_stream(**options: Any) -> Stream:
     """The tiny generated stream (see benchmarks/synthetic.py) with option overrides."""
     return resolve(STREAMS.get("synthetic"), options).build(None)

@@ -11,7 +11,7 @@ import torch
 from cilbench.adapters import VIT_ONLY, AdaptedBlock, PeftSettings, apply_peft
 from cilbench.errors import ConfigError
 from cilbench.features import FeatureStore
-from cilbench.testing import synthetic_stream, tiny_backbone
+from cilbench.testing import synthetic_stream, tiny_backbone, tiny_dinov2_vit
 
 
 @pytest.fixture(scope="module")
@@ -129,18 +129,7 @@ def test_variants_work_on_a_dinov2_shaped_vit_at_any_image_size(variant):
     """Patch 14, LayerScale and `dynamic_img_size` (the offline DINOv2 preset's traits): every
     variant runs at two input sizes and, with its updates at their neutral values, gives the
     pre-trained features (VPT's prompts take part in attention, so it only keeps the shape)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        dinov2 = timm.create_model(
-            "vit_small_patch14_dinov2",
-            num_classes=0,
-            img_size=28,
-            depth=2,
-            embed_dim=32,
-            num_heads=2,
-            dynamic_img_size=True,
-            init_values=0.5,
-        ).eval()
+    dinov2 = tiny_dinov2_vit()
     adapted = _adapted(dinov2, variant)
     with torch.no_grad():
         if variant == "ssf":

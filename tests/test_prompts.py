@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import timm
 import torch
 
 from cilbench.data import DatasetView
@@ -24,27 +23,10 @@ from cilbench.prompts import (
     select_top_k,
 )
 from cilbench.runner import RunSpec, evaluate, run
-from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
+from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone, tiny_dinov2_vit
 from cilbench.training import TrainSettings, WithPositions, make_scheduler
 
 PROMPT_STRATEGIES = ["l2p", "dualprompt", "coda-prompt"]
-
-
-def dinov2_like_vit() -> torch.nn.Module:
-    """A tiny random timm ViT with DINOv2's layout: patch 14, LayerScale, dynamic image size."""
-    torch.manual_seed(0)
-    model = timm.create_model(
-        "vit_small_patch14_dinov2",
-        pretrained=False,
-        img_size=28,
-        depth=2,
-        embed_dim=32,
-        num_heads=2,
-        init_values=0.5,
-        dynamic_img_size=True,
-        num_classes=0,
-    )
-    return model.eval()
 
 
 def prepared_images(view: DatasetView, backbone) -> torch.Tensor:
@@ -55,7 +37,7 @@ def prepared_images(view: DatasetView, backbone) -> torch.Tensor:
 
 def test_prefix_attention_equals_attending_to_extra_tokens():
     """Prefix keys/values of extra tokens = letting the image tokens attend to those tokens."""
-    attention = dinov2_like_vit().blocks[0].attn
+    attention = tiny_dinov2_vit().blocks[0].attn
     x, extra = torch.randn(3, 5, 32), torch.randn(3, 4, 32)
     _, k, v = attention.qkv(extra).chunk(3, dim=-1)
     expected = attention(torch.cat([x, extra], dim=1))[:, :5]
@@ -65,7 +47,7 @@ def test_prefix_attention_equals_attending_to_extra_tokens():
 @pytest.mark.parametrize("size", [28, 42])
 def test_prompted_forward_of_any_vit(size: int):
     """No prompts: timm's own output. Inserted tokens: the hand-built sequence (no position)."""
-    model = dinov2_like_vit()
+    model = tiny_dinov2_vit()
     images = torch.randn(2, 3, size, size)
     with torch.no_grad():
         assert torch.allclose(prompted_features(model, images, LayerPrompts()), model(images))
@@ -274,3 +256,28 @@ def test_query_from_cache_trains_the_keys(trained_l2p):
     before = strategy.prompter.pool.keys.detach().clone()
     strategy.train_experience(stream.experiences[0])
     assert not torch.equal(strategy.prompter.pool.keys, before)
+
+
+def test_masked_head_profile_trains_only_the_new_head():
+    """The prompt methods' head protocol: old heads get no gradient through masked logits."""
+    from cilbench.features import FeatureStore
+    from cilbench.heads import TaskHeads
+    from cilbench.profiles.masked_head import masked_head_accuracy, train_masked
+    from cilbench.training import TrainSettings
+
+    backbone, stream = tiny_backbone(), synthetic_stream()
+    store = FeatureStore(backbone, cache_dir=None)
+    settings = TrainSettings(epochs=2, lr=0.05, optimizer="adam", schedule="constant")
+    generator = torch.Generator().manual_seed(0)
+    heads = TaskHeads(backbone.feature_dim)
+    first, second = stream.experiences[:2]
+    heads.grow(len(first.new_classes), generator)
+    train_masked(heads, first, store, settings, generator)
+    old = [p.detach().clone() for p in heads.heads[0].parameters()]
+    new_init = [
+        p.detach().clone() for p in heads.grow(len(second.new_classes), generator).parameters()
+    ]
+    train_masked(heads, second, store, settings, generator)
+    assert all(torch.equal(a, b) for a, b in zip(old, heads.heads[0].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(new_init, heads.heads[1].parameters()))
+    assert 0.0 <= masked_head_accuracy(stream, store, settings, seed=0) <= 100.0
