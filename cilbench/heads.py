@@ -81,13 +81,21 @@ class HeadedNetwork(nn.Module):
     is the runner's shared frozen model, which stays in eval mode even when the network trains.
     `fresh_final_norm` replaces the trainable copy's final LayerNorm with a new one (weight 1,
     bias 0, eps 1e-5), as GengDavid/SLCA does to its IN-21k ViT (convs/vits.py).
+    `freeze_batchnorm_statistics` keeps the backbone's BatchNorm running statistics as they are
+    while the network trains (their affine weights still train): the running statistics follow
+    the training batches at momentum 0.1 whatever the learning rate.
     """
 
     def __init__(
-        self, backbone: Backbone, train_backbone: bool = True, fresh_final_norm: bool = False
+        self,
+        backbone: Backbone,
+        train_backbone: bool = True,
+        fresh_final_norm: bool = False,
+        freeze_batchnorm_statistics: bool = False,
     ):
         super().__init__()
         self.train_backbone = train_backbone
+        self.freeze_batchnorm_statistics = freeze_batchnorm_statistics
         self.backbone = backbone.build_model() if train_backbone else backbone.model
         if fresh_final_norm:
             replace_final_norm(self.backbone, backbone.tag)
@@ -97,6 +105,10 @@ class HeadedNetwork(nn.Module):
         super().train(mode)
         if not self.train_backbone:
             self.backbone.eval()
+        elif self.freeze_batchnorm_statistics:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,9 @@
 #     finetune/none) on the EfficientNet-Lite0 streams: prompts and adapters need ViT blocks;
 #   - trained strategies on the full split-fashion-mnist: CPU cost; the frozen-feature ones cover it;
 #   - on the real DINOv2 ViT-S preset: slca and dkvb: 3 seeds of ViT training did not fit the
-#     2-core budget of the session that published the board (SLCA's one-seed figure is in issue
-#     11's note); ViT rows run at 56 px for the same reason.
+#     2-core budget of the session that published the board (SLCA's one-seed figure, 25.7 %, and
+#     why its alignment fails on this preset are in the README); ViT rows run at 56 px for the
+#     same reason.
 set -euo pipefail
 
 SEEDS=0,1,2

@@ -7,8 +7,14 @@ import copy
 import pytest
 import torch
 
+from cilbench.augment import resolve_augmentation
+from cilbench.backbones import create_backbone
 from cilbench.errors import CilbenchError
+from cilbench.features import FeatureStore
 from cilbench.gaussians import ClassGaussians
+from cilbench.profiles import PROFILES
+from cilbench.profiles.slca_alignment import train_on_features
+from cilbench.runner import RunSpec
 from cilbench.strategies.slca import normalize_logits
 from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
 from cilbench.training import TrainSettings, make_optimizer
@@ -177,3 +183,50 @@ def test_fresh_final_norm_replaces_the_pretrained_layer_norm():
     assert fresh.eps == 1e-5 and kept.eps == backbone.model.norm.eps == 1e-6
     assert torch.equal(fresh.weight, torch.ones(64)) and torch.equal(fresh.bias, torch.zeros(64))
     assert torch.equal(kept.weight, backbone.model.norm.weight)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_stage_one_keeps_batchnorm_statistics_unless_asked(stream, freeze):
+    """Running statistics stay as pre-trained by default; the BatchNorm weights still train."""
+    backbone = create_backbone("efficientnet-lite0-pypi", image_size=32)
+    strategy = make_strategy(
+        "slca", backbone, stream, fresh_final_norm=False, freeze_batchnorm_statistics=freeze
+    )
+    norms = [m for m in strategy.network.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    means_before = [m.running_mean.clone() for m in norms]
+    weights_before = [m.weight.detach().clone() for m in norms]
+    strategy.train_experience(stream.experiences[0])
+    means_moved = any(not torch.equal(m.running_mean, b) for m, b in zip(norms, means_before))
+    weights_moved = any(not torch.equal(m.weight, b) for m, b in zip(norms, weights_before))
+    assert means_moved is not freeze
+    assert weights_moved
+
+
+def test_alignment_profile_trains_slca_exactly_as_a_run_with_a_still_backbone(stream):
+    """`profile slca-alignment` on cached features == SLCA itself with backbone lr 0, no
+    augmentation and the pre-trained norm (bit for bit: same batches, same features)."""
+    backbone = tiny_backbone(augmentation=resolve_augmentation({"preset": "none"}))
+    settings = {"backbone_lr_scale": 0.0, "fresh_final_norm": False}
+    real = make_strategy("slca", backbone, stream, **settings)
+    for experience in stream.experiences:
+        real.train_experience(experience)
+    frozen = make_strategy("slca", backbone, stream, **settings)
+    train_on_features(frozen, stream, FeatureStore(backbone, cache_dir=None).get)
+    for ours, theirs in (
+        (real.unaligned, frozen.unaligned),
+        (real.network.heads, frozen.network.heads),
+    ):
+        assert ours.sizes == theirs.sizes
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            assert torch.equal(a, b)
+    assert not torch.equal(real.unaligned.heads[0].weight, real.network.heads.heads[0].weight)
+
+
+def test_alignment_profile_reports_every_cell(tmp_path):
+    spec = RunSpec(stream="synthetic", backbone="tiny-vit-random", cache_dir=tmp_path)
+    figures = PROFILES.get("slca-alignment")(spec)
+    cells = [value for key, value in figures.items() if "CA epochs" in key]
+    assert len(cells) == 4
+    for cell in cells:
+        before, after = (float(part) for part in str(cell).split(" / "))
+        assert 0.0 <= before <= 100.0 and 0.0 <= after <= 100.0
