@@ -318,26 +318,34 @@ class SeededSampler(Sampler[tuple[int, int]]):
 
 
 class _SameSizeImages(_Views):
-    """The raw images of several views, fetched a whole batch at a time (`__getitems__`)."""
+    """The raw images of several views, fetched a whole batch at a time.
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.__getitems__([index])[0]
+    `fetches_batches`: the loader hands `__getitem__` a batch of positions (see
+    `data.batching`), and one indexing operation per source returns the stacked images, with no
+    per-image collation.
+    """
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        """The DataLoader's batched fetch: one indexing operation per source, not per image."""
-        positions = np.asarray(indices)
+    fetches_batches = True
+
+    def __getitem__(self, keys: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images (B, C, H, W) uint8, labels (B,)) of the dataset positions `keys`."""
+        positions = np.asarray(keys)
         owner = np.searchsorted(self.offsets, positions, side="right") - 1
-        images: list[torch.Tensor] = [torch.empty(0)] * len(positions)
-        labels = np.empty(len(positions), dtype=np.int64)
+        parts = []
         for k in np.unique(owner):
             slots = np.flatnonzero(owner == k)
-            local = positions[slots] - self.offsets[k]
             view = self.views[k]
-            batch = _load_many(view.source, view.indices[local])
-            labels[slots] = view.labels[local]
-            for slot, image in zip(slots, batch.unbind(0)):
-                images[slot] = image
-        return list(zip(images, labels.tolist()))
+            local = positions[slots] - self.offsets[k]
+            parts.append((slots, _load_many(view.source, view.indices[local]), view.labels[local]))
+        if len(parts) == 1:
+            _, images, labels = parts[0]
+            return images, torch.as_tensor(labels, dtype=torch.long)
+        images = torch.empty((len(positions), *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
+        labels = torch.empty(len(positions), dtype=torch.long)
+        for slots, part_images, part_labels in parts:
+            images[slots] = part_images
+            labels[slots] = torch.as_tensor(part_labels, dtype=torch.long)
+        return images, labels
 
 
 def _load_many(source: ImageSource, indices: np.ndarray) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import BatchSampler, Dataset, Sampler
 
 from cilbench.devices import pins_memory
 from cilbench.errors import ConfigError, DataError
@@ -227,6 +227,19 @@ def threads_beside_workers(workers: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def batching(
+    data: Dataset, sampler: Sampler, batch_size: int, drop_last: bool = False
+) -> dict[str, Any]:
+    """DataLoader arguments that batch `sampler`'s keys.
+
+    A dataset with `fetches_batches` receives each batch's keys in one `__getitem__` call and
+    returns the batch itself; any other is fetched key by key and collated.
+    """
+    if getattr(data, "fetches_batches", False):
+        return {"batch_size": None, "sampler": BatchSampler(sampler, batch_size, drop_last)}
+    return {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last}
 
 
 def loader_options(

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, default_collate
 
 from cilbench.callbacks import Progress, SilentProgress, report_loss
 from cilbench.config import NonNegative, Positive, Range, shared_fields
-from cilbench.data import loader_options, loader_workers
+from cilbench.data import batching, loader_options, loader_workers
 from cilbench.devices import autocast
 from cilbench.errors import CilbenchError
 
@@ -115,9 +115,7 @@ def fit(
     workers = loader_workers(num_workers, getattr(data, "sources", ()), device)
     loader = DataLoader(
         data,
-        batch_size=settings.batch_size,
-        sampler=_shuffled(data, generator),
-        drop_last=settings.drop_last,
+        **batching(data, _shuffled(data, generator), settings.batch_size, settings.drop_last),
         # The loader draws its workers' base seed from this generator whenever it starts them:
         # every epoch without workers, once with persistent ones. A private generator keeps
         # those draws off `generator`, so the data order does not depend on the worker count.
@@ -182,8 +180,11 @@ class WithPositions(Dataset):
     """`data`'s samples with each label replaced by the pair (label, position in `data`).
 
     For a loss that looks up per-sample data kept elsewhere (e.g. cached frozen features) by
-    position: `fit` hands the loss the (B, 2) pairs as its labels. Keeps `data`'s batched fetch.
+    position: `fit` hands the loss the (B, 2) pairs as its labels. It fetches whole batches and
+    draws its keys as `fit` would for `data` (per-image augmentation keys carry a seed).
     """
+
+    fetches_batches = True
 
     def __init__(self, data: Dataset):
         self.data = data
@@ -191,10 +192,18 @@ class WithPositions(Dataset):
     def __len__(self) -> int:
         return len(self.data)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.__getitems__([index])[0]
+    @property
+    def sources(self) -> Sequence[Any]:
+        """`data`'s image sources, from which `fit` picks its worker count."""
+        return getattr(self.data, "sources", ())
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        fetch = getattr(self.data, "__getitems__", None)
-        items = fetch(indices) if fetch else [self.data[i] for i in indices]
-        return [(image, torch.tensor([label, i])) for (image, label), i in zip(items, indices)]
+    def sampler(self, generator: torch.Generator) -> Sampler:
+        return _shuffled(self.data, generator)
+
+    def __getitem__(self, keys: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self.data, "fetches_batches", False):
+            images, labels = self.data[keys]
+        else:
+            images, labels = default_collate([self.data[key] for key in keys])
+        positions = torch.as_tensor([key[0] if isinstance(key, tuple) else key for key in keys])
+        return images, torch.stack([torch.as_tensor(labels), positions], dim=1)

@@ -61,7 +61,9 @@ def test_same_size_sources_augment_per_batch_and_files_per_image(tmp_path):
     backbone = tiny_backbone()
     view = synthetic_stream().experiences[0].train
     data, prepare = training_data(backbone, [view])
-    assert data[0][0].shape == (3, 32, 32) and prepare is not backbone.prepare
+    images, labels = data[[0, 1]]
+    assert images.shape == (2, 3, 32, 32) and labels.tolist() == view.labels[:2].tolist()
+    assert prepare is not backbone.prepare
     from PIL import Image
 
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "a.png")

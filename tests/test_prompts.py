@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cilbench.data import DatasetView
+from cilbench.augment import training_data
+from cilbench.data import DatasetView, FileSource
 from cilbench.features import FeatureStore
 from cilbench.prompts import (
     ComponentPool,
@@ -110,7 +111,25 @@ def test_coda_schedule_and_position_labels():
         scheduler.step()
     assert rates == pytest.approx([math.cos(99 * math.pi * e / 800) for e in range(5)])
     data = WithPositions([(torch.zeros(1), 7), (torch.ones(1), 9)])
-    assert [pair.tolist() for _, pair in data.__getitems__([1, 0])] == [[9, 1], [7, 0]]
+    images, pairs = data[[1, 0]]
+    assert pairs.tolist() == [[9, 1], [7, 0]] and images.flatten().tolist() == [1.0, 0.0]
+
+
+def test_position_labels_follow_per_image_augmentation_keys(tmp_path):
+    """Image files are augmented per image under (position, seed) keys: positions stay positions
+    (query_from_cache on a file-based stream)."""
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    files = FileSource(tmp_path, [f"{i}.png" for i in range(3)], [0, 1, 2], "files")
+    view = DatasetView(files, np.arange(3), np.array([4, 5, 6]))
+    data = WithPositions(training_data(tiny_backbone(), [view])[0])
+    keys = list(data.sampler(torch.Generator().manual_seed(0)))
+    images, pairs = data[keys]
+    positions = [position for position, _ in keys]
+    assert pairs[:, 1].tolist() == positions
+    assert pairs[:, 0].tolist() == [4 + p for p in positions] and images.shape == (3, 3, 32, 32)
 
 
 def test_cached_query_equals_live_query(tmp_path):

@@ -13,10 +13,10 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from cilbench.backbones import Backbone
-from cilbench.data import DatasetView
+from cilbench.data import DatasetView, batching
 from cilbench.devices import autocast, synchronize
 from cilbench.training import TrainSettings, make_optimizer
 
@@ -46,7 +46,7 @@ def training_rate(backbone: Backbone, view: DatasetView, settings: TrainSettings
     from cilbench.augment import training_data
 
     data, prepare = training_data(backbone, [view])
-    loader = DataLoader(data, batch_size=settings.batch_size, sampler=_sampler(data))
+    loader = DataLoader(data, **batching(data, _sampler(data), settings.batch_size))
     batches = [(prepare(x), y.to(backbone.device)) for x, y in loader]
     model = backbone.build_model()
     num_classes = int(view.labels.max()) + 1
@@ -74,7 +74,8 @@ def training_rate(backbone: Backbone, view: DatasetView, settings: TrainSettings
     return settings.epochs * len(view) / (time.perf_counter() - start)
 
 
-def _sampler(data: Any) -> Any:
-    """The seeded sampler of per-image augmentation datasets (their keys carry seeds), else None."""
+def _sampler(data: Any) -> Sampler:
+    """The seeded sampler of per-image augmentation datasets (their keys carry seeds), else the
+    positions in order."""
     own = getattr(data, "sampler", None)
-    return own(torch.Generator().manual_seed(0)) if own is not None else None
+    return own(torch.Generator().manual_seed(0)) if own is not None else SequentialSampler(data)
