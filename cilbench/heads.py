@@ -8,7 +8,7 @@ the backbone in front of it; used by every strategy that fine-tunes images end t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import cast
 
 import torch
@@ -166,3 +166,17 @@ def load_network(
         key = f"{prefix}backbone."
         weights = {k[len(key) :]: v for k, v in state.items() if k.startswith(key)}
         network.backbone.load_state_dict(weights)
+
+
+def heads_accuracy(
+    heads: TaskHeads, test_sets: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> float:
+    """Percent of all test features (feature, label pairs per set) whose top logit is their label
+    (sample-weighted)."""
+    correct = total = 0
+    with torch.no_grad():
+        for features, labels in test_sets:
+            predicted = heads(features.to(heads.device)).argmax(1).cpu()
+            correct += int((predicted == labels).sum())
+            total += len(labels)
+    return 100.0 * correct / total

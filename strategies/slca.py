@@ -44,12 +44,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
 from cilbench.augment import training_data
@@ -220,26 +221,45 @@ class SLCA(BaseStrategy):
         self.seconds[phase] += time.perf_counter() - start
 
     def _slow_learner(self, experience: Experience, generator: torch.Generator, known: int) -> None:
-        config = self.config
+        data, prepare = training_data(self.backbone, [experience.train])
+        self.train_new_task(
+            data,
+            prepare,
+            generator,
+            known,
+            num_workers=self._workers(),
+            description=f"slca: slow learner, experience {experience.index}",
+        )
+
+    def train_new_task(
+        self,
+        data: Dataset,
+        prepare: Callable[[torch.Tensor], torch.Tensor],
+        generator: torch.Generator,
+        known: int,
+        *,
+        num_workers: int | None = 0,
+        description: str = "slca: slow learner",
+    ) -> None:
+        """Stage 1 on `data` (`prepare` readies a batch for the network): cross-entropy over the
+        new head's logits, backbone at the slow learning rate, older heads frozen."""
         network = self.network
 
         def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(network(images)[:, known:], labels - known)
 
-        settings = TrainSettings.from_config(config, schedule="multistep")
-        data, prepare = training_data(self.backbone, [experience.train])
         network.train()
         fit(
             loss_fn,
             self.slow_learner_groups(),
             data,
             prepare,
-            settings,
+            TrainSettings.from_config(self.config, schedule="multistep"),
             generator,
             device=self.device,
             progress=self.features.progress,
-            description=f"slca: slow learner, experience {experience.index}",
-            num_workers=self._workers(),
+            description=description,
+            num_workers=num_workers,
         )
         network.eval()
 

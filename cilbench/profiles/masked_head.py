@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 
 from cilbench.api import Experience, Stream
 from cilbench.features import FeatureStore
-from cilbench.heads import TaskHeads
+from cilbench.heads import TaskHeads, heads_accuracy
 from cilbench.profiles import Figures, register_profile
 from cilbench.runner import RunSpec, prepare
 from cilbench.training import TrainSettings, fit
@@ -54,13 +54,7 @@ def masked_head_accuracy(
     for experience in stream.experiences:
         heads.grow(len(experience.new_classes), generator)
         train_masked(heads, experience, store, settings, generator)
-    correct = total = 0
-    with torch.no_grad():
-        for view in stream.test_sets:
-            features, labels = store.get(view)
-            correct += int((heads(features.to(device)).argmax(1).cpu() == labels).sum())
-            total += len(labels)
-    return 100.0 * correct / total
+    return heads_accuracy(heads, (store.get(view) for view in stream.test_sets))
 
 
 def train_masked(

@@ -17,18 +17,16 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from cilbench.api import Experience, Stream
+from cilbench.api import Stream
 from cilbench.data import DatasetView
 from cilbench.features import FeatureStore
-from cilbench.heads import TaskHeads
+from cilbench.heads import heads_accuracy
 from cilbench.profiles import Figures, register_profile
 from cilbench.runner import PreparedRun, RunSpec, prepare
 from cilbench.strategies.slca import SLCA
-from cilbench.training import TrainSettings, fit
 
 
 @register_profile("slca-alignment", ignores=("--strategy",))
@@ -69,7 +67,9 @@ def frozen_slca_accuracy(
 
     train_on_features(strategy, prepared.stream, features)
     test_sets = [features(view) for view in prepared.stream.test_sets]
-    return accuracy(strategy.unaligned, test_sets), accuracy(strategy.network.heads, test_sets)
+    return heads_accuracy(strategy.unaligned, test_sets), heads_accuracy(
+        strategy.network.heads, test_sets
+    )
 
 
 def train_on_features(
@@ -83,47 +83,15 @@ def train_on_features(
     the pre-trained final norm, on features computed once.
     """
     strategy.network.backbone = nn.Identity()
+    device = strategy.device
+
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(device)
+
     for experience in stream.experiences:
         generator = strategy.generator(experience.index)
         strategy.start_experience(experience, generator)
         data = features(experience.train)
-        train_new_head(strategy, experience, data, generator)
+        known = strategy.network.heads.num_classes - len(experience.new_classes)
+        strategy.train_new_task(TensorDataset(*data), prepare, generator, known)
         strategy.finish_experience(experience, data[0], generator)
-
-
-def train_new_head(
-    strategy: SLCA,
-    experience: Experience,
-    data: tuple[torch.Tensor, torch.Tensor],
-    generator: torch.Generator,
-) -> None:
-    """Stage 1 on cached features: the newest head alone, cross-entropy over its own logits."""
-    heads = strategy.network.heads
-    known = heads.num_classes - len(experience.new_classes)
-
-    def loss_fn(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(heads(batch)[:, known:], labels - known)
-
-    settings = TrainSettings.from_config(strategy.config, schedule="multistep")
-    groups = [{"params": heads.heads[-1].parameters(), "lr": strategy.config.lr}]
-    device = strategy.device
-    fit(
-        loss_fn,
-        groups,
-        TensorDataset(*data),
-        lambda x: x.to(device),
-        settings,
-        generator,
-        device=device,
-    )
-
-
-def accuracy(heads: TaskHeads, test_sets: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Percent of all test images right (sample-weighted)."""
-    correct = total = 0
-    with torch.no_grad():
-        for values, labels in test_sets:
-            predicted = heads(values.to(heads.device)).argmax(1).cpu()
-            correct += int((predicted == labels).sum())
-            total += len(labels)
-    return 100.0 * correct / total
