@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cilbench.callbacks import Progress
-from cilbench.data import FileSource, ImageSource
-from cilbench.decoded_cache import maybe_decoded
-from cilbench.downloads import CheckRow, default_data_root, record_checksums, verify_checksums
-from cilbench.errors import DataError
+from cilbench.core.callbacks import Progress
+from cilbench.core.errors import DataError
+from cilbench.core.paths import default_data_root
+from cilbench.data.decoded_cache import maybe_decoded
+from cilbench.data.downloads import CheckRow, record_checksums, verify_checksums
+from cilbench.data.sources import FileSource, ImageSource
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

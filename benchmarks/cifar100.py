@@ -4,7 +4,7 @@ Reads torchvision's layout, `<data-root>/cifar-100-python/{train,test,meta}` (th
 official archive); `cilbench data fetch split-cifar100` downloads the archive and checks its md5
 and the md5 of each unpacked file against torchvision's published checksums. Building the stream
 and `cilbench data check` verify those official md5s before reading anything, and read the
-pickles with a restricted unpickler (cilbench/safe_pickle.py) that cannot run code from a file.
+pickles with a restricted unpickler (cilbench/data/safe_pickle.py) that cannot run code from a file.
 A deliberate non-official copy (re-pickled data, test fixtures) is read with
 `--set stream.verify_md5=false`; the restricted unpickler still applies. Protocols: B0-Inc10
 (default), B0-Inc5, B50-Inc10, ... via `stream.init_classes` / `stream.increment`. Class orders:
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from cilbench.api import Stream, register_stream
+from cilbench.api import register_stream
 from cilbench.benchmarks._shared import (
     REFERENCE_BACKBONE,
     REFERENCE_PREPROCESSING,
@@ -29,12 +29,12 @@ from cilbench.benchmarks._shared import (
     missing_data,
     official_note,
 )
-from cilbench.callbacks import Progress
-from cilbench.data import ArraySource
-from cilbench.downloads import CheckRow, Remote, download, record_checksums, unpack
-from cilbench.errors import DataError
-from cilbench.safe_pickle import load_plain_pickle
-from cilbench.streams import ClassIncrementalOptions, class_incremental_stream
+from cilbench.core.callbacks import Progress
+from cilbench.core.errors import DataError
+from cilbench.data.downloads import CheckRow, Remote, download, record_checksums, unpack
+from cilbench.data.safe_pickle import load_plain_pickle
+from cilbench.data.sources import ArraySource
+from cilbench.data.streams import ClassIncrementalOptions, Stream, class_incremental_stream
 
 NAME = "split-cifar100"
 FOLDER = "cifar-100-python"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from cilbench.api import Stream, register_stream
+from cilbench.api import register_stream
 from cilbench.benchmarks._shared import (
     IMAGE_SUFFIXES,
     REFERENCE_BACKBONE,
@@ -34,14 +34,15 @@ from cilbench.benchmarks._shared import (
     missing_data,
     official_note,
 )
-from cilbench.callbacks import Progress
-from cilbench.config import NonNegative, Range
-from cilbench.data import FileSource, ImageSource
-from cilbench.decoded_cache import maybe_decoded
-from cilbench.downloads import CheckRow, Remote, download, record_checksums, unpack
-from cilbench.errors import DataError
-from cilbench.streams import (
+from cilbench.core.callbacks import Progress
+from cilbench.core.config import NonNegative, Range
+from cilbench.core.errors import DataError
+from cilbench.data.decoded_cache import maybe_decoded
+from cilbench.data.downloads import CheckRow, Remote, download, record_checksums, unpack
+from cilbench.data.sources import FileSource, ImageSource
+from cilbench.data.streams import (
     ClassIncrementalOptions,
+    Stream,
     class_incremental_stream,
     domain_incremental_stream,
 )

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cilbench.api import Stream, register_stream
-from cilbench.data import ArraySource
-from cilbench.errors import DataError
-from cilbench.streams import ClassIncrementalOptions, class_incremental_stream
+from cilbench.api import register_stream
+from cilbench.core.errors import DataError
+from cilbench.data.sources import ArraySource
+from cilbench.data.streams import ClassIncrementalOptions, Stream, class_incremental_stream
 
 CLASS_NAMES = (
     "T-shirt/top",

@@ -16,7 +16,7 @@ Two layouts under `<data-root>/imagenet-r/` are accepted:
 
 Default protocol: 10 tasks x 20 classes in the pycil-1993 order over the sorted wnids (it starts
 with the wnids at positions 168, 136, 51, 9, 183). `stream.decoded_size=N` reads images from a
-decoded uint8 cache (see cilbench/decoded_cache.py) so that trained strategies stop re-decoding
+decoded uint8 cache (see cilbench/data/decoded_cache.py) so that trained strategies stop re-decoding
 JPEGs every epoch. An unreadable image stops the run with its path (no silent skipping: a skipped
 test image would change the benchmark).
 """
@@ -32,7 +32,7 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from cilbench.api import Stream, register_stream
+from cilbench.api import register_stream
 from cilbench.benchmarks._shared import (
     REFERENCE_BACKBONE,
     REFERENCE_PREPROCESSING,
@@ -44,12 +44,12 @@ from cilbench.benchmarks._shared import (
     missing_data,
     scan_image_folder,
 )
-from cilbench.callbacks import Progress
-from cilbench.config import NonNegative, Range
-from cilbench.downloads import CheckRow, Remote, download, record_checksums, unpack
-from cilbench.errors import DataError
-from cilbench.files import write_atomic
-from cilbench.streams import ClassIncrementalOptions, class_incremental_stream
+from cilbench.core.callbacks import Progress
+from cilbench.core.config import NonNegative, Range
+from cilbench.core.errors import DataError
+from cilbench.core.files import write_atomic
+from cilbench.data.downloads import CheckRow, Remote, download, record_checksums, unpack
+from cilbench.data.streams import ClassIncrementalOptions, Stream, class_incremental_stream
 
 NAME = "split-imagenet-r"
 FOLDER = "imagenet-r"
@@ -157,7 +157,7 @@ def split_path(root: Path, seed: int) -> Path:
     name = f"imagenet-r-split-v{SPLIT_VERSION}-seed{seed}.json"
     if (root / name).exists() or os.access(root, os.W_OK):
         return root / name
-    from cilbench.features import default_cache_dir
+    from cilbench.core.paths import default_cache_dir
 
     return default_cache_dir() / "splits" / name
 

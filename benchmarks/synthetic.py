@@ -15,11 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cilbench.api import Stream, register_stream
-from cilbench.config import NonNegative, Positive, Range
-from cilbench.data import ArraySource
-from cilbench.streams import (
+from cilbench.api import register_stream
+from cilbench.core.config import NonNegative, Positive, Range
+from cilbench.data.sources import ArraySource
+from cilbench.data.streams import (
     ClassIncrementalOptions,
+    Stream,
     class_incremental_stream,
     domain_incremental_stream,
 )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from cilbench.api import Stream, register_stream
+from cilbench.api import register_stream
 from cilbench.benchmarks._shared import (
     REFERENCE_BACKBONE,
     REFERENCE_PREPROCESSING,
@@ -28,11 +28,11 @@ from cilbench.benchmarks._shared import (
     missing_data,
     scan_image_folder,
 )
-from cilbench.callbacks import Progress
-from cilbench.config import NonNegative
-from cilbench.downloads import CheckRow
-from cilbench.errors import DataError
-from cilbench.streams import ClassIncrementalOptions, class_incremental_stream
+from cilbench.core.callbacks import Progress
+from cilbench.core.config import NonNegative
+from cilbench.core.errors import DataError
+from cilbench.data.downloads import CheckRow
+from cilbench.data.streams import ClassIncrementalOptions, Stream, class_incremental_stream
 
 log = logging.getLogger(__name__)
 

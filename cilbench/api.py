@@ -8,104 +8,24 @@ the stream's class order, so the classes seen after experience t are always 0..n
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 
-from cilbench.data import DatasetView
-from cilbench.registry import Registry
+from cilbench.core.registry import Registry
+from cilbench.data.sources import DatasetView
+from cilbench.data.streams import (
+    Experience,
+    StreamBuilder,
+    StreamInfo,
+)
 
 if TYPE_CHECKING:
-    from cilbench.backbones import Backbone
+    from cilbench.backbones.model import Backbone
     from cilbench.features import FeatureStore
-
-Scenario = Literal["class-incremental", "domain-incremental"]
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    """What a strategy may know about the stream before it starts."""
-
-    name: str
-    version: str
-    scenario: Scenario
-    num_classes: int
-    num_experiences: int
-    class_order: tuple[int, ...]
-    """Original label of stream label 0, 1, 2, ..."""
-    class_names: tuple[str, ...]
-    """Name of stream label 0, 1, 2, ..."""
-
-
-@dataclass(frozen=True)
-class Experience:
-    """One step of the stream: its training data and which classes it brings."""
-
-    index: int
-    train: DatasetView
-    classes: tuple[int, ...]
-    """Labels present in this experience's training data."""
-    new_classes: tuple[int, ...]
-    """Labels seen for the first time in this experience (empty in domain-incremental steps)."""
-    num_seen_classes: int
-    """Labels 0..num_seen_classes-1 have appeared so far; predictions score exactly these."""
-
-
-@dataclass(frozen=True)
-class Stream:
-    """A sequence of experiences plus the test sets the runner evaluates on.
-
-    Test set j is evaluated after every experience t >= `test_available_from[j]`: in a
-    class-incremental stream test set j holds the classes of experience j; a domain-incremental
-    stream has a single test set available from the start.
-    """
-
-    info: StreamInfo
-    experiences: tuple[Experience, ...]
-    test_sets: tuple[DatasetView, ...]
-    test_available_from: tuple[int, ...]
-
-    def __iter__(self) -> Iterator[Experience]:
-        return iter(self.experiences)
-
-    def __len__(self) -> int:
-        return len(self.experiences)
-
-    def test_sets_after(self, t: int) -> list[int]:
-        """Indices of the test sets to evaluate after training experience t."""
-        return [j for j, first in enumerate(self.test_available_from) if first <= t]
-
-    def unlabelled_train(self) -> list[DatasetView]:
-        """The training images of every experience with their labels removed (see `unlabelled`)."""
-        return [unlabelled(e.train) for e in self.experiences]
-
-
-def unlabelled(view: DatasetView) -> DatasetView:
-    """The same images with every label replaced by -1, so that no label can leak through."""
-    return DatasetView(view.source, view.indices, np.full(len(view), -1, dtype=np.int64))
-
-
-class StreamBuilder:
-    """Base of stream builders: subclasses are frozen dataclasses of options with `build`."""
-
-    version: ClassVar[str] = "1"
-    default_backbone: ClassVar[str] = "tiny-vit-random"
-    default_backbone_settings: ClassVar[Mapping[str, Any]] = {}
-    """Backbone settings (image_size, ...) applied whenever the default backbone is used."""
-
-    def build(self, data_root: Path | None) -> Stream:
-        """Load or locate the data under `data_root` and split it into a stream."""
-        raise NotImplementedError
-
-    def options(self) -> dict[str, Any]:
-        """The option values, for the result file."""
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
 
 @runtime_checkable
 class Strategy(Protocol):
@@ -137,7 +57,8 @@ class BaseStrategy:
 
     Config: ClassVar[type] = NoConfig
     recipes: ClassVar[Mapping[str, Any]] = {}
-    """Per-stream settings over the Config defaults: a `cilbench.recipes.Recipe` (or a list of
+    """Per-stream settings over the Config defaults: a `cilbench.engine.recipes.Recipe` (or a list
+    of
     them: variants and named alternatives), or a plain mapping such as {"epochs": 20}."""
     variant_key: ClassVar[str | None] = None
     """The Config field whose `--set` value picks a variant's recipe (ADAM's `peft`)."""
@@ -245,7 +166,7 @@ STRATEGIES: Registry[type[BaseStrategy]] = Registry(
     "strategy", package="cilbench.strategies", entry_point_group="cilbench.strategies"
 )
 STREAMS: Registry[type[StreamBuilder]] = Registry(
-    "stream", package="cilbench.benchmarks", entry_point_group="cilbench.streams"
+    "stream", package="cilbench.benchmarks", entry_point_group="cilbench.data.streams"
 )
 register_strategy = STRATEGIES.register
 register_stream = STREAMS.register

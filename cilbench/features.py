@@ -5,9 +5,10 @@ preprocessing, compute precision, source fingerprint) and stored as a safetensor
 atomically and verified by a checksum on every read. A damaged file is reported and rebuilt, never
 used; a changed key simply names another file, so stale features cannot be returned. A cache folder
 that cannot be written (read-only, full disk) costs speed, not the run: features stay in memory,
-with one warning. On CUDA the backbone runs in bf16 (`cilbench.devices`); `cilbench profile gpu`
+with one warning. On CUDA the backbone runs in bf16 (`cilbench.core.devices`); `cilbench profile
+gpu`
 reports how far those features are from float32 ones. Images are decoded in worker processes
-(`cilbench.data.loader_workers`).
+(`cilbench.data.sources.loader_workers`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,26 +26,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 
-from cilbench.backbones import Backbone
-from cilbench.callbacks import Progress, SilentProgress
-from cilbench.data import (
+from cilbench.backbones.model import Backbone
+from cilbench.core.callbacks import Progress, SilentProgress
+from cilbench.core.devices import autocast, compute_dtype
+from cilbench.core.files import atomic_path, remove_stale_temps, writable_problem
+from cilbench.data.sources import (
     DatasetView,
     ImageSource,
     loader_options,
     loader_workers,
     threads_beside_workers,
 )
-from cilbench.devices import autocast, compute_dtype
-from cilbench.files import atomic_path, remove_stale_temps, writable_problem
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "2"  # 2: the key names the compute precision
-
-
-def default_cache_dir() -> Path:
-    """$CILBENCH_CACHE, else ~/.cache/cilbench."""
-    return Path(os.environ.get("CILBENCH_CACHE", Path.home() / ".cache" / "cilbench"))
 
 
 def extract_features(

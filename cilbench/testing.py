@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, Stream
-from cilbench.backbones import Backbone, create_backbone
-from cilbench.config import resolve
+from cilbench.api import STRATEGIES, STREAMS, BaseStrategy
+from cilbench.backbones.model import Backbone, create_backbone
+from cilbench.core.config import resolve
+from cilbench.data.streams import Stream
+from cilbench.engine.loop import evaluate
+from cilbench.engine.recipes import recipes_of
 from cilbench.features import FeatureStore
-from cilbench.recipes import recipes_of
-from cilbench.runner import evaluate
 
 TINY_BACKBONE = "tiny-vit-random"
 

@@ -8,7 +8,8 @@ afterwards, for every experience, each new class gets the mean of its concatenat
 prototype. Old prototypes never change; a class that reappears (domain-incremental streams)
 updates its running mean.
 
-Config (see `cilbench.first_session.FirstSessionConfig`): `peft` picks the variant (adapter, ssf,
+Config (see `cilbench.learn.first_session.FirstSessionConfig`): `peft` picks the variant (adapter,
+ssf,
 vpt-shallow, vpt-deep, lora, finetune); the first-session fields default to the APER adapter
 settings on CIFAR-100. Recipes (`cilbench recipes adam`) hold every variant's reference settings
 per stream: `paper` from the authors' RevisitingCIL configs (IN-21k ViT; written for B0 Inc5 on
@@ -31,15 +32,16 @@ from typing import Any, ClassVar
 
 import torch
 
-from cilbench.adapters import PeftSettings, PeftVariant
-from cilbench.api import Experience, StreamInfo, register_strategy
-from cilbench.backbones import Backbone
-from cilbench.data import DatasetView
+from cilbench.api import register_strategy
+from cilbench.backbones.model import Backbone
+from cilbench.data.sources import DatasetView
+from cilbench.data.streams import Experience, StreamInfo
+from cilbench.engine.recipes import IN1K, PILOT, REVISITING_CIL, Recipe
 from cilbench.features import FeatureStore
-from cilbench.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
-from cilbench.prototypes import PrototypeStrategy, cosine_scores
-from cilbench.recipes import IN1K, PILOT, REVISITING_CIL, Recipe
-from cilbench.training import TrainSettings
+from cilbench.learn.adapters import PeftSettings, PeftVariant
+from cilbench.learn.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
+from cilbench.learn.prototypes import PrototypeStrategy, cosine_scores
+from cilbench.learn.training import TrainSettings
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
-from cilbench.backbones import Backbone, Preprocessing
-from cilbench.config import NonNegative, Positive, Range
-from cilbench.errors import CilbenchError
+from cilbench.api import BaseStrategy, register_strategy
+from cilbench.backbones.model import Backbone
+from cilbench.backbones.preprocessing import Preprocessing
+from cilbench.core.config import NonNegative, Positive, Range
+from cilbench.core.errors import CilbenchError
+from cilbench.data.streams import Experience, StreamInfo
 from cilbench.features import FeatureStore
-from cilbench.heads import HeadedNetwork, load_network, network_state
-from cilbench.training import NonFiniteLossError, TrainSettings, make_optimizer, make_scheduler
+from cilbench.learn.heads import HeadedNetwork, load_network, network_state
+from cilbench.learn.training import (
+    NonFiniteLossError,
+    TrainSettings,
+    make_optimizer,
+    make_scheduler,
+)
 
 
 @dataclass(frozen=True)

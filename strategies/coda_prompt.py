@@ -19,7 +19,8 @@ shuffles only for seed > 0), so the CIFAR-100 and ImageNet-R recipes set
 
 Where cilbench differs: the orthogonality penalty (weight 0 in the reference runs) is not
 implemented; new components are orthogonal to the span of the earlier ones (see
-`cilbench.prompts`); prompt weights use the shared frozen backbone's cached query at evaluation;
+`cilbench.learn.prompts`); prompt weights use the shared frozen backbone's cached query at
+evaluation;
 `query_from_cache=true` also trains on cached queries (the reference: augmented view); cilbench's
 growing head (trunc-normal init) replaces one `nn.Linear` over all classes. CPU demo recipes use
 fewer components so they fit the tiny test ViT's 64 dimensions.
@@ -31,9 +32,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from cilbench.api import StreamInfo, register_strategy
-from cilbench.prompt_learner import PromptLearner, PromptLearnerConfig
-from cilbench.prompts import ComponentPool, Prompter, check_prompt_layers
+from cilbench.api import register_strategy
+from cilbench.data.streams import StreamInfo
+from cilbench.learn.prompt_learner import PromptLearner, PromptLearnerConfig
+from cilbench.learn.prompts import ComponentPool, Prompter, check_prompt_layers
 
 
 @dataclass(frozen=True)

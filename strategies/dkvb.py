@@ -61,12 +61,13 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from cilbench.api import STREAMS, BaseStrategy, Experience, register_strategy
-from cilbench.config import AtMostField, NonNegative, Positive, Range, Registered, resolve
-from cilbench.data import DatasetView
-from cilbench.errors import CilbenchError
-from cilbench.recipes import DKVB_EXPERIMENTS, Recipe
-from cilbench.training import NonFiniteLossError, TrainSettings, make_optimizer
+from cilbench.api import STREAMS, BaseStrategy, register_strategy
+from cilbench.core.config import AtMostField, NonNegative, Positive, Range, Registered, resolve
+from cilbench.core.errors import CilbenchError
+from cilbench.data.sources import DatasetView
+from cilbench.data.streams import Experience
+from cilbench.engine.recipes import DKVB_EXPERIMENTS, Recipe
+from cilbench.learn.training import NonFiniteLossError, TrainSettings, make_optimizer
 
 KEY_INIT_INDEX = -1
 """`generator(KEY_INIT_INDEX)` draws projections and keys: independent of every experience's."""

@@ -9,7 +9,7 @@ Config: `epochs`, `batch_size`, `lr` (head), `backbone_lr_scale` (backbone lr = 
 `optimizer`, `momentum`, `weight_decay` (`first_weight_decay`: on experience 0, None = the same),
 `schedule`, `milestones`, `gamma`, `grad_clip`, `num_workers`, `train_backbone`, `loss` (`seen`:
 cross-entropy over every class seen so far; `new`: over this experience's new classes only),
-`freeze_old_heads`, `fresh_final_norm` (see `cilbench.heads.HeadedNetwork`).
+`freeze_old_heads`, `fresh_final_norm` (see `cilbench.learn.heads.HeadedNetwork`).
 
 The papers define this bound differently; each definition is a named recipe (`--set recipe=...`,
 `cilbench recipes finetune`), and the result records which one ran:
@@ -33,16 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
-from cilbench.augment import training_data
-from cilbench.backbones import Backbone
-from cilbench.config import NonNegative
-from cilbench.data import DatasetView
-from cilbench.errors import ConfigError
+from cilbench.api import BaseStrategy, register_strategy
+from cilbench.backbones.model import Backbone
+from cilbench.core.config import NonNegative
+from cilbench.core.errors import ConfigError
+from cilbench.data.augment import training_data
+from cilbench.data.sources import DatasetView
+from cilbench.data.streams import Experience, StreamInfo
+from cilbench.engine.recipes import IN1K, PILOT, SLCA, Recipe, shared_head_recipe
 from cilbench.features import FeatureStore
-from cilbench.heads import HeadedNetwork, load_network, network_state
-from cilbench.recipes import IN1K, PILOT, SLCA, Recipe, shared_head_recipe
-from cilbench.training import TrainSettings, fit
+from cilbench.learn.heads import HeadedNetwork, load_network, network_state
+from cilbench.learn.training import TrainSettings, fit
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from cilbench.api import Experience, StreamInfo, register_strategy
-from cilbench.backbones import Backbone
-from cilbench.data import DatasetView, ImageSource
-from cilbench.errors import CilbenchError, ConfigError
+from cilbench.api import register_strategy
+from cilbench.backbones.model import Backbone
+from cilbench.core.errors import CilbenchError, ConfigError
+from cilbench.data.sources import DatasetView, ImageSource
+from cilbench.data.streams import Experience, StreamInfo
+from cilbench.engine.recipes import IN1K, RANPAC, Recipe, shared_head_recipe
 from cilbench.features import FeatureStore
-from cilbench.recipes import IN1K, RANPAC, Recipe, shared_head_recipe
 from cilbench.strategies.finetune import Finetune
 
 

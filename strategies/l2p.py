@@ -7,7 +7,7 @@ Wang et al., "Learning to Prompt for Continual Learning" (CVPR 2022); follows th
 `top_k` prompts with the most similar keys, whose tokens are inserted before block 0; the head reads
 the mean of the output prompt tokens. Loss: cross-entropy over the seen classes with the other
 experiences' logits masked, minus `pull_coeff` x the pull constraint (which draws the chosen keys
-towards the queries). Shared pieces: `cilbench.prompts`, `cilbench.prompt_learner`.
+towards the queries). Shared pieces: `cilbench.learn.prompts`, `cilbench.learn.prompt_learner`.
 
 Config (defaults, source): `pool_size` 10, `prompt_length` 5, `top_k` 5, `prompt_layers` (0,)
 (prompt-tuning; `prefix=true` prefix-tunes them instead), `readout` "prompts" (the reference's
@@ -40,9 +40,10 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from cilbench.api import StreamInfo, register_strategy
-from cilbench.prompt_learner import PromptLearner, PromptLearnerConfig
-from cilbench.prompts import (
+from cilbench.api import register_strategy
+from cilbench.data.streams import StreamInfo
+from cilbench.learn.prompt_learner import PromptLearner, PromptLearnerConfig
+from cilbench.learn.prompts import (
     KeyedPrompter,
     Prompter,
     PromptPool,

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from cilbench.api import register_strategy
-from cilbench.prototypes import PrototypeStrategy
-from cilbench.recipes import JANSON, Recipe
+from cilbench.engine.recipes import JANSON, Recipe
+from cilbench.learn.prototypes import PrototypeStrategy
 
 
 def _janson(script: str, **settings: Any) -> Recipe:

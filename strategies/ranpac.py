@@ -11,7 +11,8 @@ measuring the squared error on the other 20%, as the reference code does (an exp
 to split keeps the previous lambda, 1 at the start).
 
 Config: `peft` ('none' skips the first session), the first-session fields of
-`cilbench.first_session.FirstSessionConfig`, `projection_dim` (M), `ridges`, `validation_fraction`.
+`cilbench.learn.first_session.FirstSessionConfig`, `projection_dim` (M), `ridges`,
+`validation_fraction`.
 
 Recipes (`cilbench recipes ranpac`): `paper` from the authors' args/<dataset>_publish.csv rows
 (Phase 1 = the PEFT variant, 20 epochs, lr 0.01, batch 48; `--set peft=none` picks the no-Phase-1
@@ -34,15 +35,16 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from cilbench.adapters import PeftSettings
-from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
-from cilbench.backbones import Backbone
-from cilbench.config import Positive, Range
-from cilbench.data import DatasetView
+from cilbench.api import BaseStrategy, register_strategy
+from cilbench.backbones.model import Backbone
+from cilbench.core.config import Positive, Range
+from cilbench.data.sources import DatasetView
+from cilbench.data.streams import Experience, StreamInfo
+from cilbench.engine.recipes import IN1K, PILOT, RANPAC, Recipe
 from cilbench.features import FeatureStore
-from cilbench.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
-from cilbench.recipes import IN1K, PILOT, RANPAC, Recipe
-from cilbench.training import TrainSettings
+from cilbench.learn.adapters import PeftSettings
+from cilbench.learn.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
+from cilbench.learn.training import TrainSettings
 
 RIDGES = tuple(10.0**k for k in range(-8, 9))
 

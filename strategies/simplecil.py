@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import torch
 
 from cilbench.api import register_strategy
-from cilbench.prototypes import PrototypeStrategy, cosine_scores
-from cilbench.recipes import IN1K, PILOT, REVISITING_CIL, Recipe
+from cilbench.engine.recipes import IN1K, PILOT, REVISITING_CIL, Recipe
+from cilbench.learn.prototypes import PrototypeStrategy, cosine_scores
 
 
 def _paper(config: str, protocol: str, published: str) -> Recipe:

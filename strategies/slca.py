@@ -52,15 +52,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
-from cilbench.augment import training_data
-from cilbench.backbones import Backbone
-from cilbench.config import NonNegative, Positive, Range
-from cilbench.data import loader_workers
-from cilbench.errors import CilbenchError
+from cilbench.api import BaseStrategy, register_strategy
+from cilbench.backbones.model import Backbone
+from cilbench.core.config import NonNegative, Positive, Range
+from cilbench.core.errors import CilbenchError
+from cilbench.data.augment import training_data
+from cilbench.data.sources import loader_workers
+from cilbench.data.streams import Experience, StreamInfo
+from cilbench.engine.recipes import IN1K, PILOT, Recipe
+from cilbench.engine.recipes import SLCA as SLCA_CODE
 from cilbench.features import FeatureStore, extract_features
-from cilbench.gaussians import ClassGaussians
-from cilbench.heads import (
+from cilbench.learn.gaussians import ClassGaussians
+from cilbench.learn.heads import (
     HeadedNetwork,
     TaskHeads,
     heads_state,
@@ -68,9 +71,13 @@ from cilbench.heads import (
     load_network,
     network_state,
 )
-from cilbench.recipes import IN1K, PILOT, Recipe
-from cilbench.recipes import SLCA as SLCA_CODE
-from cilbench.training import NonFiniteLossError, TrainSettings, fit, make_optimizer, make_scheduler
+from cilbench.learn.training import (
+    NonFiniteLossError,
+    TrainSettings,
+    fit,
+    make_optimizer,
+    make_scheduler,
+)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from cilbench.benchmarks import core50, imagenet_r, vtab
-from cilbench.downloads import record_checksums
+from cilbench.data.downloads import record_checksums
 
 WNIDS = tuple(sorted(f"n{1440764 + 37 * i:08d}" for i in range(imagenet_r.NUM_CLASSES)))
 

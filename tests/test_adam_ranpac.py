@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from sklearn.linear_model import Ridge
 from timm.models.vision_transformer import VisionTransformer
 
-from cilbench.backbones import create_backbone
-from cilbench.errors import ConfigError
-from cilbench.runner import RunSpec, run
+from cilbench.backbones.model import create_backbone
+from cilbench.core.errors import ConfigError
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
 from cilbench.strategies.ranpac import RIDGES, select_ridge
 from cilbench.testing import check_strategy, make_strategy, synthetic_stream, tiny_backbone
 

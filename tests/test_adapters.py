@@ -8,9 +8,9 @@ import pytest
 import timm
 import torch
 
-from cilbench.adapters import VIT_ONLY, AdaptedBlock, PeftSettings, apply_peft
-from cilbench.errors import ConfigError
+from cilbench.core.errors import ConfigError
 from cilbench.features import FeatureStore
+from cilbench.learn.adapters import VIT_ONLY, AdaptedBlock, PeftSettings, apply_peft
 from cilbench.testing import synthetic_stream, tiny_backbone, tiny_dinov2_vit
 
 

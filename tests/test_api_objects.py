@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from cilbench import BACKBONES, RunSpec, create_backbone, run
 from cilbench.benchmarks.synthetic import Synthetic
-from cilbench.downloads import sha256_file
+from cilbench.data.downloads import sha256_file
 
 
 def test_objects_and_names_give_the_same_run(tmp_path: Path):

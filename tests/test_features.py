@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from cilbench.backbones import Backbone, BackboneSpec, create_backbone
+from cilbench.backbones.model import Backbone, create_backbone
+from cilbench.backbones.spec import BackboneSpec
 from cilbench.features import FeatureStore
 from cilbench.testing import synthetic_stream, tiny_backbone
 

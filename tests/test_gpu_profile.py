@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cilbench.engine.spec import RunSpec
 from cilbench.profiles.gpu import profile_gpu
-from cilbench.runner import RunSpec
 
 
 def _tiny_vit_macs() -> int:

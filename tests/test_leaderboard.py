@@ -10,11 +10,17 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from cilbench.cli import app
-from cilbench.errors import RegistryError
-from cilbench.leaderboard import LeaderboardError, add, aggregate, load_board, load_references
-from cilbench.leaderboard_pages import build, stale
-from cilbench.results import RunResult, load_result, save_result
+from cilbench.boards.leaderboard import (
+    LeaderboardError,
+    add,
+    aggregate,
+    load_board,
+    load_references,
+)
+from cilbench.boards.pages import build, stale
+from cilbench.cli.app import app
+from cilbench.core.errors import RegistryError
+from cilbench.core.results import RunResult, load_result, save_result
 
 REPO_BOARDS = Path(__file__).parents[1] / "leaderboards"
 OPTIONS = {"num_classes": 2, "increment": 1, "init_classes": 0, "class_order": "natural"}
@@ -259,7 +265,7 @@ def test_run_from_replays_a_stored_result(tmp_path: Path):
 )
 def test_strategies_declare_leaderboard_flags(name, settings, frozen, future_inputs):
     from cilbench.api import STRATEGIES
-    from cilbench.config import resolve
+    from cilbench.core.config import resolve
 
     cls = STRATEGIES.get(name)
     flags = cls(resolve(cls.Config, settings)).leaderboard_flags()

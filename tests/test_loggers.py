@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from cilbench.errors import ConfigError
-from cilbench.loggers import make_loggers
-from cilbench.results import RunResult
-from cilbench.runner import RunSpec, run
+from cilbench.core.errors import ConfigError
+from cilbench.core.results import RunResult
+from cilbench.engine.loggers import make_loggers
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
 
 EPOCHS = 2
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cilbench import metrics
+from cilbench.core import metrics
 
 NAN = np.nan
 # After task 0: 90 on test set 0. After 1: 80, 70. After 2: 60, 65, 50.

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from cilbench import onnx_dinov2
-from cilbench.backbones import create_backbone
+from cilbench.backbones import dinov2_onnx as onnx_dinov2
+from cilbench.backbones.model import create_backbone
 
 onnx = pytest.importorskip("onnx")
 onnxruntime = pytest.importorskip("onnxruntime")

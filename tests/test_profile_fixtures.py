@@ -7,8 +7,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cilbench.benchmarks.vtab import Vtab
-from cilbench.cli import app
-from cilbench.errors import ConfigError
+from cilbench.cli.app import app
+from cilbench.core.errors import ConfigError
 from cilbench.profiles.fixtures import MARKER, write_synthetic_stream
 
 

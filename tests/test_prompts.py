@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from cilbench.augment import training_data
-from cilbench.data import DatasetView, FileSource
+from cilbench.data.augment import training_data
+from cilbench.data.sources import DatasetView, FileSource
+from cilbench.engine.loop import evaluate, run
+from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
-from cilbench.prompts import (
+from cilbench.learn.prompts import (
     ComponentPool,
     KeyedPrompter,
     LayerPrompts,
@@ -23,9 +25,8 @@ from cilbench.prompts import (
     pull_constraint,
     select_top_k,
 )
-from cilbench.runner import RunSpec, evaluate, run
+from cilbench.learn.training import TrainSettings, WithPositions, make_scheduler
 from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone, tiny_dinov2_vit
-from cilbench.training import TrainSettings, WithPositions, make_scheduler
 
 PROMPT_STRATEGIES = ["l2p", "dualprompt", "coda-prompt"]
 
@@ -256,7 +257,7 @@ def test_run_finishes_and_records_the_query_flags(name: str, tmp_path):
 
 def test_coda_recipe_sets_the_natural_class_order(tmp_path, monkeypatch):
     """A recipe's `stream.*` keys reach the stream, and the resolved config records them."""
-    from cilbench.runner import prepare
+    from cilbench.engine.loop import prepare
     from cilbench.strategies.coda_prompt import CodaPrompt
 
     for stream in ("split-cifar100", "split-imagenet-r"):
@@ -280,9 +281,9 @@ def test_query_from_cache_trains_the_keys(trained_l2p):
 def test_masked_head_profile_trains_only_the_new_head():
     """The prompt methods' head protocol: old heads get no gradient through masked logits."""
     from cilbench.features import FeatureStore
-    from cilbench.heads import TaskHeads
+    from cilbench.learn.heads import TaskHeads
+    from cilbench.learn.training import TrainSettings
     from cilbench.profiles.masked_head import masked_head_accuracy, train_masked
-    from cilbench.training import TrainSettings
 
     backbone, stream = tiny_backbone(), synthetic_stream()
     store = FeatureStore(backbone, cache_dir=None)

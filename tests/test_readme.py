@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from cilbench.api import STRATEGIES
-from cilbench.backbones import BACKBONES
-from cilbench.downloads import sha256_file
+from cilbench.backbones.spec import BACKBONES
+from cilbench.data.downloads import sha256_file
 
 README = Path(__file__).parents[1] / "README.md"
 

@@ -12,12 +12,14 @@ import pytest
 
 from cilbench.api import STRATEGIES, STREAMS
 from cilbench.benchmarks.synthetic import Synthetic
-from cilbench.errors import ConfigError
-from cilbench.recipes import IN1K, IN21K, Recipe, recipes_of
-from cilbench.runner import RunSpec, resolve_run, run
-from cilbench.streams import class_order
+from cilbench.core.errors import ConfigError
+from cilbench.data.streams import class_order
+from cilbench.engine.loop import run
+from cilbench.engine.recipes import IN1K, IN21K, Recipe, recipes_of
+from cilbench.engine.spec import RunSpec, resolve_run
 
-# Files the values below were read from (repository @ the commit named in cilbench/recipes.py).
+# Files the values below were read from (repository @ the commit named in
+# cilbench/engine/recipes.py).
 RC = "zhoudw-zdw/RevisitingCIL exps/"
 PILOT = "LAMDA-CL/LAMDA-PILOT exps/"
 RANPAC = "RanPAC/RanPAC args/"
@@ -295,7 +297,7 @@ def test_custom_stream_falls_back_visibly(
     values = resolved_values("slca", "my-stream", {})
     assert values["epochs"] == 20 and values["augment.brightness"] == pytest.approx(63 / 255)
     assert "backbone.normalization" not in values  # not the CIFAR recipe's mean/std
-    with caplog.at_level(logging.WARNING, logger="cilbench.runner"):
+    with caplog.at_level(logging.WARNING, logger="cilbench.engine.loop"):
         result = run(
             RunSpec(
                 strategy="simplecil",
@@ -354,7 +356,7 @@ def test_recipe_of_a_strategy_without_recipes_is_its_defaults():
     class Plain:
         recipes: ClassVar[dict] = {}
 
-    from cilbench.recipes import choose
+    from cilbench.engine.recipes import choose
 
     chosen = choose("plain", Plain, "synthetic", {})
     assert chosen.recipe.name == "defaults" and chosen.fallback == ""
@@ -367,9 +369,9 @@ def test_recipes_command_prints_every_variant_with_its_source(monkeypatch: pytes
     from rich.console import Console
     from typer.testing import CliRunner
 
-    from cilbench.cli import app
+    from cilbench.cli.app import app
 
-    monkeypatch.setattr("cilbench.cli.stdout", Console(width=250))
+    monkeypatch.setattr("cilbench.cli.app.stdout", Console(width=250))
     runner = CliRunner()
     result = runner.invoke(app, ["recipes", "adam", "--stream", "split-imagenet-r"])
     assert result.exit_code == 0, result.output

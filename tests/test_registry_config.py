@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 import pytest
 
 from cilbench.api import STRATEGIES, STREAMS
-from cilbench.backbones import BackboneSpec
-from cilbench.config import (
+from cilbench.backbones.spec import BackboneSpec
+from cilbench.core.config import (
     NonNegative,
     OneOf,
     Positive,
@@ -19,9 +19,9 @@ from cilbench.config import (
     resolve,
     split_sections,
 )
-from cilbench.errors import ConfigError, RegistryError
-from cilbench.recipes import recipes_of
-from cilbench.registry import Registry
+from cilbench.core.errors import ConfigError, RegistryError
+from cilbench.core.registry import Registry
+from cilbench.engine.recipes import recipes_of
 
 
 def test_unknown_name_suggests_the_nearest():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cilbench.errors import CorruptFileError
-from cilbench.results import RunResult, load_result, save_result
+from cilbench.core.errors import CorruptFileError
+from cilbench.core.results import RunResult, load_result, save_result
 
 
 def _result() -> RunResult:

@@ -13,9 +13,9 @@ from stream_fixtures import accept_cifar_fixture, write_cifar100
 from typer.testing import CliRunner
 
 from cilbench.benchmarks.cifar100 import SplitCifar100
-from cilbench.cli import app
-from cilbench.errors import DataError
-from cilbench.safe_pickle import load_plain_pickle, loads_plain
+from cilbench.cli.app import app
+from cilbench.core.errors import DataError
+from cilbench.data.safe_pickle import load_plain_pickle, loads_plain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,7 +156,7 @@ def test_crafted_cifar_pickle_through_the_cli(tmp_path, monkeypatch) -> None:  #
 # --- audit: every loader in the source tree is a safe one -------------------------------------
 
 UNSAFE_LOADERS = {
-    r"\bpickle\.loads?\(": "pickle.load runs code from the file; use cilbench.safe_pickle",
+    r"\bpickle\.loads?\(": "pickle.load runs code from the file; use cilbench.data.safe_pickle",
     r"\bUnpickler\(": "a plain Unpickler runs code; use PlainUnpickler",
     r"\b(joblib|dill|shelve|marshal|cloudpickle)\.(loads?|open)\(": "these unpickle",
     r"\byaml\.(unsafe_)?load\(": "use yaml.safe_load",

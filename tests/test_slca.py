@@ -7,17 +7,17 @@ import copy
 import pytest
 import torch
 
-from cilbench.augment import resolve_augmentation
-from cilbench.backbones import create_backbone
-from cilbench.errors import CilbenchError
+from cilbench.backbones.model import create_backbone
+from cilbench.core.errors import CilbenchError
+from cilbench.data.augment import resolve_augmentation
+from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
-from cilbench.gaussians import ClassGaussians
+from cilbench.learn.gaussians import ClassGaussians
+from cilbench.learn.training import TrainSettings, make_optimizer
 from cilbench.profiles import PROFILES
 from cilbench.profiles.slca_alignment import train_on_features
-from cilbench.runner import RunSpec
 from cilbench.strategies.slca import normalize_logits
 from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
-from cilbench.training import TrainSettings, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +156,8 @@ def test_slca_refuses_experiences_without_new_classes():
 
 
 def test_profile_reports_throughput_and_stage_shares():
+    from cilbench.engine.spec import RunSpec
     from cilbench.profiles import PROFILES
-    from cilbench.runner import RunSpec
 
     figures = PROFILES.get("slca")(RunSpec(stream="synthetic", cache_dir=None, device="cpu"))
     assert figures["slow learner, cilbench fit (img/s)"] > 0
@@ -166,7 +166,7 @@ def test_profile_reports_throughput_and_stage_shares():
 
 
 def test_a_diverging_alignment_stops_with_a_clear_error(stream):
-    from cilbench.training import NonFiniteLossError
+    from cilbench.learn.training import NonFiniteLossError
 
     strategy = make_strategy("slca", tiny_backbone(), stream, ca_lr=1e38, epochs=1)
     strategy.train_experience(stream.experiences[0])

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cilbench.benchmarks import fashion_mnist
-from cilbench.errors import ConfigError, DataError
-from cilbench.streams import class_order, task_classes
+from cilbench.core.errors import ConfigError, DataError
+from cilbench.data.streams import class_order, task_classes
 from cilbench.testing import check_stream
 
 

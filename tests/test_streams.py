@@ -24,12 +24,12 @@ from typer.testing import CliRunner
 
 from cilbench.api import STRATEGIES, STREAMS
 from cilbench.benchmarks import core50, imagenet_r, vtab
-from cilbench.cli import app
-from cilbench.config import resolve
-from cilbench.errors import DataError
+from cilbench.cli.app import app
+from cilbench.core.config import resolve
+from cilbench.core.errors import DataError
+from cilbench.data.streams import class_order
+from cilbench.engine.loop import evaluate
 from cilbench.features import FeatureStore
-from cilbench.runner import evaluate
-from cilbench.streams import class_order
 from cilbench.testing import check_stream, tiny_backbone
 
 WRITERS = {

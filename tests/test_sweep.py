@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cilbench.callbacks import RunCallback
-from cilbench.cli import app
-from cilbench.errors import ConfigError, RegistryError
-from cilbench.results import load_result
-from cilbench.runner import RunSpec, run
-from cilbench.sweep import (
+from cilbench.cli.app import app
+from cilbench.core.callbacks import RunCallback
+from cilbench.core.errors import ConfigError, RegistryError
+from cilbench.core.results import load_result
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
+from cilbench.engine.sweep import (
     LocalExecutor,
     Outcome,
     RayExecutor,
@@ -156,8 +157,8 @@ def test_submitit_local_executor_gives_the_local_metrics(tmp_path: Path):
 KILL_SWEEP_INSIDE_SECOND_RUN = """
 import os, signal, sys, threading, time
 from pathlib import Path
-from cilbench.runner import RunSpec
-from cilbench.sweep import expand_grid, sweep
+from cilbench.engine.spec import RunSpec
+from cilbench.engine.sweep import expand_grid, sweep
 
 base = RunSpec(stream="synthetic", out_dir=Path(sys.argv[1]))
 specs = expand_grid(base, ["finetune"], ["synthetic"], [0, 1, 2])
@@ -204,7 +205,7 @@ def test_pool_workers_end_with_a_killed_sweep():
     import multiprocessing
     import signal
 
-    from cilbench.sweep import _start_worker
+    from cilbench.engine.sweep import _start_worker
 
     with concurrent.futures.ProcessPoolExecutor(
         1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker, initargs=(1,)

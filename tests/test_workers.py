@@ -10,8 +10,10 @@ import pytest
 import torch
 from stream_fixtures import write_vtab
 
-from cilbench.augment import training_data
-from cilbench.data import (
+from cilbench.core.devices import autocast, compute_dtype, pins_memory
+from cilbench.core.errors import ConfigError
+from cilbench.data.augment import training_data
+from cilbench.data.sources import (
     MAX_DEFAULT_WORKERS,
     ArraySource,
     FileSource,
@@ -20,12 +22,11 @@ from cilbench.data import (
     loader_workers,
     threads_beside_workers,
 )
-from cilbench.devices import autocast, compute_dtype, pins_memory
-from cilbench.errors import ConfigError
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
-from cilbench.runner import RunSpec, run
+from cilbench.learn.training import TrainSettings, fit
 from cilbench.testing import tiny_backbone
-from cilbench.training import TrainSettings, fit
 
 
 def test_default_workers_follow_the_cpu_affinity(monkeypatch):
@@ -55,7 +56,7 @@ def test_inference_threads_leave_the_decoding_workers_their_cores(monkeypatch):
 
 
 def test_default_workers_go_to_decoding_or_to_a_gpu(tmp_path, monkeypatch):
-    monkeypatch.setattr("cilbench.data.default_workers", lambda: 3)
+    monkeypatch.setattr("cilbench.data.sources.default_workers", lambda: 3)
     (tmp_path / "a.jpg").write_bytes(b"")
     files = FileSource(tmp_path, ["a.jpg"], [0], "files")
     arrays = ArraySource(np.zeros((1, 4, 4), dtype=np.uint8), np.zeros(1), "arrays")

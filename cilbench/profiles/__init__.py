@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cilbench.registry import Registry
-from cilbench.runner import RunSpec
+from cilbench.core.registry import Registry
+from cilbench.engine.spec import RunSpec
 
 Figures = dict[str, float | int | str]
 ProfileFunction = Callable[[RunSpec], Figures]

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
-from cilbench.backbones import Backbone
-from cilbench.data import DatasetView, batching
-from cilbench.devices import autocast, synchronize
-from cilbench.training import TrainSettings, make_optimizer
+from cilbench.backbones.model import Backbone
+from cilbench.core.devices import autocast, synchronize
+from cilbench.data.sources import DatasetView, batching
+from cilbench.learn.training import TrainSettings, make_optimizer
 
 
 def prepared_batches(backbone: Backbone, view: DatasetView, batch_size: int) -> list[torch.Tensor]:
@@ -43,7 +43,7 @@ def forward_seconds(backbone: Backbone, batches: list[torch.Tensor]) -> float:
 def training_rate(backbone: Backbone, view: DatasetView, settings: TrainSettings) -> float:
     """Images/s of plain training (fresh model + linear head, `settings`' optimiser and batch
     size, `settings.epochs` epochs) on batches augmented beforehand, as cilbench augments them."""
-    from cilbench.augment import training_data
+    from cilbench.data.augment import training_data
 
     data, prepare = training_data(backbone, [view])
     loader = DataLoader(data, **batching(data, _sampler(data), settings.batch_size))

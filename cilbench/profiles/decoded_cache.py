@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cilbench.backbones import Preprocessing
-from cilbench.data import DatasetView, ImageSource
-from cilbench.decoded_cache import DecodedSource
+from cilbench.backbones.preprocessing import Preprocessing
+from cilbench.data.decoded_cache import DecodedSource
+from cilbench.data.sources import DatasetView, ImageSource
+from cilbench.engine.spec import RunSpec
 from cilbench.profiles import Figures, register_profile
 from cilbench.profiles.fixtures import write_jpeg_classes
-from cilbench.runner import RunSpec
 
 CLASSES = 8
 PER_CLASS = 25

@@ -12,9 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from cilbench.core.results import RunResult
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
 from cilbench.profiles import Figures, register_profile
-from cilbench.results import RunResult
-from cilbench.runner import RunSpec, run
 
 
 @register_profile("dkvb", ignores=("--strategy",))

@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 
 from cilbench.api import STRATEGIES
-from cilbench.errors import ConfigError, did_you_mean
+from cilbench.core.errors import ConfigError, did_you_mean
+from cilbench.engine.loop import PreparedRun, evaluate, prepare
+from cilbench.engine.spec import RunSpec, resolve_device
 from cilbench.features import FeatureStore
 from cilbench.profiles import Figures, register_profile
-from cilbench.runner import PreparedRun, RunSpec, evaluate, prepare, resolve_device
 
 UPDATE_IMAGES = 2000
 UPDATE_DIM = 768

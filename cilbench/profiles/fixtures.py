@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cilbench.data import FileSource
-from cilbench.errors import ConfigError, did_you_mean
+from cilbench.core.errors import ConfigError, did_you_mean
+from cilbench.data.sources import FileSource
 
 MARKER = "synthetic-jpegs.json"
 SIZES = (300, 601)  # side lengths drawn in [300, 600]

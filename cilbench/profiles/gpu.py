@@ -9,7 +9,8 @@ training images of `--stream` (default: the shipped demo stream) it measures, si
 2. bf16 vs float32 features of the training and test images: largest deviation, and the final
    accuracy of NMC on each (bf16 through CPU autocast on the CPU, so the figure is real there too);
 3. training images/s of SLCA's slow learner, ADAM's first session (adapter) and finetune, one
-   epoch on experience 0 through `cilbench.training.fit`, vs a bare forward+backward loop, with
+   epoch on experience 0 through `cilbench.learn.training.fit`, vs a bare forward+backward loop,
+   with
    the peak GPU memory of each;
 4. the model's multiply-accumulates per image (counted by torch's FlopCounterMode with attention
    unfused, as the counter does not see fused kernels: 17.6 GMAC for ViT-B/16 at 224 px) and
@@ -29,15 +30,16 @@ from typing import Any
 
 import torch
 
-from cilbench.backbones import Backbone
-from cilbench.callbacks import Advance
-from cilbench.data import DatasetView
-from cilbench.devices import compute_dtype, synchronize
+from cilbench.backbones.model import Backbone
+from cilbench.core.callbacks import Advance
+from cilbench.core.devices import compute_dtype, synchronize
+from cilbench.data.sources import DatasetView
+from cilbench.engine.loop import PreparedRun, evaluate, prepare
+from cilbench.engine.spec import RunSpec, resolve_device
 from cilbench.features import FeatureStore, extract_features
+from cilbench.learn.training import TrainSettings
 from cilbench.profiles import Figures, register_profile
 from cilbench.profiles.bare import forward_seconds, prepared_batches, training_rate
-from cilbench.runner import PreparedRun, RunSpec, evaluate, prepare, resolve_device
-from cilbench.training import TrainSettings
 
 GPU_BACKBONE = "vit-base-random"
 CPU_BACKBONE = "tiny-vit-random"

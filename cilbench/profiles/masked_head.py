@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from cilbench.api import Experience, Stream
+from cilbench.data.streams import Experience, Stream
+from cilbench.engine.loop import prepare
+from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
-from cilbench.heads import TaskHeads, heads_accuracy
+from cilbench.learn.heads import TaskHeads, heads_accuracy
+from cilbench.learn.training import TrainSettings, fit
 from cilbench.profiles import Figures, register_profile
-from cilbench.runner import RunSpec, prepare
-from cilbench.training import TrainSettings, fit
 
 LEARNING_RATES = (0.03 * 16 / 256, 0.01, 0.05)
 """L2P's default lr, then 5x and 25x more."""

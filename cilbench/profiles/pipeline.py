@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
-from cilbench.backbones import Backbone
-from cilbench.data import DatasetView, ImageSource, default_workers, loader_workers
+from cilbench.backbones.model import Backbone
+from cilbench.data.sources import DatasetView, ImageSource, default_workers, loader_workers
+from cilbench.engine.loop import prepare, run
+from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
 from cilbench.profiles import Figures, register_profile
 from cilbench.profiles.bare import forward_seconds, prepared_batches
-from cilbench.runner import RunSpec, prepare, run
 
 ROUNDS = 3
 

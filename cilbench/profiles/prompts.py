@@ -26,10 +26,12 @@ from typing import Any
 
 import torch
 
-from cilbench.api import BaseStrategy, Stream
+from cilbench.api import BaseStrategy
+from cilbench.data.streams import Stream
+from cilbench.engine.loop import predictions, prepare
+from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
 from cilbench.profiles import Figures, register_profile
-from cilbench.runner import RunSpec, predictions, prepare
 
 STRATEGIES = ("l2p", "coda-prompt")
 

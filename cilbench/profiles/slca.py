@@ -1,7 +1,8 @@
 """`cilbench profile slca`: what one SLCA experience costs, against a bare timm training loop.
 
 SLCA trains experience 0 (warm-up, not timed), then experiences 1-3 (as many as the stream has),
-timing each one's three stages itself: the slow learner (stage 1, through `cilbench.training.fit`:
+timing each one's three stages itself: the slow learner (stage 1, through
+`cilbench.learn.training.fit`:
 data loading and augmentation included), the per-class statistics, and classifier alignment.
 After each experience a bare loop trains a fresh copy of the same backbone and a head with the
 same optimiser settings on the same number of batches, already augmented and on the device, with
@@ -19,13 +20,14 @@ from typing import cast
 
 import numpy as np
 
-from cilbench.errors import ConfigError
+from cilbench.core.errors import ConfigError
+from cilbench.engine.loop import prepare
+from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
+from cilbench.learn.training import TrainSettings
 from cilbench.profiles import Figures, register_profile
 from cilbench.profiles.bare import training_rate
-from cilbench.runner import RunSpec, prepare
 from cilbench.strategies.slca import SLCA
-from cilbench.training import TrainSettings
 
 ROUNDS = 3
 

@@ -20,12 +20,13 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from cilbench.api import Stream
-from cilbench.data import DatasetView
+from cilbench.data.sources import DatasetView
+from cilbench.data.streams import Stream
+from cilbench.engine.loop import PreparedRun, prepare
+from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
-from cilbench.heads import heads_accuracy
+from cilbench.learn.heads import heads_accuracy
 from cilbench.profiles import Figures, register_profile
-from cilbench.runner import PreparedRun, RunSpec, prepare
 from cilbench.strategies.slca import SLCA
 
 

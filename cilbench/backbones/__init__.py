@@ -1,0 +1,1 @@
+"""Backbones: timm models with pinned weights and explicit preprocessing."""

@@ -1,0 +1,1 @@
+"""Backbone presets, one module per family; each registers its specs (and weights) on import."""

@@ -1,0 +1,1 @@
+"""Published boards: result validation, aggregation over seeds, pages and plots."""

@@ -1,0 +1,322 @@
+"""Leaderboards: validated result files in, one row per configuration (mean ± std over seeds) out.
+
+`add` checks a result before it joins `leaderboards/<stream>/`: schema version, the stream's current
+version, a registered strategy, a complete accuracy matrix and the board's protocol. `aggregate`
+recomputes every metric from the stored matrices with `cilbench.core.metrics` (the derived fields
+in the
+files are never read) and puts the published number of the same protocol beside ours
+(`leaderboards/reference.json`). Rendering the pages lives in `cilbench.boards.pages`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cilbench.core import metrics
+from cilbench.core.errors import CilbenchError
+from cilbench.core.results import RunResult, load_result, write_atomic
+
+NOT_PROTOCOL = frozenset({"download", "decoded_size"})
+"""Stream options that change how data is read, not what is measured."""
+RUN_ONLY = frozenset({"seed", "device", "eval_batch_size"})
+"""Config keys that differ between the seeds of one row without changing what the row measures."""
+METRICS: dict[str, str] = {
+    "final_accuracy": "final acc (sample-weighted)",
+    "final_accuracy_task_averaged": "final acc (task-averaged)",
+    "average_accuracy": "avg inc acc (sample-weighted)",
+    "average_accuracy_task_averaged": "avg inc acc (task-averaged)",
+    "forgetting": "forgetting (Chaudhry, max-based)",
+    "average_step_drop": "forgetting (CODA F_N, per-step drop)",
+}
+FLAGS: dict[str, str] = {
+    "frozen_backbone": "frozen backbone",
+    "uses_exemplars": "exemplars",
+    "batchwise_prompt_vote": "batch-wise prompt vote",
+    "key_init_on_future_inputs": "key init on future inputs",
+}
+CONVENTION_METRIC = {
+    "sample-weighted": "final_accuracy",
+    "task-averaged": "final_accuracy_task_averaged",
+}
+
+
+class LeaderboardError(CilbenchError):
+    """A result that cannot join a board, or a board that is out of date."""
+
+
+def run_metrics(result: RunResult) -> dict[str, float | None]:
+    """Every leaderboard metric, recomputed from the stored accuracy matrix."""
+    acc, sizes = result.matrix(), np.array(result.test_sizes)
+    summary = metrics.summarize(acc, sizes)
+    values: dict[str, Any] = {k: summary[k] for k in METRICS if k in summary}
+    values["average_step_drop"] = metrics.average_step_drop(acc)
+    return values
+
+
+def protocol(result: RunResult) -> dict[str, Any]:
+    """What must be equal for two results to share a board: stream, version, options, tasks."""
+    options = result.config.get("stream_options", {})
+    return {
+        "stream": result.stream["name"],
+        "version": result.stream["version"],
+        "options": {k: v for k, v in sorted(options.items()) if k not in NOT_PROTOCOL},
+        "experience_classes": result.stream["experience_classes"],
+        "test_sizes": result.test_sizes,
+    }
+
+
+def protocol_label(result: RunResult) -> str:
+    """Short human form: 'B0-Inc2, pycil-1993, 5 tasks' (class-incremental) or the scenario."""
+    sizes = [len(c) for c in result.stream["experience_classes"]]
+    order = result.config.get("stream_options", {}).get("class_order")
+    if result.stream.get("scenario") != "class-incremental":
+        return f"{result.stream.get('scenario')}, {len(sizes)} experiences"
+    later = sizes[1:] or sizes
+    base = 0 if sizes[0] == later[0] else sizes[0]
+    parts = [f"B{base}-Inc{later[0]}", order, f"{len(sizes)} tasks"]
+    return ", ".join(str(p) for p in parts if p)
+
+
+def validate(result: RunResult, source: str) -> None:
+    """Refuse results a board cannot hold: unknown strategy, old stream version, partial matrix."""
+    from cilbench.api import STRATEGIES, STREAMS
+
+    STRATEGIES.get(result.config["strategy"])
+    stream = result.stream["name"]
+    current = STREAMS.get(stream).version
+    if result.stream["version"] != current:
+        raise LeaderboardError(
+            f"{source}: stream {stream!r} version {result.stream['version']!r}; this cilbench "
+            f"builds version {current!r}. Re-run it; results of other versions are not comparable."
+        )
+    matrix = result.matrix()
+    expected = len(result.stream["experience_classes"])
+    if not result.complete or len(matrix) != expected or np.isnan(matrix[-1]).any():
+        raise LeaderboardError(
+            f"{source}: incomplete run ({len(matrix)} of {expected} experiences evaluated, "
+            f"complete={result.complete}). Finish it with `cilbench run --resume`."
+        )
+
+
+def board_files(root: Path, stream: str) -> list[Path]:
+    """The result files stored on one stream's board."""
+    return sorted((root / stream).glob("*.json"))
+
+
+def add(paths: Iterable[Path], root: Path) -> list[Path]:
+    """Validate results and copy them to `root/<stream>/<run name>.json`; the stored paths."""
+    stored = []
+    for path in paths:
+        result = load_result(path)
+        validate(result, str(path))
+        board = root / result.stream["name"]
+        _check_same_protocol(result, board, str(path))
+        target = board / f"{result.run_id.rsplit('/', 1)[-1]}.json"
+        if target.exists() and load_result(target).accuracy_matrix != result.accuracy_matrix:
+            raise LeaderboardError(
+                f"{path}: {target} holds another result of the same run id; remove it first."
+            )
+        write_atomic(target, result.to_json())
+        stored.append(target)
+    return stored
+
+
+def _check_same_protocol(result: RunResult, board: Path, source: str) -> None:
+    files = sorted(board.glob("*.json"))
+    if not files:
+        return
+    expected = protocol(load_result(files[0]))
+    got = protocol(result)
+    if got != expected:
+        differing = sorted(k for k in expected if expected[k] != got.get(k))
+        raise LeaderboardError(
+            f"{source}: protocol differs from the board {board} in {', '.join(differing)} "
+            f"(board: {protocol_label(load_result(files[0]))}; this result: "
+            f"{protocol_label(result)}). A board holds one protocol."
+        )
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published number: what it measures, where it comes from, how far it is trusted."""
+
+    strategy: str
+    stream: str
+    protocol: dict[str, Any]
+    backbone: str
+    final_accuracy: float
+    convention: str
+    source: str
+    verified: bool
+    evidence: str
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    final_std: float | None = None
+    average_accuracy: float | None = None
+    forgetting: float | None = None
+    forgetting_definition: str | None = None
+    seeds: str = ""
+    note: str = ""
+
+    def matches(self, result: RunResult) -> bool:
+        """Same strategy (and config keys it names), stream, protocol options and backbone tag."""
+        config = result.config
+        options = config.get("stream_options", {})
+        strategy_config = config.get("strategy_config", {})
+        return (
+            self.strategy == config["strategy"]
+            and self.stream == result.stream["name"]
+            and self.backbone == config["backbone"]
+            and all(options.get(k) == v for k, v in self.protocol.items())
+            and all(strategy_config.get(k) == v for k, v in self.config.items())
+        )
+
+
+def load_references(path: Path) -> list[Reference]:
+    """The published numbers in `reference.json` (a list of objects with Reference's fields)."""
+    try:
+        entries = json.loads(path.read_text())["references"]
+        return [Reference(**entry) for entry in entries]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
+        raise LeaderboardError(f"Cannot read references {path}: {error}") from error
+
+
+@dataclass
+class Row:
+    """One configuration on one board, aggregated over its seeds."""
+
+    strategy: str
+    backbone: str
+    protocol: str
+    seeds: list[int]
+    stats: dict[str, tuple[float | None, float | None]]
+    """metric -> (mean, sample std over seeds; None with one seed or when undefined)."""
+    wall_seconds: float
+    peak_memory_mib: float
+    trainable_parameters: int
+    flags: dict[str, bool | None]
+    """The flags the strategy reports (None: undeclared); a missing one does not apply to it."""
+    curve: list[float]
+    """Mean sample-weighted accuracy after each experience (for the plot)."""
+    references: list[Reference]
+    variant: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy} [{self.variant}]" if self.variant else self.strategy
+
+    def gap(self, reference: Reference) -> float | None:
+        """Our mean minus the published number, in the reference's accuracy convention."""
+        mean, _ = self.stats.get(CONVENTION_METRIC.get(reference.convention, ""), (None, None))
+        return None if mean is None else mean - reference.final_accuracy
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1); None where a value is missing or n = 1."""
+    if not values or any(v is None for v in values):
+        return None, None
+    array = np.array(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else None
+
+
+def aggregate(results: Sequence[RunResult], references: Sequence[Reference] = ()) -> list[Row]:
+    """Rows of one board: results grouped by configuration (all but the seed), best first."""
+    groups: dict[str, list[RunResult]] = {}
+    for result in results:
+        groups.setdefault(_config_key(result), []).append(result)
+    rows = [_row(group, references) for group in groups.values()]
+    _name_variants(rows, list(groups.values()))
+    return sorted(rows, key=lambda r: (-(r.stats["final_accuracy"][0] or 0.0), r.name))
+
+
+def _config_key(result: RunResult) -> str:
+    config = {k: v for k, v in result.config.items() if k not in RUN_ONLY}
+    return json.dumps(config, sort_keys=True)
+
+
+def _row(group: Sequence[RunResult], references: Sequence[Reference]) -> Row:
+    group = sorted(group, key=lambda r: r.config["seed"])
+    first = group[0]
+    per_run = [run_metrics(r) for r in group]
+    curves = [
+        metrics.accuracy_after_each_step(r.matrix(), np.array(r.test_sizes), "sample-weighted")
+        for r in group
+    ]
+    return Row(
+        strategy=first.config["strategy"],
+        backbone=backbone_label(first.config),
+        protocol=protocol_label(first),
+        seeds=[r.config["seed"] for r in group],
+        stats={k: mean_std([m[k] for m in per_run]) for k in METRICS},
+        wall_seconds=float(np.mean([r.cost.get("total_seconds", 0.0) for r in group])),
+        peak_memory_mib=float(np.mean([r.cost.get("peak_memory_mib", 0.0) for r in group])),
+        trainable_parameters=max(int(r.cost.get("trainable_parameters", 0)) for r in group),
+        flags={k: first.flags[k] for k in FLAGS if k in first.flags},
+        curve=[float(v) for v in np.mean(curves, axis=0)],
+        references=[ref for ref in references if ref.matches(first)],
+    )
+
+
+def backbone_label(config: dict[str, Any]) -> str:
+    """The backbone tag with the input size of the run: the same weights at 56 and 112 px are
+    different rows, and a reader must see which one a number comes from."""
+    size = config.get("backbone_settings", {}).get("image_size")
+    return f"{config['backbone']} @ {size} px" if size else str(config["backbone"])
+
+
+def _name_variants(rows: list[Row], groups: list[list[RunResult]]) -> None:
+    """Rows sharing strategy and backbone get a name readers can tell apart: the strategy's
+    variant (ADAM's `peft`) when that differs between them, else a short config hash."""
+    from cilbench.api import STRATEGIES
+
+    firsts = [group[0] for group in groups]
+    for row, first in zip(rows, firsts):
+        twins = [f for r, f in zip(rows, firsts) if _same_row_name(r, row)]
+        if len(twins) == 1:
+            continue
+        key = STRATEGIES.get(row.strategy).variant_key
+        values = {str(t.config["strategy_config"].get(key)) for t in twins} if key else set()
+        if len(values) == len(twins):
+            row.variant = str(first.config["strategy_config"].get(key))
+        else:
+            row.variant = hashlib.sha256(_config_key(first).encode()).hexdigest()[:6]
+
+
+def _same_row_name(a: Row, b: Row) -> bool:
+    return (a.strategy, a.backbone) == (b.strategy, b.backbone)
+
+
+def load_board(root: Path, stream: str) -> list[RunResult]:
+    """Every stored result of a board, validated again (a board never holds a bad file)."""
+    results = []
+    for path in board_files(root, stream):
+        result = load_result(path)
+        validate(result, str(path))
+        results.append(result)
+    return results
+
+
+def compare_runs(stored: RunResult, replayed: RunResult) -> tuple[bool, str]:
+    """Whether a replay gave the stored accuracy matrix, and a sentence saying so."""
+    if stored.run_id != replayed.run_id:
+        return False, f"the replay resolved to run {replayed.run_id}, not {stored.run_id}"
+    a, b = stored.matrix(), replayed.matrix()
+    if a.shape != b.shape:
+        return False, f"accuracy matrix shape {b.shape} differs from the stored {a.shape}"
+    difference = float(np.nanmax(np.abs(a - b))) if a.size else 0.0
+    ours, theirs = run_metrics(replayed), run_metrics(stored)
+    if difference == 0.0:
+        return True, "metrics match the stored result exactly"
+    changes = ", ".join(
+        f"{k} {theirs[k]:.2f} -> {ours[k]:.2f}"
+        for k in METRICS
+        if theirs[k] is not None and ours[k] is not None and theirs[k] != ours[k]
+    )
+    return False, f"accuracy differs by up to {difference:.2f} points ({changes})"

@@ -1,0 +1,1 @@
+"""The `cilbench` command line."""

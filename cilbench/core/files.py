@@ -1,0 +1,126 @@
+"""Writing files safely: atomic replace, normal permissions, disk-full messages, stale temp files.
+
+Every file cilbench writes (results, checkpoints, feature and decoded-image caches) is written to a
+temporary name unique to its writer, `<name>.<host>.<pid>.<random>.tmp` next to the target, and
+renamed over the target, so readers see the old file or the new one and two writers never share a
+temporary file. A temporary file gets the permissions a plain `open` would give (0666 minus the
+umask, not mkstemp's 0600), so a lab can share a cache. Disk full (ENOSPC, EDQUOT) becomes a
+`DiskFullError` naming the file, after the temporary file is removed. A process killed mid-write
+leaves its temporary file behind; `remove_stale_temps` deletes those whose writer is gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cilbench.core.errors import CilbenchError, DiskFullError
+
+HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+TEMP_NAME = re.compile(r"\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+FOREIGN_TEMP_AGE = 24 * 3600.0
+"""Seconds after which a temporary file of another host (or of an older cilbench) is stale."""
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def file_mode() -> int:
+    """What `open(path, "w")` would give a new file: 0666 minus the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """A temporary path to write `target`'s new content to; renamed over `target` on success.
+
+    On any error the temporary file is removed and `target` keeps its old content; a full disk
+    raises DiskFullError.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(
+        dir=target.parent, prefix=f"{target.name}.{HOST}.{os.getpid()}.", suffix=".tmp"
+    )
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, target)
+    except OSError as error:
+        if error.errno in DISK_FULL:
+            raise DiskFullError(
+                f"No space left on device while writing {target} ({error.strerror}). Nothing "
+                "was half-written: the previous version, if any, is intact. Free some space "
+                "(or point --out / --cache-dir elsewhere) and run again."
+            ) from error
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never a mix."""
+    with atomic_path(path) as tmp, tmp.open("w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temporary files in `folder` left by writers that died; return what was deleted.
+
+    Stale: written on this host by a process that no longer runs, or over a day old when written
+    on another host (a shared cache) or under a name without a writer (older cilbench versions).
+    """
+    removed = []
+    for path in folder.glob("*.tmp*") if folder.is_dir() else ():
+        if _is_stale(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _is_stale(path: Path) -> bool:
+    match = TEMP_NAME.search(path.name)
+    if match and match["host"] == HOST:
+        return not _running(int(match["pid"]))
+    try:
+        return time.time() - path.stat().st_mtime > FOREIGN_TEMP_AGE
+    except OSError:
+        return False
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create `folder` if needed and prove a file can be written there; CilbenchError if not."""
+    problem = writable_problem(folder)
+    if problem:
+        raise CilbenchError(f"Cannot write to the {what} {folder}: {problem}.")
+
+
+def writable_problem(folder: Path) -> str:
+    """'' when a file can be created in `folder` (created if missing), else why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return ""

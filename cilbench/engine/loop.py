@@ -1,0 +1,380 @@
+"""The one outer loop: train on experience t, evaluate on every test set seen so far, checkpoint.
+
+After every experience the strategy's state and the partial result go into one safetensors file,
+replaced atomically, so a run killed at any moment resumes from the last finished experience and
+produces the same accuracy matrix as an uninterrupted run (all randomness derives from the seed
+and the experience index).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from cilbench.api import STRATEGIES, BaseStrategy
+from cilbench.backbones.model import Backbone, create_backbone
+from cilbench.core.callbacks import Progress, RunCallback, SilentProgress, observing
+from cilbench.core.devices import autocast
+from cilbench.core.errors import CilbenchError, CorruptFileError
+from cilbench.core.files import check_writable, remove_stale_temps, write_atomic
+from cilbench.core.metrics import summarize
+from cilbench.core.results import RunResult, environment, load_result, save_result
+from cilbench.data.sources import (
+    DatasetView,
+    loader_options,
+    loader_workers,
+    threads_beside_workers,
+)
+from cilbench.data.streams import Stream
+from cilbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from cilbench.engine.recipes import ChosenRecipe
+from cilbench.engine.spec import (
+    RunSettings,
+    RunSpec,
+    data_fingerprints,
+    resolve_device,
+    resolve_run,
+    run_id_of,
+    run_record,
+)
+from cilbench.features import FeatureStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedRun:
+    """A run with every name resolved and every setting validated."""
+
+    spec: RunSpec
+    stream: Stream
+    backbone: Backbone
+    strategy: BaseStrategy
+    config: dict[str, Any]
+    run_id: str
+    recipe: ChosenRecipe
+
+    @property
+    def run_dir(self) -> Path:
+        return self.spec.out_dir / self.run_id
+
+    @property
+    def result_path(self) -> Path:
+        return self.run_dir / "result.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.safetensors"
+
+
+def prepare(spec: RunSpec) -> PreparedRun:
+    """Resolve names and validate every setting before touching data; build the stream."""
+    settings = resolve_run(spec)
+    if settings.recipe.fallback:
+        log.warning("%s.", settings.recipe.fallback)
+    backbone = _create_backbone(settings, resolve_device(spec.device))
+    device = str(backbone.device)
+    source = settings.builder
+    stream = source if isinstance(source, Stream) else source.build(spec.data_root)
+    stream_name = spec.stream if isinstance(spec.stream, str) else stream.info.name
+    record = run_record(spec, settings, stream_name, backbone.tag)
+    run_id = run_id_of(record, data_fingerprints(stream), backbone.tag)
+    strategy = STRATEGIES.get(spec.strategy)(settings.config, seed=spec.seed, device=device)
+    config_record = {**record, "device": device}
+    return PreparedRun(spec, stream, backbone, strategy, config_record, run_id, settings.recipe)
+
+
+
+def _create_backbone(settings: RunSettings, device: str) -> Backbone:
+    """The run's backbone on `device`, carrying the run's training augmentation."""
+    choice = settings.backbone
+    if isinstance(choice, Backbone):
+        choice.augmentation = settings.augmentation  # the run's setting, like any other
+        return choice
+    return create_backbone(
+        choice, device=device, augmentation=settings.augmentation, **settings.backbone_settings
+    )
+
+
+def run(
+    spec: RunSpec,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    callbacks: Sequence[RunCallback] = (),
+) -> RunResult:
+    """Run a strategy over a stream, write `<out>/<run_id>/result.json`, return the result.
+
+    An unfinished run's checkpoint is continued with `resume` or deleted with `overwrite`;
+    with neither, the run refuses to start over it.
+    """
+    if resume and overwrite:
+        raise CilbenchError("--resume continues a run and --overwrite starts it over; pick one.")
+    prepared = prepare(spec)
+    if resume and not prepared.checkpoint_path.exists():
+        raise _nothing_to_resume(prepared)
+    check_writable(spec.out_dir, "output folder (--out)")
+    remove_stale_temps(prepared.run_dir)
+    progress = progress or SilentProgress()
+    store = FeatureStore(
+        prepared.backbone,
+        spec.cache_dir,
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        progress=progress,
+    )
+    strategy, stream = prepared.strategy, prepared.stream
+    strategy.setup(prepared.backbone, stream.info, store)
+    result = _resume_or_start(prepared, resume, overwrite)
+    for callback in callbacks:
+        callback.on_run_start(prepared.run_id, prepared.config, prepared.run_dir)
+    cost = result.cost
+    if not result.accuracy_matrix:
+        start = time.perf_counter()
+        strategy.before_stream(stream.unlabelled_train(), spec.data_root)
+        cost["before_stream_seconds"] = time.perf_counter() - start
+    before = {
+        "extract_seconds": cost["extract_seconds"],
+        "images_forwarded": cost["images_forwarded"],
+    }
+    for experience in stream.experiences[len(result.accuracy_matrix) :]:
+        for callback in callbacks:
+            callback.on_experience_start(experience)
+        start = time.perf_counter()
+        with observing(callbacks):
+            strategy.train_experience(experience)
+        cost["train_seconds"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        row = evaluate(strategy, stream, experience.index, store, spec.batch_size, progress)
+        cost["eval_seconds"].append(time.perf_counter() - start)
+        result.accuracy_matrix.append(row)
+        _update_cost(cost, strategy, store, before)
+        result.metrics = summarize(result.matrix(), np.array(result.test_sizes))
+        result.strategy_report = strategy.report()
+        _save_checkpoint(prepared, strategy, result)
+        for callback in callbacks:
+            callback.on_experience_end(experience, row)
+            callback.on_metrics(experience.index, result.metrics)
+    result.complete = True
+    save_result(result, prepared.result_path)
+    prepared.checkpoint_path.unlink(missing_ok=True)
+    for callback in callbacks:
+        callback.on_run_end(result)
+    return result
+
+
+def evaluate(
+    strategy: BaseStrategy,
+    stream: Stream,
+    t: int,
+    store: FeatureStore,
+    batch_size: int = 128,
+    progress: Progress | None = None,
+    cached_features: bool = True,
+) -> list[float | None]:
+    """Row t of the accuracy matrix (percent), None for test sets not seen yet.
+
+    `cached_features=False` makes a strategy that `predicts_with_features` compute the frozen
+    features itself (a second forward pass; `cilbench profile prompts` compares the two).
+    """
+    num_seen = stream.experiences[t].num_seen_classes
+    row: list[float | None] = [None] * len(stream.test_sets)
+    for j in stream.test_sets_after(t):
+        view = stream.test_sets[j]
+        correct = 0
+        batches = _scored_batches(strategy, view, store, batch_size, progress, cached_features)
+        for scores, labels in batches:
+            if scores.shape != (len(labels), num_seen):
+                raise RuntimeError(
+                    f"{type(strategy).__name__} returned scores of shape {tuple(scores.shape)}; "
+                    f"expected ({len(labels)}, {num_seen}) after experience {t}"
+                )
+            correct += int((scores.argmax(dim=1).cpu() == labels).sum())
+        row[j] = 100.0 * correct / len(view)
+    return row
+
+
+def predictions(
+    strategy: BaseStrategy,
+    view: DatasetView,
+    store: FeatureStore,
+    batch_size: int = 128,
+    cached_features: bool = True,
+) -> torch.Tensor:
+    """The label `evaluate` predicts for every image of `view`, in order."""
+    batches = _scored_batches(strategy, view, store, batch_size, None, cached_features)
+    return torch.cat([scores.argmax(dim=1).cpu() for scores, _ in batches])
+
+
+def _scored_batches(
+    strategy: BaseStrategy,
+    view: DatasetView,
+    store: FeatureStore,
+    batch_size: int,
+    progress: Progress | None,
+    cached_features: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(scores, labels) batches: from cached features when the strategy allows, else images
+    (with the cached frozen features of the same images for `predicts_with_features`)."""
+    if strategy.predicts_from_features:
+        features, labels = strategy.features_of(view)
+        with torch.no_grad():
+            for start in range(0, len(labels), batch_size):
+                batch = features[start : start + batch_size].to(strategy.device)
+                yield strategy.predict_features(batch), labels[start : start + batch_size]
+        return
+    backbone = store.backbone
+    dataset = view.with_transform(backbone.preprocessing.sample_transform())
+    workers = loader_workers(store.num_workers, [view.source], backbone.device)
+    loader = DataLoader(dataset, batch_size=batch_size, **loader_options(backbone.device, workers))
+    frozen = None
+    if strategy.predicts_with_features and cached_features:
+        frozen = store.get(view)[0]  # rows in the loader's (unshuffled) order
+    start = 0
+    with (
+        threads_beside_workers(workers),
+        (progress or SilentProgress()).task("evaluating", total=len(view)) as advance,
+    ):
+        for images, labels in loader:
+            with torch.no_grad(), autocast(backbone.device):
+                prepared = backbone.prepare(images)
+                if frozen is None:
+                    scores = strategy.predict(prepared)
+                else:
+                    features = frozen[start : start + len(labels)].to(strategy.device)
+                    scores = strategy.predict_with_features(prepared, features)
+            yield scores.float(), labels
+            start += len(labels)
+            advance(len(labels))
+
+
+def _new_result(prepared: PreparedRun) -> RunResult:
+    stream = prepared.stream
+    info = stream.info
+    return RunResult(
+        run_id=prepared.run_id,
+        config=prepared.config,
+        stream={
+            "name": info.name,
+            "version": info.version,
+            "scenario": info.scenario,
+            "num_classes": info.num_classes,
+            "class_order": list(info.class_order),
+            "class_names": list(info.class_names),
+            "experience_classes": [list(e.classes) for e in stream.experiences],
+            "train_sizes": [len(e.train) for e in stream.experiences],
+            "sources": data_fingerprints(stream),
+        },
+        backbone=prepared.backbone.describe(),
+        accuracy_matrix=[],
+        test_sizes=[len(v) for v in stream.test_sets],
+        cost={
+            "before_stream_seconds": 0.0,
+            "train_seconds": [],
+            "eval_seconds": [],
+            "extract_seconds": 0.0,
+            "images_forwarded": 0,
+            "peak_memory_mib": 0.0,
+            "trainable_parameters": 0,
+        },
+        environment=environment(),
+        flags=prepared.strategy.leaderboard_flags(),
+        recipe=prepared.recipe.describe(),
+    )
+
+
+def _update_cost(
+    cost: dict[str, Any], strategy: BaseStrategy, store: FeatureStore, before: dict[str, Any]
+) -> None:
+    """Fold this process's work into the totals (`before`: totals of a resumed run's first part)."""
+    cost["extract_seconds"] = before["extract_seconds"] + store.extract_seconds
+    cost["images_forwarded"] = before["images_forwarded"] + store.images_forwarded
+    cost["trainable_parameters"] = max(
+        cost["trainable_parameters"], strategy.trainable_parameters()
+    )
+    cost["peak_memory_mib"] = max(cost["peak_memory_mib"], _peak_memory_mib(strategy.device))
+    cost["total_seconds"] = (
+        cost.get("before_stream_seconds", 0.0)
+        + sum(cost["train_seconds"])
+        + sum(cost["eval_seconds"])
+    )
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    """Peak GPU memory allocated on CUDA, else the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _save_checkpoint(prepared: PreparedRun, strategy: BaseStrategy, result: RunResult) -> None:
+    save_checkpoint(prepared.checkpoint_path, strategy.state_dict(), result.to_json())
+    write_atomic(prepared.run_dir / "config.json", json.dumps(prepared.config, indent=2))
+
+
+def _resume_or_start(prepared: PreparedRun, resume: bool, overwrite: bool) -> RunResult:
+    path = prepared.checkpoint_path
+    if not resume:
+        if path.exists() and not overwrite:
+            raise CilbenchError(
+                f"Run {prepared.run_id} has the checkpoint of an unfinished run: {path}. "
+                "Continue it with --resume, or start over with --overwrite (deletes it)."
+            )
+        path.unlink(missing_ok=True)
+        return _new_result(prepared)
+    if not path.exists():
+        raise _nothing_to_resume(prepared)
+    tensors, result_json = load_checkpoint(path)
+    try:
+        result = RunResult.from_dict(json.loads(result_json), source=str(path))
+    except ValueError as error:  # verified by checksum, so written this way by cilbench
+        raise CorruptFileError(f"Checkpoint {path} holds no valid result ({error}).") from error
+    if result.config != prepared.config:
+        raise CilbenchError(
+            f"Checkpoint {path} was made with a different configuration; run with --overwrite "
+            "to start over."
+        )
+    try:
+        prepared.strategy.load_state_dict(tensors)
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise CorruptFileError(
+            f"Checkpoint {path} does not fit strategy {prepared.spec.strategy!r} ({error}); "
+            "start over with --overwrite."
+        ) from error
+    return result
+
+
+def _nothing_to_resume(prepared: PreparedRun) -> CilbenchError:
+    """The error for --resume without a checkpoint: finished, damaged result, or never started."""
+    path = prepared.result_path
+    if not path.exists():
+        return CilbenchError(
+            f"Nothing to resume: no checkpoint at {prepared.checkpoint_path}. "
+            "Run without --resume to start."
+        )
+    try:
+        result = load_result(path)
+    except CorruptFileError as error:
+        return CorruptFileError(
+            f"Nothing to resume: no checkpoint, and the result file is damaged ({error}). "
+            "Run without --resume to repeat the run."
+        )
+    if not result.complete or result.config != prepared.config:
+        return CorruptFileError(
+            f"Nothing to resume: no checkpoint, and {path} is not the finished result of this "
+            "run. Run without --resume to repeat the run."
+        )
+    return CilbenchError(
+        f"Run {prepared.run_id} already finished: {path}. Run without --resume to repeat it."
+    )

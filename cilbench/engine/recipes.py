@@ -1,0 +1,333 @@
+"""Reference recipes: each (strategy, stream, variant) setting with the code it comes from.
+
+A strategy declares `recipes = {stream name: recipe(s)}`. A `Recipe` holds settings in the `--set`
+language (strategy keys, `stream.<option>`, `backbone.<setting>`, `augment.<field>`), optionally an
+exact backbone tag, and its `Source`: repository, commit, configuration file and the paper table it
+reproduces. A plain mapping of settings is a recipe of cilbench's own (no source: smoke tests and
+demos). The runner layers: Config defaults <- the chosen recipe <- `--set`.
+
+Choosing the recipe of a run (`choose`):
+
+1. the stream's recipes; a stream the strategy has none for (a user's own stream, or a built-in one
+   the papers never ran) falls back to the strategy's `split-cifar100` recipe (or its first sourced
+   one), keeping only strategy and augmentation settings, with a logged warning that the result
+   records too;
+2. by name: `--set recipe=NAME`, default the first listed, `paper` (the authors' own code) where a
+   paper exists; alternatives such as `pilot` (LAMDA-PILOT's re-implementation) reproduce the other
+   published table;
+3. by variant: for a strategy with a `variant_key` (ADAM's and RanPAC's `peft`) a `--set` value of
+   that key selects the recipe written for that variant; a variant without one keeps the default
+   variant's training settings, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from cilbench.core.config import split_sections
+from cilbench.core.errors import ConfigError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+RECIPE_KEY = "recipe"
+"""The `--set` key that picks a recipe by name."""
+FALLBACK_STREAM = "split-cifar100"
+IN21K = "vit_base_patch16_224.augreg_in21k"
+"""timm 0.6.12's `vit_base_patch16_224_in21k` ("IN21K" in the LAMDA, SLCA and RanPAC code)."""
+IN1K = "vit_base_patch16_224.augreg_in21k_ft_in1k"
+"""timm 0.6.12's `vit_base_patch16_224` ("IN1K": IN-21k pre-training, IN-1k fine-tuning)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a recipe comes from: a file at a commit of a public repository, what it reproduces."""
+
+    repo: str
+    commit: str
+    file: str
+    table: str = ""
+    """The published result the file reproduces (paper table, or a logged result)."""
+
+    @property
+    def url(self) -> str:
+        return f"https://github.com/{self.repo}/blob/{self.commit}/{self.file}"
+
+    def describe(self) -> dict[str, str]:
+        """For the result file."""
+        return {
+            "repo": self.repo,
+            "commit": self.commit,
+            "file": self.file,
+            "table": self.table,
+            "url": self.url,
+        }
+
+
+@dataclass(frozen=True)
+class Repository:
+    """A reference repository pinned at the commit its recipes were read from."""
+
+    repo: str
+    commit: str
+
+    def file(self, path: str, table: str = "") -> Source:
+        return Source(self.repo, self.commit, path, table)
+
+
+PILOT = Repository("LAMDA-CL/LAMDA-PILOT", "5240714d3d6071aca824f8aed4a92a46ac6f883c")
+REVISITING_CIL = Repository("zhoudw-zdw/RevisitingCIL", "a2e6b71f6a2fed4421609a0917eea861fa387c76")
+SLCA = Repository("GengDavid/SLCA", "169d4e6b91e3ca30caa717200c1944981c4426d1")
+RANPAC = Repository("RanPAC/RanPAC", "012927f86e8d95dc9e7c6015a5e1048e6604c8b6")
+JANSON = Repository("Pauljanson002/pretrained-cl", "19f2d864cc451156afeb5283c34d1a2b9beb55ed")
+DKVB_EXPERIMENTS = Repository(
+    "ftraeuble/experiments_discrete_key_value_bottleneck",
+    "abd0c7a6dd91d0877541ced8bc522c89ffe1b165",
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Settings (`--set` keys) of one reference configuration, with its source."""
+
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    source: Source | None = None
+    """None: cilbench's own choice (`notes` says why)."""
+    name: str = "paper"
+    backbone: str | None = None
+    """Exact timm tag the reference uses; None: the stream's default backbone."""
+    notes: str = ""
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """The settings split into strategy, stream, backbone and augment sections."""
+        return split_sections(self.settings)
+
+
+@dataclass(frozen=True)
+class ChosenRecipe:
+    """The recipe a run uses, and how it was reached."""
+
+    recipe: Recipe
+    stream: str | None
+    """The stream the recipe was written for (another one after a fallback; None: no recipes)."""
+    run_stream: str | None = None
+    """The stream of the run."""
+    variant: str | None = None
+    fallback: str = ""
+    """Why the recipe is not the stream's own, or not the requested variant's (empty: it is)."""
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """Settings to layer over the defaults (after a fallback: strategy and augment only)."""
+        sections = self.recipe.sections()
+        if self.stream_matches:
+            return sections
+        return {**sections, "stream": {}, "backbone": {}}
+
+    @property
+    def stream_matches(self) -> bool:
+        """Whether the recipe was written for the run's stream (not a fallback from another)."""
+        return self.stream == self.run_stream
+
+    @property
+    def backbone(self) -> str | None:
+        """The recipe's backbone tag, unless the recipe was written for another stream."""
+        return self.recipe.backbone if self.stream_matches else None
+
+    def describe(self) -> dict[str, Any]:
+        """For the result file: what ran and where it comes from."""
+        source = self.recipe.source
+        return {
+            "name": self.recipe.name,
+            "stream": self.stream,
+            "variant": self.variant,
+            "source": source.describe() if source else None,
+            "backbone": self.recipe.backbone,
+            "notes": self.recipe.notes,
+            "fallback": self.fallback,
+        }
+
+
+def shared_head_recipe(epochs: int, notes: str) -> Recipe:
+    """cilbench's own bound: one head over all seen classes, cross-entropy over all of them."""
+    return Recipe(
+        {"epochs": epochs, "lr": 0.01, "loss": "seen", "schedule": "cosine"},
+        name="shared-head",
+        notes=notes,
+    )
+
+
+def recipes_of(strategy_cls: type, stream: str) -> list[Recipe]:
+    """The recipes a strategy declares for `stream` (a plain mapping is one recipe, no source)."""
+    declared = getattr(strategy_cls, "recipes", {}).get(stream)
+    if declared is None:
+        return []
+    if isinstance(declared, Recipe):
+        return [declared]
+    if isinstance(declared, Mapping):
+        return [Recipe(dict(declared), name="default", notes="cilbench's own settings")]
+    return list(declared)
+
+
+def candidates(strategy: str, strategy_cls: type, stream: str) -> tuple[str, list[Recipe], str]:
+    """(stream the recipes were written for, its recipes, why it is another stream or '')."""
+    own = recipes_of(strategy_cls, stream)
+    if own or not getattr(strategy_cls, "recipes", {}):
+        return stream, own, ""
+    origin = _fallback_stream(strategy_cls)
+    reason = (
+        f"{strategy} has no recipe for stream {stream!r}; using its {origin} recipe's "
+        "strategy and augmentation settings (not its stream or backbone settings)"
+    )
+    return origin, recipes_of(strategy_cls, origin), reason
+
+
+def choose(
+    strategy: str, strategy_cls: type, stream: str, overrides: Mapping[str, Any]
+) -> ChosenRecipe:
+    """The recipe for `strategy` on `stream` given the strategy's `--set` keys (see module doc)."""
+    name = overrides.get(RECIPE_KEY)
+    origin, found, fallback = candidates(strategy, strategy_cls, stream)
+    if not found:
+        if name is not None:
+            raise ConfigError(f"Strategy {strategy!r} has no recipes; remove recipe={name}.")
+        return ChosenRecipe(Recipe(name="defaults", notes="the Config defaults"), None, None)
+    named = _by_name(strategy, origin, found, name)
+    variant_key = getattr(strategy_cls, "variant_key", None)
+    requested = overrides.get(variant_key) if variant_key else None
+    chosen = _by_variant(named, variant_key, requested)
+    variant = chosen.settings.get(variant_key) if variant_key else None
+    if requested is not None and str(requested) != str(variant):
+        missing = (
+            f"no reference recipe for {variant_key}={requested} on {origin}; using the "
+            f"{variant_key}={variant} recipe's training settings"
+        )
+        fallback = f"{fallback}; {missing}" if fallback else missing
+        variant = requested
+    variant = None if variant is None else str(variant)
+    return ChosenRecipe(chosen, origin, stream, variant, fallback)
+
+
+def _fallback_stream(strategy_cls: type) -> str:
+    declared: Mapping[str, Any] = strategy_cls.recipes  # type: ignore[attr-defined]
+    if FALLBACK_STREAM in declared:
+        return FALLBACK_STREAM
+    sourced = [s for s in declared if any(r.source for r in recipes_of(strategy_cls, s))]
+    return (sourced or list(declared))[0]
+
+
+def _by_name(strategy: str, stream: str, candidates: Sequence[Recipe], name: Any) -> list[Recipe]:
+    """The recipes called `name` (default: the first recipe's name), in declaration order."""
+    wanted = candidates[0].name if name is None else str(name)
+    named = [r for r in candidates if r.name == wanted]
+    if not named:
+        names = list(dict.fromkeys(r.name for r in candidates))
+        raise ConfigError(
+            f"Strategy {strategy!r} has no recipe {wanted!r} for {stream}."
+            f"{did_you_mean(wanted, names)} Recipes: {', '.join(names)}."
+        )
+    return named
+
+
+def _by_variant(named: Sequence[Recipe], variant_key: str | None, requested: Any) -> Recipe:
+    """The recipe whose variant setting equals `requested` (default: the first one)."""
+    if variant_key is None or requested is None:
+        return named[0]
+    for recipe in named:
+        if str(recipe.settings.get(variant_key)) == str(requested):
+            return recipe
+    return named[0]
+
+
+def follow_seed(class_order: str, seed: int) -> str:
+    """`pycil` means `pycil-<run seed>`: the papers' "three seeds" are three class orders."""
+    return f"pycil-{seed}" if class_order == "pycil" else class_order
+
+
+@dataclass(frozen=True)
+class RecipeView:
+    """One recipe as `cilbench recipes` shows it: resolved values, as text."""
+
+    name: str
+    variant: str
+    settings: list[str]
+    """key=value with the value the run would use (strategy keys, then stream.*)."""
+    backbone: list[str]
+    """The backbone tag, then its preprocessing settings."""
+    augmentation: str
+    source: list[str]
+    """Repository@commit, file, paper table, notes; or why there is none."""
+
+
+def view_recipes(
+    strategy: str, stream: str, every_field: bool = False
+) -> tuple[str, str, list[RecipeView]]:
+    """(stream the recipes were written for, fallback reason or '', views) for the CLI.
+
+    Each recipe is resolved exactly as a run would resolve it (`runner.resolve_run`); the views
+    list the fields the recipe sets, or with `every_field` every Config field (defaults marked).
+    """
+    from cilbench.api import STRATEGIES
+    from cilbench.engine.spec import RunSpec, resolve_run
+
+    strategy_cls = STRATEGIES.get(strategy)
+    origin, found, fallback = candidates(strategy, strategy_cls, stream)
+    variant_key = getattr(strategy_cls, "variant_key", None)
+    views = []
+    for recipe in found:
+        variant = recipe.settings.get(variant_key) if variant_key else None
+        overrides: dict[str, Any] = {RECIPE_KEY: recipe.name}
+        if variant_key and variant is not None:
+            overrides[variant_key] = variant
+        run = resolve_run(RunSpec(strategy=strategy, stream=stream, overrides=overrides))
+        layers = run.recipe.sections()
+        names = _field_names(run.config) if every_field else list(layers["strategy"])
+        settings = [
+            f"{k}={_text(getattr(run.config, k))}" + ("" if k in layers["strategy"] else " ·")
+            for k in names
+        ]
+        settings += [f"stream.{k}={_text(getattr(run.builder, k))}" for k in layers["stream"]]
+        backbone = [f"{k}={_text(v)}" for k, v in run.backbone_settings.items()]
+        views.append(
+            RecipeView(
+                name=recipe.name,
+                variant="" if variant is None else str(variant),
+                settings=settings or ["(the Config defaults)"],
+                backbone=[str(run.backbone), *backbone],
+                augmentation=_augmentation_text(run.augmentation),
+                source=_source_lines(recipe),
+            )
+        )
+    return origin, fallback, views
+
+
+def _field_names(config: Any) -> list[str]:
+    return [f.name for f in fields(config)] if is_dataclass(config) else []
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(_text(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _augmentation_text(augmentation: Any) -> str:
+    a = augmentation
+    crop = f"RRC scale {_text(a.scale)}" if a.crop == "random-resized" else "centre crop"
+    parts = [crop, a.interpolation, "flip" if a.flip else "no flip"]
+    if a.brightness:
+        parts.append(f"brightness {a.brightness:.3g}")
+    return f"{a.preset}: " + ", ".join(parts)
+
+
+def _source_lines(recipe: Recipe) -> list[str]:
+    source = recipe.source
+    lines = [f"{source.repo}@{source.commit[:10]}", source.file] if source else []
+    if source and source.table:
+        lines.append(source.table)
+    if recipe.notes:
+        lines.append(recipe.notes)
+    return lines or ["cilbench's own settings"]

@@ -1,0 +1,267 @@
+"""The run record's one owner: what to run (`RunSpec`), how its settings resolve, and its record.
+
+Resolution layers the strategy's Config defaults <- the chosen recipe <- `--set` for the strategy,
+the stream, the backbone and the augmentation. The resolved settings are the run's record: written
+into `result.json` as `config`, hashed into the run id, and read back by `RunSpec.from_record`, so a
+replay resolves to the same run id by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+
+from cilbench.api import STRATEGIES, STREAMS
+from cilbench.backbones.model import Backbone
+from cilbench.backbones.preprocessing import BACKBONE_SETTINGS
+from cilbench.backbones.spec import BackboneSpec
+from cilbench.core.config import (
+    AvailableDevice,
+    NonNegative,
+    Positive,
+    Range,
+    as_dict,
+    check,
+    resolve,
+    resolve_settings,
+    settings_schema,
+    split_sections,
+)
+from cilbench.core.errors import ConfigError
+from cilbench.core.paths import default_cache_dir
+from cilbench.data.augment import Augmentation, resolve_augmentation
+from cilbench.data.streams import Stream, StreamBuilder
+from cilbench.engine.recipes import RECIPE_KEY, ChosenRecipe, choose, follow_seed
+
+DEFAULT_STRATEGY = "nmc"
+DEFAULT_STREAM = "split-fashion-mnist-mini"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run; `overrides` are `--set` pairs (strategy keys, `stream.*`, `backbone.*`).
+
+    `stream` is a registered name, a stream builder object (its `stream.*` options still apply)
+    or a built `Stream`; `backbone` is a name (preset, timm tag, `file:<path>@<architecture>`), a
+    `BackboneSpec`, or a `Backbone` object, or None for the stream's default backbone.
+    """
+
+    strategy: str = DEFAULT_STRATEGY
+    stream: str | StreamBuilder | Stream = DEFAULT_STREAM
+    backbone: str | BackboneSpec | Backbone | None = None
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    data_root: Path | None = None
+    out_dir: Path = Path("runs")
+    cache_dir: Path | None = field(default_factory=default_cache_dir)
+    device: Annotated[str, AvailableDevice()] = "auto"
+    batch_size: Annotated[int, Positive()] = 128
+    num_workers: Annotated[int | None, NonNegative()] = None
+    """Data-loader processes; None: one per available core for image files, 0 for arrays."""
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], **options: Any) -> RunSpec:
+        """The spec that resolves to the run a result's `config` records (see `run_record`).
+
+        Every resolved setting becomes an explicit override, so the replay does not depend on
+        today's defaults or recipes; `options` sets what a record does not fix (`out_dir`,
+        `cache_dir`, `data_root`, `device`, `num_workers`).
+        """
+        overrides: dict[str, Any] = dict(record["strategy_config"])
+        for section, key in (("stream", "stream_options"), ("backbone", "backbone_settings")):
+            overrides.update({f"{section}.{k}": v for k, v in record[key].items()})
+        overrides.update({f"augment.{k}": v for k, v in record["augmentation"].items()})
+        if record.get("recipe"):
+            overrides[RECIPE_KEY] = record["recipe"]
+        return cls(
+            strategy=record["strategy"],
+            stream=record["stream"],
+            backbone=record["backbone"],
+            seed=record["seed"],
+            overrides=overrides,
+            batch_size=record["eval_batch_size"],
+            **options,
+        )
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every setting of a run, resolved and validated (recipe chosen, `--set` applied)."""
+
+    recipe: ChosenRecipe
+    builder: StreamBuilder | Stream
+    """The stream builder with its options applied, or the built Stream the spec gave."""
+    config: Any
+    backbone: str | BackboneSpec | Backbone
+    backbone_settings: dict[str, Any]
+    augmentation: Augmentation
+
+
+def resolve_run(spec: RunSpec) -> RunSettings:
+    """Layer defaults <- recipe <- `--set` for the strategy, stream, backbone and augmentation."""
+    check(spec, what="run option")
+    sections = split_sections(spec.overrides)
+    strategy_cls = STRATEGIES.get(spec.strategy)
+    recipe = choose(spec.strategy, strategy_cls, _recipe_name(spec.stream), sections["strategy"])
+    layers = recipe.sections()
+    source = _stream_source(spec.stream, layers["stream"], sections["stream"], spec.seed)
+    strategy_keys = {k: v for k, v in sections["strategy"].items() if k != RECIPE_KEY}
+    config: Any = resolve(
+        strategy_cls.Config,
+        layers["strategy"],
+        strategy_keys,
+        what=f"strategy {spec.strategy!r} config",
+    )
+    backbone, settings = _backbone_choice(spec, source, recipe, layers["backbone"], sections)
+    return RunSettings(
+        recipe=recipe,
+        builder=source,
+        config=config,
+        backbone=backbone,
+        backbone_settings=settings,
+        augmentation=resolve_augmentation(layers["augment"], sections["augment"]),
+    )
+
+
+
+def _recipe_name(stream: str | StreamBuilder | Stream) -> str:
+    """The stream name a strategy's recipes are looked up by."""
+    if isinstance(stream, Stream):
+        return stream.info.name
+    if isinstance(stream, str):
+        return stream
+    cls = type(stream)
+    return next((n for n in STREAMS.names() if STREAMS.get(n) is cls), cls.__name__)
+
+
+def _stream_source(
+    stream: str | StreamBuilder | Stream,
+    recipe_options: Mapping[str, Any],
+    options: Mapping[str, Any],
+    seed: int,
+) -> StreamBuilder | Stream:
+    """The builder with the recipe's then the user's `stream.*` options applied, or the Stream.
+
+    A builder object keeps the fields its author set: only the user's options change it. A built
+    Stream takes no options at all. `class_order=pycil` becomes `pycil-<seed>`.
+    """
+    if isinstance(stream, Stream):
+        if options:
+            raise ConfigError(
+                f"stream options ({', '.join('stream.' + k for k in options)}) need a stream "
+                "name or builder; the Stream object given is already built."
+            )
+        return stream
+    what = f"stream {_recipe_name(stream)!r} option"
+    if isinstance(stream, str):
+        return _follow_seed(resolve(STREAMS.get(stream), recipe_options, options, what=what), seed)
+    if not isinstance(stream, StreamBuilder) or not dataclasses.is_dataclass(stream):
+        raise ConfigError(
+            "RunSpec.stream must be a stream name, a StreamBuilder dataclass or a Stream; "
+            f"got {stream!r}."
+        )
+    changes = resolve_settings(options, settings_schema(type(stream)), what)
+    return _follow_seed(check(dataclasses.replace(stream, **changes), what), seed)
+
+
+def _follow_seed(builder: StreamBuilder, seed: int) -> StreamBuilder:
+    """`class_order=pycil` becomes `pycil-<seed>`, so `--seed` picks the papers' class order."""
+    order = getattr(builder, "class_order", None)
+    if order != "pycil":
+        return builder
+    return dataclasses.replace(builder, class_order=follow_seed(order, seed))  # type: ignore[type-var]
+
+
+def _backbone_choice(
+    spec: RunSpec,
+    source: StreamBuilder | Stream,
+    recipe: ChosenRecipe,
+    recipe_settings: Mapping[str, Any],
+    sections: Mapping[str, Mapping[str, Any]],
+) -> tuple[str | BackboneSpec | Backbone, dict[str, Any]]:
+    """(the backbone to use, the preprocessing settings applied to it).
+
+    The stream's default or the recipe's backbone gets the reference preprocessing (the stream's
+    default settings, then the recipe's); any other backbone keeps its own. `backbone.*` settings
+    always apply last.
+    """
+    overrides = sections["backbone"]
+    choice = spec.backbone
+    if isinstance(choice, Backbone):
+        if overrides:
+            raise ConfigError(
+                "backbone.* settings apply to a backbone given by name or spec; a Backbone object "
+                "already has its preprocessing."
+            )
+        if spec.device not in ("auto", str(choice.device)):
+            raise ConfigError(
+                f"run option 'device' is {spec.device!r} but the Backbone object given is on "
+                f"{choice.device}; pass device='auto' or a backbone on {spec.device!r}."
+            )
+        return choice, {}
+    if choice is None and isinstance(source, Stream):
+        raise ConfigError(
+            "RunSpec.backbone is required with a Stream object (a stream builder declares a "
+            "default backbone; a built Stream does not)."
+        )
+    defaults = source if isinstance(source, StreamBuilder) else StreamBuilder
+    name = choice if choice is not None else recipe.backbone or defaults.default_backbone
+    settings: dict[str, Any] = {}
+    if name in (defaults.default_backbone, recipe.backbone):  # reference preprocessing
+        settings.update(defaults.default_backbone_settings)
+        settings.update(resolve_settings(recipe_settings, BACKBONE_SETTINGS, "backbone"))
+    settings.update(resolve_settings(overrides, BACKBONE_SETTINGS, "backbone"))
+    return name, settings
+
+
+def run_record(
+    spec: RunSpec, settings: RunSettings, stream_name: str, backbone_tag: str
+) -> dict[str, Any]:
+    """The resolved settings that define a run: `config` in result.json, the run id's input.
+
+    JSON-normalised (tuples become lists), as result files and checkpoints store it.
+    """
+    source, choice = settings.builder, settings.backbone
+    record = {
+        "strategy": spec.strategy,
+        "strategy_config": as_dict(settings.config),
+        "stream": stream_name,
+        "stream_options": {} if isinstance(source, Stream) else source.options(),
+        "backbone": choice if isinstance(choice, str) else backbone_tag,
+        "backbone_settings": settings.backbone_settings,
+        "augmentation": as_dict(settings.augmentation),
+        "recipe": settings.recipe.recipe.name,
+        "seed": spec.seed,
+        "eval_batch_size": spec.batch_size,
+    }
+    return dict(json.loads(json.dumps(record)))
+
+
+def run_id_of(record: Mapping[str, Any], fingerprints: list[str], backbone_tag: str) -> str:
+    """`<stream>/<strategy>-<backbone>-seed<N>-<hash of the record and the data fingerprints>`."""
+    record = {k: v for k, v in record.items() if k != "device"}
+    identity = {"config": record, "data": sorted(fingerprints)}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    label = re.sub(r"[^\w.+@-]", "_", backbone_tag)  # a folder name, whatever the spec's name
+    return f"{record['stream']}/{record['strategy']}-{label}-seed{record['seed']}-{digest}"
+
+
+def data_fingerprints(stream: Stream) -> list[str]:
+    """The fingerprints of every image source a stream reads (part of the run id)."""
+    views = [e.train for e in stream.experiences] + list(stream.test_sets)
+    return sorted({view.source.fingerprint for view in views})

@@ -1,0 +1,2 @@
+"""Shared learning pieces strategies are built from: heads, prototypes, adapters, prompts,
+training."""

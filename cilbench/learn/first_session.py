@@ -1,0 +1,197 @@
+"""First-session adaptation: tune a PEFT copy of the backbone on experience 0, then freeze it.
+
+ADAM/APER and RanPAC adapt the pre-trained model once, on the first experience only: a cosine
+classifier with a learnable scale sits on the PEFT model and everything trainable is fitted with
+plain cross-entropy (SGD momentum 0.9, cosine schedule in the references). The adapted model never
+changes afterwards, so `AdaptedBranch` wraps it in a backbone of its own (tag `<backbone>+<name>`,
+digest of its weights) whose feature store computes each image's features once and caches them on
+disk, like the frozen backbone's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cilbench.backbones.model import Backbone
+from cilbench.core.config import NonNegative, Positive, Range
+from cilbench.data.augment import training_data
+from cilbench.data.sources import DatasetView
+from cilbench.data.streams import Experience
+from cilbench.features import FeatureStore
+from cilbench.learn.adapters import VIT_ONLY, PeftSettings, apply_peft, require_vit
+from cilbench.learn.training import TrainSettings, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FirstSessionConfig(PeftSettings):
+    """Shared hyper-parameters (defaults: APER + adapter on CIFAR-100 in LAMDA-PILOT).
+
+    peft, adapter_*, vpt_tokens, lora_*: the PEFT variant and its sizes (`PeftSettings`).
+    epochs, batch_size, lr, weight_decay, min_lr, optimizer, momentum: first-session training
+    (cosine schedule to min_lr). `optimizer`: `sgd` (momentum), `adam` (torch Adam) or `adamw`;
+    a reference config's `"optimizer": "adam"` means AdamW (PILOT models/aper_*.py), so reference
+    recipes translate it to `adamw`.
+    """
+
+    epochs: Annotated[int, Positive()] = 20
+    batch_size: Annotated[int, Positive()] = 48
+    lr: Annotated[float, Positive()] = 0.01
+    weight_decay: Annotated[float, NonNegative()] = 5e-4
+    min_lr: Annotated[float, NonNegative()] = 0.0
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+
+
+def first_session_settings(
+    peft: str, epochs: int, lr: float, batch_size: int, weight_decay: float, **extra: Any
+) -> dict[str, Any]:
+    """A reference config's first-session row as settings (SGD; 5 prompt tokens for VPT)."""
+    sizes = {"vpt_tokens": 5} if peft.startswith("vpt") else {}
+    return {
+        "peft": peft, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+        "weight_decay": weight_decay, **sizes, **extra,
+    }  # fmt: skip
+
+
+class CosineHead(nn.Module):
+    """`sigma * cos(f, w_c)` for every class c, with a learnable scale sigma starting at 1."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(dim)
+        self.weight = nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
+        self.sigma = nn.Parameter(torch.ones(1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        cosine = F.normalize(features, dim=1) @ F.normalize(self.weight, dim=1).T
+        return self.sigma * cosine
+
+
+class AdaptedBranch:
+    """The backbone adapted on the first experience, frozen afterwards, with its feature store."""
+
+    def __init__(self, backbone: Backbone, store: FeatureStore, settings: PeftSettings, name: str):
+        self.backbone = backbone
+        self.frozen_store = store
+        self.settings = settings
+        self.name = name
+        self.model: nn.Module | None = None
+        self.store: FeatureStore | None = None
+        self.trained_parameters = 0
+        self.losses: list[float] = []
+        self._kept: list[str] = []
+
+    @property
+    def ready(self) -> bool:
+        """Whether the first session has been trained (or restored)."""
+        return self.model is not None
+
+    def check(self) -> None:
+        """Fail before any data is read when the variant needs a ViT and the backbone is not one."""
+        if self.settings.peft not in VIT_ONLY:
+            return
+        import timm
+
+        spec = self.backbone.spec
+        with torch.device("meta"):  # builds the architecture without memory or weights
+            probe = timm.create_model(spec.architecture, **spec.model_kwargs)
+        require_vit(self.settings.peft, probe, self.backbone.tag)
+
+    def train(
+        self, experience: Experience, settings: TrainSettings, generator: torch.Generator
+    ) -> None:
+        """Fit the PEFT parameters and a cosine head on `experience`, then freeze the model."""
+        model, head = self._build(experience.num_seen_classes, generator)
+        model.train()
+        head.train()
+
+        def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(head(model(images)), labels)
+
+        data, prepare = training_data(self.backbone, [experience.train])
+        self.losses = fit(
+            loss_fn,
+            [{"params": list(model.parameters())}, {"params": list(head.parameters())}],
+            data,
+            prepare,
+            settings,
+            generator,
+            device=self.backbone.device,
+            progress=self.frozen_store.progress,
+            description=f"{self.name}: first session ({self.settings.peft})",
+            num_workers=self.frozen_store.num_workers,
+        )
+        log.info("%s first-session losses per epoch: %s", self.name, self.losses)
+        self._freeze(model)
+
+    def features(self, view: DatasetView) -> tuple[torch.Tensor, torch.Tensor]:
+        """(adapted features, labels) of `view`, computed once per image and cached."""
+        assert self.store is not None, "the first session has not been trained"
+        return self.store.get(view)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Adapted features of a prepared batch."""
+        assert self.model is not None, "the first session has not been trained"
+        return self.model(images)
+
+    def state_dict(self, prefix: str = "branch.") -> dict[str, torch.Tensor]:
+        """The trained tensors (PEFT parameters and buffers), enough to rebuild the model."""
+        if self.model is None:
+            return {}
+        state = self.model.state_dict()
+        tensors = {f"{prefix}{name}": state[name] for name in self._kept}
+        tensors[f"{prefix}trained_parameters"] = torch.tensor(self.trained_parameters)
+        return tensors
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor], prefix: str = "branch.") -> None:
+        """Rebuild the adapted model from `state_dict`'s tensors (nothing to do if untrained)."""
+        if f"{prefix}trained_parameters" not in state:
+            return
+        model = self.backbone.build_model()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # initial values are overwritten below
+            self._kept = _kept_names(model, apply_peft(model, self.settings))
+        model.load_state_dict({n: state[prefix + n] for n in self._kept}, strict=False)
+        self.trained_parameters = int(state[f"{prefix}trained_parameters"])
+        self._freeze(model)
+
+    def _build(self, num_classes: int, generator: torch.Generator) -> tuple[nn.Module, CosineHead]:
+        model: Any = self.backbone.build_model()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            trainable = apply_peft(model, self.settings)
+            head = CosineHead(int(model.num_features), num_classes).to(self.backbone.device)
+        self._kept = _kept_names(model, trainable)
+        self.trained_parameters = sum(
+            p.numel() for m in (model, head) for p in m.parameters() if p.requires_grad
+        )
+        return model, head
+
+    def _freeze(self, model: nn.Module) -> None:
+        derived = self.backbone.derive(model, f"{self.name}-{self.settings.peft}")
+        self.model = derived.model
+        base = self.frozen_store
+        self.store = FeatureStore(
+            derived,
+            base.cache_dir,
+            batch_size=base.batch_size,
+            num_workers=base.num_workers,
+            progress=base.progress,
+        )
+
+
+def _kept_names(model: nn.Module, trainable: list[str]) -> list[str]:
+    """Trainable parameters plus persistent buffers (batch-norm statistics change in training)."""
+    state = model.state_dict()
+    buffers = [name for name, _ in model.named_buffers() if name in state]
+    return sorted(set(trainable) | set(buffers))

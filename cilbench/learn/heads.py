@@ -1,0 +1,182 @@
+"""Classifier heads that grow with the stream, and a trainable backbone + head network.
+
+`TaskHeads` keeps one linear layer per experience (SLCA's `SimpleContinualLinear`); its logits are
+the concatenation over experiences, so with stream labels 0..n_seen-1 it is also the usual single
+growing linear head of fine-tuning and joint training. `HeadedNetwork` puts a trainable copy of
+the backbone in front of it; used by every strategy that fine-tunes images end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import cast
+
+import torch
+from torch import nn
+
+from cilbench.backbones.model import Backbone
+from cilbench.core.errors import ConfigError
+
+
+class TaskHeads(nn.Module):
+    """One `Linear(dim, size)` per experience; logits concatenate them in label order."""
+
+    def __init__(self, dim: int, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.dim = dim
+        self.device = torch.device(device)
+        self.heads = nn.ModuleList()
+
+    @property
+    def sizes(self) -> list[int]:
+        """Number of classes of each head."""
+        return [cast(nn.Linear, head).out_features for head in self.heads]
+
+    @property
+    def num_classes(self) -> int:
+        return sum(self.sizes)
+
+    def grow(
+        self, size: int, generator: torch.Generator | None = None, freeze_old: bool = False
+    ) -> nn.Linear:
+        """Append a head for `size` new classes (trunc-normal std 0.02, zero bias, as SLCA).
+
+        Pass `generator` for a reproducible initialisation; `freeze_old` stops the earlier heads
+        from training.
+        """
+        head = nn.Linear(self.dim, size)
+        with torch.no_grad():
+            head.weight.copy_(_trunc_normal(head.weight.shape, 0.02, generator))
+        head.to(self.device)
+        nn.init.zeros_(head.bias)
+        if freeze_old:
+            self.heads.requires_grad_(False)
+        self.heads.append(head)
+        return head
+
+    def resize(self, sizes: list[int]) -> None:
+        """Recreate the heads with these sizes (before loading a state dict)."""
+        self.heads = nn.ModuleList()
+        for size in sizes:
+            self.grow(size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.cat([head(features) for head in self.heads], dim=1)
+
+
+def _trunc_normal(shape: torch.Size, std: float, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, std^2) truncated to [-2, 2] (timm/SLCA's bounds), drawn by resampling outliers."""
+    values = torch.randn(shape, generator=generator) * std
+    outside = values.abs() > 2.0
+    while outside.any():
+        values[outside] = torch.randn(int(outside.sum()), generator=generator) * std
+        outside = values.abs() > 2.0
+    return values
+
+
+class HeadedNetwork(nn.Module):
+    """A timm backbone (pooled features) followed by `TaskHeads`.
+
+    With `train_backbone` the backbone is a new trainable copy of the pinned weights; without, it
+    is the runner's shared frozen model, which stays in eval mode even when the network trains.
+    `fresh_final_norm` replaces the trainable copy's final LayerNorm with a new one (weight 1,
+    bias 0, eps 1e-5), as GengDavid/SLCA does to its IN-21k ViT (convs/vits.py).
+    `freeze_batchnorm_statistics` keeps the backbone's BatchNorm running statistics as they are
+    while the network trains (their affine weights still train): the running statistics follow
+    the training batches at momentum 0.1 whatever the learning rate.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        train_backbone: bool = True,
+        fresh_final_norm: bool = False,
+        freeze_batchnorm_statistics: bool = False,
+    ):
+        super().__init__()
+        self.train_backbone = train_backbone
+        self.freeze_batchnorm_statistics = freeze_batchnorm_statistics
+        self.backbone = backbone.build_model() if train_backbone else backbone.model
+        if fresh_final_norm:
+            replace_final_norm(self.backbone, backbone.tag)
+        self.heads = TaskHeads(cast(int, self.backbone.num_features), backbone.device)
+
+    def train(self, mode: bool = True) -> HeadedNetwork:
+        super().train(mode)
+        if not self.train_backbone:
+            self.backbone.eval()
+        elif self.freeze_batchnorm_statistics:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits over all heads for a prepared batch."""
+        return self.heads(self.backbone(images))
+
+    def parameter_count(self) -> int:
+        """Parameters the strategy trains: the heads, plus the backbone when it is trained."""
+        modules = [self.backbone, self.heads] if self.train_backbone else [self.heads]
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def replace_final_norm(model: nn.Module, tag: str) -> None:
+    """Give a trainable ViT a new final LayerNorm (`model.norm`), on the same device."""
+    norm = getattr(model, "norm", None)
+    if not isinstance(norm, nn.LayerNorm):
+        raise ConfigError(
+            f"fresh_final_norm replaces a ViT's final LayerNorm, and backbone {tag!r} has none; "
+            "use a ViT backbone or --set fresh_final_norm=false."
+        )
+    fresh = nn.LayerNorm(norm.normalized_shape)
+    model.norm = fresh.to(device=norm.weight.device)
+
+
+def heads_state(heads: TaskHeads, prefix: str) -> dict[str, torch.Tensor]:
+    """The heads' tensors plus their sizes, so `load_heads` can rebuild them."""
+    state = {f"{prefix}{k}": v for k, v in heads.state_dict().items()}
+    state[f"{prefix}sizes"] = torch.tensor(heads.sizes, dtype=torch.long)
+    return state
+
+
+def load_heads(heads: TaskHeads, state: Mapping[str, torch.Tensor], prefix: str) -> None:
+    """Rebuild `heads` from `heads_state` output."""
+    heads.resize([int(s) for s in state[f"{prefix}sizes"]])
+    own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    own.pop("sizes")
+    heads.load_state_dict(own)
+
+
+def network_state(network: HeadedNetwork, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Heads of `network`, and its backbone weights when they are trained, as flat tensors."""
+    state = heads_state(network.heads, f"{prefix}heads.")
+    if network.train_backbone:
+        weights = network.backbone.state_dict()
+        state.update({f"{prefix}backbone.{k}": v for k, v in weights.items()})
+    return state
+
+
+def load_network(
+    network: HeadedNetwork, state: Mapping[str, torch.Tensor], prefix: str = ""
+) -> None:
+    """Restore what `network_state` returned."""
+    load_heads(network.heads, state, f"{prefix}heads.")
+    if network.train_backbone:
+        key = f"{prefix}backbone."
+        weights = {k[len(key) :]: v for k, v in state.items() if k.startswith(key)}
+        network.backbone.load_state_dict(weights)
+
+
+def heads_accuracy(
+    heads: TaskHeads, test_sets: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> float:
+    """Percent of all test features (feature, label pairs per set) whose top logit is their label
+    (sample-weighted)."""
+    correct = total = 0
+    with torch.no_grad():
+        for features, labels in test_sets:
+            predicted = heads(features.to(heads.device)).argmax(1).cpu()
+            correct += int((predicted == labels).sum())
+            total += len(labels)
+    return 100.0 * correct / total

@@ -1,0 +1,209 @@
+"""The training loop every trained strategy shares.
+
+One place for what each method would otherwise re-write: optimiser with per-group learning rates,
+learning-rate schedule (stepped per epoch, as the reference codebases do), bf16 autocast on GPU,
+optional gradient clipping, a progress bar, a data order fixed by the experience's generator, and a
+clear stop on a non-finite loss (the runner's last checkpoint, from the previous experience, stays
+intact). It makes no extra passes: no train-accuracy pass and no evaluation inside the loop.
+Image files are decoded by worker processes that live for the whole loop (`persistent_workers`);
+the result does not depend on their number (see `cilbench.data.augment.SeededSampler`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, default_collate
+
+from cilbench.core.callbacks import Progress, SilentProgress, report_loss
+from cilbench.core.config import NonNegative, Positive, Range, shared_fields
+from cilbench.core.devices import autocast
+from cilbench.core.errors import CilbenchError
+from cilbench.data.sources import batching, loader_options, loader_workers
+
+
+class NonFiniteLossError(CilbenchError):
+    """The loss became NaN or infinite; training stopped."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings; strategies copy the relevant fields from their Config."""
+
+    epochs: Annotated[int, Positive()] = 1
+    batch_size: Annotated[int, Positive()] = 32
+    lr: Annotated[float, Positive()] = 0.01
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    weight_decay: Annotated[float, NonNegative()] = 0.0
+    schedule: Literal["constant", "cosine", "multistep", "coda-cosine"] = "cosine"
+    milestones: Annotated[tuple[int, ...], NonNegative()] = ()
+    gamma: Annotated[float, Positive()] = 0.1
+    min_lr: Annotated[float, NonNegative()] = 0.0
+    grad_clip: Annotated[float | None, Positive()] = None
+    drop_last: bool = False
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> TrainSettings:
+        """Take every field this class shares with a strategy Config, then `overrides`."""
+        return cls(**{**shared_fields(cls, config), **overrides})
+
+
+def make_optimizer(
+    groups: Sequence[dict[str, Any]], settings: TrainSettings
+) -> torch.optim.Optimizer:
+    """SGD (momentum), Adam or AdamW over parameter groups; a group may set its own lr."""
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    kwargs: dict[str, Any] = {"lr": settings.lr, "weight_decay": settings.weight_decay}
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=settings.momentum, **kwargs)
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, settings: TrainSettings
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: constant, cosine to `min_lr` over `epochs`, step decay, or CODA's.
+
+    "coda-cosine" is CODA-Prompt's `CosineSchedule` (GT-RIPL/CODA-Prompt utils/schedulers.py):
+    epoch e of K trains at lr * cos(99 pi e / (200 (K - 1))), ending near 1.6 % of lr.
+    """
+    if settings.schedule == "coda-cosine":
+        last = max(settings.epochs - 1, 1)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: math.cos(99 * math.pi * epoch / (200 * last))
+        )
+    if settings.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(settings.epochs, 1), eta_min=settings.min_lr
+        )
+    if settings.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(settings.milestones), gamma=settings.gamma
+        )
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+def fit(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    groups: Sequence[dict[str, Any]],
+    data: Dataset,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+    settings: TrainSettings,
+    generator: torch.Generator,
+    *,
+    device: torch.device,
+    progress: Progress | None = None,
+    description: str = "training",
+    num_workers: int | None = None,
+) -> list[float]:
+    """Minimise `loss_fn(prepare(images), labels)` over `data`; the mean loss of every epoch.
+
+    `num_workers`: loader processes (None: `loader_workers` decides from `device` and from
+    `data.sources`, which `augment.training_data` datasets name). A dataset with a
+    `sampler(generator)` method (per-image augmentation) supplies its own shuffled keys.
+    """
+    optimizer = make_optimizer(groups, settings)
+    scheduler = make_scheduler(optimizer, settings)
+    parameters = [p for g in optimizer.param_groups for p in g["params"]]
+    workers = loader_workers(num_workers, getattr(data, "sources", ()), device)
+    loader = DataLoader(
+        data,
+        **batching(data, _shuffled(data, generator), settings.batch_size, settings.drop_last),
+        # The loader draws its workers' base seed from this generator whenever it starts them:
+        # every epoch without workers, once with persistent ones. A private generator keeps
+        # those draws off `generator`, so the data order does not depend on the worker count.
+        generator=torch.Generator().manual_seed(0),
+        **loader_options(device, workers, persistent=True),
+    )
+    progress = progress or SilentProgress()
+    epoch_losses = []
+    # Reading the loss back costs a device sync: on a GPU, check it every few steps only.
+    check_every = 1 if device.type == "cpu" else 25
+    # Augmentations draw from torch's global RNG: seed it from the generator, restore afterwards.
+    with (
+        torch.random.fork_rng(devices=[]),
+        progress.task(description, total=settings.epochs * len(loader)) as advance,
+    ):
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        for epoch in range(settings.epochs):
+            total, count = torch.zeros((), device=device), 0
+            for step, (images, labels) in enumerate(loader):
+                with autocast(device):
+                    loss = loss_fn(prepare(images), labels.to(device, non_blocking=True))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if settings.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
+                optimizer.step()
+                total += loss.detach().float() * len(labels)
+                count += len(labels)
+                if step % check_every == 0:
+                    _stop_if_not_finite(total, description, epoch, step)
+                advance(1)
+            _stop_if_not_finite(total, description, epoch, step)
+            scheduler.step()
+            epoch_losses.append(total.item() / max(count, 1))
+            report_loss(description, epoch, epoch_losses[-1])
+    optimizer.zero_grad(set_to_none=True)  # leave no stale gradients on the model
+    return epoch_losses
+
+
+def _shuffled(data: Dataset, generator: torch.Generator) -> Sampler:
+    """The dataset's own seeded sampler if it has one, else a random order from `generator`."""
+    own = getattr(data, "sampler", None)
+    return own(generator) if own is not None else RandomSampler(data, generator=generator)  # type: ignore[arg-type]
+
+
+def _stop_if_not_finite(total: torch.Tensor, description: str, epoch: int, step: int) -> None:
+    if not torch.isfinite(total):
+        raise NonFiniteLossError(
+            f"{description}: the loss became {total.item()} by epoch {epoch}, step {step}. "
+            "Lower the learning rate or enable grad_clip; the last checkpoint (previous "
+            "experience) is intact."
+        )
+
+
+def count_trainable(modules: Iterable[torch.nn.Module]) -> int:
+    """Parameters with requires_grad across `modules` (shared tensors counted once)."""
+    seen = {id(p): p.numel() for m in modules for p in m.parameters() if p.requires_grad}
+    return sum(seen.values())
+
+
+class WithPositions(Dataset):
+    """`data`'s samples with each label replaced by the pair (label, position in `data`).
+
+    For a loss that looks up per-sample data kept elsewhere (e.g. cached frozen features) by
+    position: `fit` hands the loss the (B, 2) pairs as its labels. It fetches whole batches and
+    draws its keys as `fit` would for `data` (per-image augmentation keys carry a seed).
+    """
+
+    fetches_batches = True
+
+    def __init__(self, data: Dataset):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    @property
+    def sources(self) -> Sequence[Any]:
+        """`data`'s image sources, from which `fit` picks its worker count."""
+        return getattr(self.data, "sources", ())
+
+    def sampler(self, generator: torch.Generator) -> Sampler:
+        return _shuffled(self.data, generator)
+
+    def __getitem__(self, keys: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if getattr(self.data, "fetches_batches", False):
+            images, labels = self.data[keys]
+        else:
+            images, labels = default_collate([self.data[key] for key in keys])
+        positions = torch.as_tensor([key[0] if isinstance(key, tuple) else key for key in keys])
+        return images, torch.stack([torch.as_tensor(labels), positions], dim=1)
