@@ -8,14 +8,16 @@ the stream's class order, so the classes seen after experience t are always 0..n
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
+from cilbench.core.callbacks import Progress, SilentProgress
+from cilbench.core.errors import ConfigError
 from cilbench.core.registry import Registry
+from cilbench.data.augment import Augmentation
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import (
     Experience,
@@ -27,11 +29,42 @@ if TYPE_CHECKING:
     from cilbench.backbones.model import Backbone
     from cilbench.features import FeatureStore
 
+
+def _no_other_images(stream_name: str = "") -> list[DatasetView]:
+    raise ConfigError(
+        "This run supplies no unlabelled images (RunContext.unlabelled_images was not given)."
+    )
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a strategy gets from the run, handed over once at `setup()`.
+
+    Run settings reach a strategy only through here (the backbone and the feature store carry
+    none): the runner fills it, tests build it directly.
+    """
+
+    backbone: Backbone
+    info: StreamInfo
+    features: FeatureStore
+    """The frozen backbone's feature store (computed once, then read from disk)."""
+    progress: Progress = field(default_factory=SilentProgress)
+    """Progress bars for long loops (rich bars under the CLI)."""
+    num_workers: int | None = None
+    """`--workers`: data-loader processes; None: the loaders' default for the data."""
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    """The run's training augmentation (`augment.*`), for `data.augment.training_data`."""
+    unlabelled_images: Callable[[str], list[DatasetView]] = _no_other_images
+    """`unlabelled_images("")`: the training views of every experience of this stream, future ones
+    included, labels removed; `unlabelled_images(name)`: those of another registered stream, built
+    by the runner with its default options (DKVB's key initialisation)."""
+
+
 @runtime_checkable
 class Strategy(Protocol):
     """What the runner calls. Subclass `BaseStrategy` rather than implementing this from scratch."""
 
-    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None: ...
+    def setup(self, context: RunContext) -> None: ...
 
     def train_experience(self, experience: Experience) -> None: ...
 
@@ -58,8 +91,7 @@ class BaseStrategy:
     Config: ClassVar[type] = NoConfig
     recipes: ClassVar[Mapping[str, Any]] = {}
     """Per-stream settings over the Config defaults: a `cilbench.engine.recipes.Recipe` (or a list
-    of
-    them: variants and named alternatives), or a plain mapping such as {"epochs": 20}."""
+    of them: variants and named alternatives), or a plain mapping such as {"epochs": 20}."""
     variant_key: ClassVar[str | None] = None
     """The Config field whose `--set` value picks a variant's recipe (ADAM's `peft`)."""
     predicts_from_features: ClassVar[bool] = False
@@ -77,22 +109,20 @@ class BaseStrategy:
         self.seed = seed
         self.device = torch.device(device)
 
-    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
-        """Receive the backbone, what is known of the stream, and the frozen-feature store."""
-        self.backbone = backbone
-        self.info = info
-        self.features = features
-        self.progress = features.progress  # for training loops: rich bars under the CLI
+    def setup(self, context: RunContext) -> None:
+        """Receive the run's context: backbone, stream info, feature store and run settings."""
+        self.context = context
+        self.backbone = context.backbone
+        self.info = context.info
+        self.features = context.features
+        self.progress = context.progress
 
-    def before_stream(
-        self, unlabelled_train: Sequence[DatasetView], data_root: Path | None
-    ) -> None:
+    def before_stream(self) -> None:
         """Called once before the first experience of a fresh run (not on resume); no-op here.
 
-        `unlabelled_train` holds the training images of every experience, future ones included,
-        with labels removed; `data_root` lets a strategy build another stream for unlabelled data.
         Only for methods whose paper prepares on unlabelled inputs before the stream (DKVB's key
-        initialisation); a strategy that uses it must say so in `report()`.
+        initialisation, through `self.context.unlabelled_images`); a strategy that uses it must
+        say so in `report()`.
         """
 
     def train_experience(self, experience: Experience) -> None:
@@ -166,7 +196,7 @@ STRATEGIES: Registry[type[BaseStrategy]] = Registry(
     "strategy", package="cilbench.strategies", entry_point_group="cilbench.strategies"
 )
 STREAMS: Registry[type[StreamBuilder]] = Registry(
-    "stream", package="cilbench.benchmarks", entry_point_group="cilbench.data.streams"
+    "stream", package="cilbench.benchmarks", entry_point_group="cilbench.streams"
 )
 register_strategy = STRATEGIES.register
 register_stream = STREAMS.register

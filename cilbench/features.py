@@ -1,13 +1,12 @@
 """Frozen-feature extraction with an on-disk cache: the reason frozen strategies are fast.
 
-Features of a whole image source are computed once per (backbone tag, weight digest,
-preprocessing, compute precision, source fingerprint) and stored as a safetensors file, written
-atomically and verified by a checksum on every read. A damaged file is reported and rebuilt, never
-used; a changed key simply names another file, so stale features cannot be returned. A cache folder
-that cannot be written (read-only, full disk) costs speed, not the run: features stay in memory,
-with one warning. On CUDA the backbone runs in bf16 (`cilbench.core.devices`); `cilbench profile
-gpu`
-reports how far those features are from float32 ones. Images are decoded in worker processes
+Features of a whole image source are computed once per (backbone tag, weight digest, preprocessing,
+compute precision, source fingerprint) and stored as a safetensors file, written atomically and
+verified by a checksum on every read. A damaged file is reported and rebuilt, never used; a changed
+key simply names another file, so stale features cannot be returned. A cache folder that cannot be
+written (read-only, full disk) costs speed, not the run: features stay in memory, with one warning.
+On CUDA the backbone runs in bf16 (`cilbench.core.devices`); `cilbench profile gpu` reports how far
+those features are from float32 ones. Images are decoded in worker processes
 (`cilbench.data.sources.loader_workers`).
 """
 

@@ -8,6 +8,7 @@ keep smoke runs fast with a recipe for the `synthetic` stream (e.g. one epoch).
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cilbench.api import STRATEGIES, STREAMS, BaseStrategy
+from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, RunContext
 from cilbench.backbones.model import Backbone, create_backbone
 from cilbench.core.config import resolve
+from cilbench.data.augment import Augmentation
 from cilbench.data.streams import Stream
-from cilbench.engine.loop import evaluate
+from cilbench.engine.loop import evaluate, unlabelled_images
 from cilbench.engine.recipes import recipes_of
 from cilbench.features import FeatureStore
 
@@ -57,7 +59,13 @@ def synthetic_stream(**options: Any) -> Stream:
 
 
 def make_strategy(
-    name: str, backbone: Backbone, stream: Stream, seed: int = 0, **overrides: Any
+    name: str,
+    backbone: Backbone,
+    stream: Stream,
+    seed: int = 0,
+    *,
+    augmentation: Augmentation | None = None,
+    **overrides: Any,
 ) -> BaseStrategy:
     """Strategy `name` with its synthetic recipe, set up on `backbone` with an in-memory store."""
     cls = STRATEGIES.get(name)
@@ -65,8 +73,24 @@ def make_strategy(
     recipe = recipes[0].sections()["strategy"] if recipes else {}
     config: Any = resolve(cls.Config, recipe, overrides)
     strategy = cls(config, seed=seed)
-    strategy.setup(backbone, stream.info, FeatureStore(backbone, cache_dir=None))
+    strategy.setup(context_for(backbone, stream, augmentation=augmentation))
     return strategy
+
+
+def context_for(
+    backbone: Backbone,
+    stream: Stream,
+    store: FeatureStore | None = None,
+    augmentation: Augmentation | None = None,
+) -> RunContext:
+    """The context a run on `stream` would give, with an in-memory feature store by default."""
+    return RunContext(
+        backbone=backbone,
+        info=stream.info,
+        features=store or FeatureStore(backbone, cache_dir=None),
+        augmentation=augmentation or Augmentation(),
+        unlabelled_images=functools.partial(unlabelled_images, stream, None),
+    )
 
 
 def _test_batch(stream: Stream, backbone: Backbone, size: int = 16) -> torch.Tensor:
@@ -79,7 +103,7 @@ def _test_batch(stream: Stream, backbone: Backbone, size: int = 16) -> torch.Ten
 def _run(name: str, stream: Stream, seed: int, **overrides: Any) -> tuple[BaseStrategy, list]:
     backbone = tiny_backbone()
     strategy = make_strategy(name, backbone, stream, seed=seed, **overrides)
-    strategy.before_stream(stream.unlabelled_train(), None)
+    strategy.before_stream()
     frozen = copy.deepcopy(backbone.model.state_dict())
     batch = _test_batch(stream, backbone)
     outputs = []

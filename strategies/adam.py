@@ -9,10 +9,9 @@ prototype. Old prototypes never change; a class that reappears (domain-increment
 updates its running mean.
 
 Config (see `cilbench.learn.first_session.FirstSessionConfig`): `peft` picks the variant (adapter,
-ssf,
-vpt-shallow, vpt-deep, lora, finetune); the first-session fields default to the APER adapter
-settings on CIFAR-100. Recipes (`cilbench recipes adam`) hold every variant's reference settings
-per stream: `paper` from the authors' RevisitingCIL configs (IN-21k ViT; written for B0 Inc5 on
+ssf, vpt-shallow, vpt-deep, lora, finetune); the first-session fields default to the APER adapter
+settings on CIFAR-100. Recipes (`cilbench recipes adam`) hold every variant's reference settings per
+stream: `paper` from the authors' RevisitingCIL configs (IN-21k ViT; written for B0 Inc5 on
 CIFAR-100 and ImageNet-R, `--set stream.increment=5` for that protocol), `pilot` from LAMDA-PILOT's
 (IN-1k ViT). `--set peft=ssf` picks that variant's recipe. lora has no reference recipe (it keeps
 the adapter's training settings, with a warning); PILOT's ImageNet-R vpt-shallow config names a
@@ -32,12 +31,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from cilbench.api import register_strategy
-from cilbench.backbones.model import Backbone
+from cilbench.api import RunContext, register_strategy
 from cilbench.data.sources import DatasetView
-from cilbench.data.streams import Experience, StreamInfo
+from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, REVISITING_CIL, Recipe
-from cilbench.features import FeatureStore
 from cilbench.learn.adapters import PeftSettings, PeftVariant
 from cilbench.learn.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
 from cilbench.learn.prototypes import PrototypeStrategy, cosine_scores
@@ -124,11 +121,9 @@ class Adam(PrototypeStrategy):
         ],
     }
 
-    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
-        super().setup(backbone, info, features)
-        self.branch = AdaptedBranch(
-            backbone, features, PeftSettings.from_config(self.config), "adam"
-        )
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
+        self.branch = AdaptedBranch(context, PeftSettings.from_config(self.config), "adam")
         self.branch.check()
 
     def train_experience(self, experience: Experience) -> None:

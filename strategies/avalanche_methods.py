@@ -42,13 +42,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cilbench.api import BaseStrategy, register_strategy
-from cilbench.backbones.model import Backbone
+from cilbench.api import BaseStrategy, RunContext, register_strategy
 from cilbench.backbones.preprocessing import Preprocessing
 from cilbench.core.config import NonNegative, Positive, Range
 from cilbench.core.errors import CilbenchError
-from cilbench.data.streams import Experience, StreamInfo
-from cilbench.features import FeatureStore
+from cilbench.data.streams import Experience
 from cilbench.learn.heads import HeadedNetwork, load_network, network_state
 from cilbench.learn.training import (
     NonFiniteLossError,
@@ -157,10 +155,11 @@ class AvalancheStrategy(BaseStrategy):
     recipes = RECIPES
     template_name: ClassVar[str] = ""
 
-    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
-        super().setup(backbone, info, features)
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
+        backbone = context.backbone
         self.network = HeadedNetwork(backbone, self.config.train_backbone)
-        self.network.heads.grow(info.num_classes, self.generator(-1))
+        self.network.heads.grow(context.info.num_classes, self.generator(-1))
         self.model = _RawImageModel(self.network, backbone.preprocessing)
         self.template: Any = None
         self.num_seen = 0
@@ -209,7 +208,7 @@ class AvalancheStrategy(BaseStrategy):
         dataset = _make_taskaware_classification_dataset(
             experience.train.with_transform(_identity),
             transform_groups={
-                "train": (preprocessing.train_transform(self.backbone.augmentation), None),
+                "train": (preprocessing.train_transform(self.context.augmentation), None),
                 "eval": (preprocessing.sample_transform(), None),
             },
             initial_transform_group="train",

@@ -20,10 +20,9 @@ shuffles only for seed > 0), so the CIFAR-100 and ImageNet-R recipes set
 Where cilbench differs: the orthogonality penalty (weight 0 in the reference runs) is not
 implemented; new components are orthogonal to the span of the earlier ones (see
 `cilbench.learn.prompts`); prompt weights use the shared frozen backbone's cached query at
-evaluation;
-`query_from_cache=true` also trains on cached queries (the reference: augmented view); cilbench's
-growing head (trunc-normal init) replaces one `nn.Linear` over all classes. CPU demo recipes use
-fewer components so they fit the tiny test ViT's 64 dimensions.
+evaluation; `query_from_cache=true` also trains on cached queries (the reference: augmented view);
+cilbench's growing head (trunc-normal init) replaces one `nn.Linear` over all classes. CPU demo
+recipes use fewer components so they fit the tiny test ViT's 64 dimensions.
 """
 
 from __future__ import annotations

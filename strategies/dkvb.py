@@ -53,18 +53,16 @@ cilbench's choices, not the paper's; `split-cifar100` takes the paper's 500 epoc
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from cilbench.api import STREAMS, BaseStrategy, register_strategy
-from cilbench.core.config import AtMostField, NonNegative, Positive, Range, Registered, resolve
+from cilbench.core.config import AtMostField, NonNegative, Positive, Range, Registered
 from cilbench.core.errors import CilbenchError
-from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import DKVB_EXPERIMENTS, Recipe
 from cilbench.learn.training import NonFiniteLossError, TrainSettings, make_optimizer
@@ -288,15 +286,10 @@ class DKVB(BaseStrategy):
         self.init_coverage = torch.zeros(0)
         self.num_seen = 0
 
-    def before_stream(
-        self, unlabelled_train: Sequence[DatasetView], data_root: Path | None
-    ) -> None:
+    def before_stream(self) -> None:
         """Draw the projections and fit the keys to unlabelled inputs; keys are frozen after."""
         config = self.config
-        views = unlabelled_train
-        if config.key_init_stream:
-            other = resolve(STREAMS.get(config.key_init_stream), {}).build(data_root)
-            views = other.unlabelled_train()
+        views = self.context.unlabelled_images(config.key_init_stream)
         features = torch.cat([self.features.get(view)[0] for view in views]).to(self.device)
         generator = self.generator(KEY_INIT_INDEX)
         projections = random_projections(

@@ -33,15 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from cilbench.api import BaseStrategy, register_strategy
-from cilbench.backbones.model import Backbone
+from cilbench.api import BaseStrategy, RunContext, register_strategy
 from cilbench.core.config import NonNegative
 from cilbench.core.errors import ConfigError
 from cilbench.data.augment import training_data
 from cilbench.data.sources import DatasetView
-from cilbench.data.streams import Experience, StreamInfo
+from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, SLCA, Recipe, shared_head_recipe
-from cilbench.features import FeatureStore
 from cilbench.learn.heads import HeadedNetwork, load_network, network_state
 from cilbench.learn.training import TrainSettings, fit
 
@@ -132,8 +130,9 @@ class Finetune(BaseStrategy):
         """A frozen backbone is evaluated on cached test features."""
         return not self.config.train_backbone
 
-    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
-        super().setup(backbone, info, features)
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
+        info = context.info
         if self.config.loss == "new" and info.scenario != "class-incremental":
             raise ConfigError(
                 f"loss=new trains on each experience's new classes, which a {info.scenario} "
@@ -175,7 +174,7 @@ class Finetune(BaseStrategy):
         def loss_fn(inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(model(inputs)[:, first:num_seen], labels - first)
 
-        workers = self.features.num_workers if config.num_workers is None else config.num_workers
+        workers = self.context.num_workers if config.num_workers is None else config.num_workers
         groups = [{"params": network.heads.parameters(), "lr": config.lr}]
         if config.train_backbone:
             lr = config.lr * config.backbone_lr_scale
@@ -189,7 +188,7 @@ class Finetune(BaseStrategy):
             self._settings(index),
             generator,
             device=self.device,
-            progress=self.features.progress,
+            progress=self.progress,
             description=f"{type(self).__name__.lower()}: experience {index}",
             num_workers=workers,
         )
@@ -204,7 +203,7 @@ class Finetune(BaseStrategy):
     def _data(self, views: list[DatasetView]) -> tuple[Dataset, Any, torch.nn.Module]:
         """(dataset, prepare, model): augmented images, or cached features for a linear probe."""
         if self.config.train_backbone:
-            data, prepare = training_data(self.backbone, views)
+            data, prepare = training_data(self.backbone, views, self.context.augmentation)
             return data, prepare, self.network
         pairs = [self.features.get(view) for view in views]
         features = torch.cat([f for f, _ in pairs])

@@ -25,13 +25,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from cilbench.api import register_strategy
-from cilbench.backbones.model import Backbone
+from cilbench.api import RunContext, register_strategy
 from cilbench.core.errors import CilbenchError, ConfigError
 from cilbench.data.sources import DatasetView, ImageSource
-from cilbench.data.streams import Experience, StreamInfo
+from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, RANPAC, Recipe, shared_head_recipe
-from cilbench.features import FeatureStore
 from cilbench.strategies.finetune import Finetune
 
 
@@ -70,13 +68,13 @@ class Joint(Finetune):
         "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},
     }
 
-    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
+    def setup(self, context: RunContext) -> None:
         if self.config.loss != "seen":
             raise ConfigError(
                 f"joint trains one head on every class seen so far: loss must be 'seen'; got "
                 f"{self.config.loss!r}."
             )
-        super().setup(backbone, info, features)
+        super().setup(context)
         self.seen: list[tuple[str, np.ndarray, np.ndarray]] = []
         self.sources: dict[str, ImageSource] = {}
 

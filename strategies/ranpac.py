@@ -35,13 +35,11 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from cilbench.api import BaseStrategy, register_strategy
-from cilbench.backbones.model import Backbone
+from cilbench.api import BaseStrategy, RunContext, register_strategy
 from cilbench.core.config import Positive, Range
 from cilbench.data.sources import DatasetView
-from cilbench.data.streams import Experience, StreamInfo
+from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, RANPAC, Recipe
-from cilbench.features import FeatureStore
 from cilbench.learn.adapters import PeftSettings
 from cilbench.learn.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
 from cilbench.learn.training import TrainSettings
@@ -154,11 +152,11 @@ class RanPAC(BaseStrategy):
         self.weights = torch.empty(0)
         self.ridge = 1.0
 
-    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
-        super().setup(backbone, info, features)
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
         if self.config.peft != "none":
             settings = PeftSettings.from_config(self.config)
-            self.branch = AdaptedBranch(backbone, features, settings, "ranpac")
+            self.branch = AdaptedBranch(context, settings, "ranpac")
             self.branch.check()
 
     def train_experience(self, experience: Experience) -> None:

@@ -52,16 +52,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from cilbench.api import BaseStrategy, register_strategy
-from cilbench.backbones.model import Backbone
+from cilbench.api import BaseStrategy, RunContext, register_strategy
 from cilbench.core.config import NonNegative, Positive, Range
 from cilbench.core.errors import CilbenchError
 from cilbench.data.augment import training_data
 from cilbench.data.sources import loader_workers
-from cilbench.data.streams import Experience, StreamInfo
+from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.engine.recipes import SLCA as SLCA_CODE
-from cilbench.features import FeatureStore, extract_features
+from cilbench.features import extract_features
 from cilbench.learn.gaussians import ClassGaussians
 from cilbench.learn.heads import (
     HeadedNetwork,
@@ -168,8 +167,9 @@ class SLCA(BaseStrategy):
         },
     }  # fmt: skip
 
-    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
-        super().setup(backbone, info, features)
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
+        backbone = context.backbone
         self.network = HeadedNetwork(
             backbone,
             True,
@@ -228,7 +228,7 @@ class SLCA(BaseStrategy):
         self.seconds[phase] += time.perf_counter() - start
 
     def _slow_learner(self, experience: Experience, generator: torch.Generator, known: int) -> None:
-        data, prepare = training_data(self.backbone, [experience.train])
+        data, prepare = training_data(self.backbone, [experience.train], self.context.augmentation)
         self.train_new_task(
             data,
             prepare,
@@ -264,7 +264,7 @@ class SLCA(BaseStrategy):
             TrainSettings.from_config(self.config, schedule="multistep"),
             generator,
             device=self.device,
-            progress=self.features.progress,
+            progress=self.progress,
             description=description,
             num_workers=num_workers,
         )
@@ -273,7 +273,7 @@ class SLCA(BaseStrategy):
     def _workers(self) -> int | None:
         """Loader processes: the config's `num_workers`, else the run's `--workers` setting."""
         configured = self.config.num_workers
-        return configured if configured is not None else self.features.num_workers
+        return configured if configured is not None else self.context.num_workers
 
     def slow_learner_groups(self) -> list[dict[str, Any]]:
         """Backbone at lr x backbone_lr_scale, the newest head at lr (older heads are frozen)."""
@@ -293,7 +293,7 @@ class SLCA(BaseStrategy):
             dataset,
             batch_size=self.config.batch_size,
             num_workers=loader_workers(self._workers(), [experience.train.source], self.device),
-            progress=self.features.progress,
+            progress=self.progress,
             description="slca: class statistics",
         )
 
@@ -326,7 +326,7 @@ class SLCA(BaseStrategy):
         optimizer = make_optimizer([{"params": heads.parameters()}], settings)
         scheduler = make_scheduler(optimizer, settings)
         batch = config.ca_samples_per_class
-        with self.features.progress.task(
+        with self.progress.task(
             "slca: classifier alignment", total=config.ca_epochs * self.num_seen
         ) as advance:
             for epoch in range(config.ca_epochs):

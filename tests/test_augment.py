@@ -10,6 +10,7 @@ from torchvision.transforms import RandomResizedCrop, v2
 
 from cilbench.core.errors import ConfigError
 from cilbench.data.augment import (
+    Augmentation,
     SeededSampler,
     _augment_batch,
     per_image_transform,
@@ -44,9 +45,9 @@ def test_batch_crops_equal_per_image_crop_and_resize():
     coarse = torch.from_numpy(rng.uniform(0, 255, size=(8, 3, 4, 4))).float()
     images = F.interpolate(coarse, size=(40, 40), mode="bilinear").round().to(torch.uint8)
     torch.manual_seed(3)
-    batch = _augment_batch(backbone, images)
+    batch = _augment_batch(backbone, Augmentation(), images)
     torch.manual_seed(3)
-    boxes = random_resized_crop_boxes(8, 40, 40, backbone.augmentation.scale).long()
+    boxes = random_resized_crop_boxes(8, 40, 40, Augmentation().scale).long()
     flips = torch.rand(8) < 0.5  # drawn right after the boxes, as _augment_batch draws them
     assert flips.any() and not flips.all()
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
@@ -60,7 +61,7 @@ def test_batch_crops_equal_per_image_crop_and_resize():
 def test_same_size_sources_augment_per_batch_and_files_per_image(tmp_path):
     backbone = tiny_backbone()
     view = synthetic_stream().experiences[0].train
-    data, prepare = training_data(backbone, [view])
+    data, prepare = training_data(backbone, [view], Augmentation())
     images, labels = data[[0, 1]]
     assert images.shape == (2, 3, 32, 32) and labels.tolist() == view.labels[:2].tolist()
     assert prepare is not backbone.prepare
@@ -69,7 +70,7 @@ def test_same_size_sources_augment_per_batch_and_files_per_image(tmp_path):
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     files = FileSource(tmp_path, ["a.png"], [0], "files")
     view = DatasetView(files, np.array([0]), np.array([0]))
-    data, prepare = training_data(backbone, [view])
+    data, prepare = training_data(backbone, [view], Augmentation())
     assert data[(0, 7)][0].shape == (3, 32, 32) and prepare == backbone.prepare
 
 
@@ -80,7 +81,9 @@ def test_per_image_augmentation_depends_on_its_seed_only(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     files = FileSource(tmp_path, ["a.png"], [3], "files")
-    data, _ = training_data(tiny_backbone(), [DatasetView(files, np.array([0]), np.array([5]))])
+    data, _ = training_data(
+        tiny_backbone(), [DatasetView(files, np.array([0]), np.array([5]))], Augmentation()
+    )
     first, label = data[(0, 11)]
     torch.rand(100)  # move the global generator: the seeded draw must not care
     state = torch.get_rng_state()
@@ -130,14 +133,12 @@ def test_preset_crops_follow_the_reference_scale(preset: str, scale: tuple[float
 def test_center_presets_give_the_test_crop_with_or_without_flip():
     backbone = tiny_backbone(crop_pct=0.5)
     images = torch.arange(2 * 3 * 40 * 40).reshape(2, 3, 40, 40).remainder(251).to(torch.uint8)
-    backbone.augmentation = resolve_augmentation({"preset": "none"})
-    plain = _augment_batch(backbone, images)
+    plain = _augment_batch(backbone, resolve_augmentation({"preset": "none"}), images)
     test_crop = backbone.preprocessing.sample_transform()(images)  # resize 64, centre crop 32
     expected = backbone.preprocessing.normalize(test_crop.float())
     assert (plain - expected).abs().mean() < 0.1
-    backbone.augmentation = resolve_augmentation({"preset": "flip-only"})
     torch.manual_seed(1)
-    flipped = _augment_batch(backbone, images)
+    flipped = _augment_batch(backbone, resolve_augmentation({"preset": "flip-only"}), images)
     for i in range(2):
         same, mirrored = (flipped[i] - plain[i]).abs().max(), (flipped[i] - plain[i].flip(-1))
         assert same < 1e-4 or mirrored.abs().max() < 1e-4
@@ -145,9 +146,9 @@ def test_center_presets_give_the_test_crop_with_or_without_flip():
 
 def test_brightness_jitter_scales_each_image_within_the_range():
     backbone = tiny_backbone(normalization="none")
-    backbone.augmentation = resolve_augmentation({"preset": "none", "brightness": "0.25"})
+    jitter = resolve_augmentation({"preset": "none", "brightness": "0.25"})
     images = torch.full((64, 3, 32, 32), 100, dtype=torch.uint8)
-    factors = _augment_batch(backbone, images).mean(dim=(1, 2, 3)) * 255 / 100
+    factors = _augment_batch(backbone, jitter, images).mean(dim=(1, 2, 3)) * 255 / 100
     assert factors.min() >= 0.75 - 1e-4 and factors.max() <= 1.25 + 1e-4
     assert factors.std() > 0.05  # a factor per image, not one per batch
 

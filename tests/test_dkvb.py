@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cilbench.api import RunContext
 from cilbench.core.callbacks import RunCallback, SilentProgress
 from cilbench.core.config import resolve
 from cilbench.core.errors import CilbenchError, ConfigError
@@ -23,7 +24,7 @@ from cilbench.strategies.dkvb import (
     key_coverage,
     nearest_keys,
 )
-from cilbench.testing import check_strategy, synthetic_stream, tiny_backbone
+from cilbench.testing import check_strategy, context_for, synthetic_stream, tiny_backbone
 
 
 class ArrayStore:
@@ -61,6 +62,12 @@ def _two_group_problem(per_class: int = 60, dim: int = 16):
     return features, labels, info, [experience(0), experience(1)], torch.tensor(test)
 
 
+def _context(features, info, views) -> RunContext:
+    """A context over in-memory features whose unlabelled images are `views`."""
+    store = ArrayStore(features)
+    return RunContext(None, info, store, unlabelled_images=lambda name="": views)  # type: ignore[arg-type]
+
+
 def _strategy(features, info, experiences, **overrides) -> DKVB:
     config = resolve(
         DKVBConfig,
@@ -68,8 +75,9 @@ def _strategy(features, info, experiences, **overrides) -> DKVB:
         {"batch_size": 32, "epochs": 3, **overrides},
     )
     strategy = DKVB(config, seed=3)
-    strategy.setup(None, info, ArrayStore(features))  # type: ignore[arg-type]
-    strategy.before_stream([unlabelled(e.train) for e in experiences], None)
+    views = [unlabelled(e.train) for e in experiences]
+    strategy.setup(_context(features, info, views))
+    strategy.before_stream()
     return strategy
 
 
@@ -227,11 +235,12 @@ def test_keys_can_come_from_another_registered_stream():
     backbone = tiny_backbone()
     config = resolve(DKVB.Config, DKVB.recipes["synthetic"], {"key_init_stream": "synthetic"})
     strategy = DKVB(config)
-    strategy.setup(backbone, stream.info, FeatureStore(backbone, cache_dir=None))
-    strategy.before_stream([], None)  # the stream's own images are not used
+    store = FeatureStore(backbone, cache_dir=None)
+    strategy.setup(context_for(backbone, stream, store))
+    strategy.before_stream()  # builds the other stream through the context
     default = DKVB(resolve(DKVB.Config, DKVB.recipes["synthetic"]))
-    default.setup(backbone, stream.info, strategy.features)
-    default.before_stream(stream.unlabelled_train(), None)
+    default.setup(context_for(backbone, stream, store))
+    default.before_stream()
     assert torch.equal(strategy.bottleneck.keys, default.bottleneck.keys)
     assert strategy.report()["key_init_uses_future_stream_inputs"] is False
     with pytest.raises(ConfigError, match="Did you mean 'synthetic'"):  # before any work
@@ -241,7 +250,7 @@ def test_keys_can_come_from_another_registered_stream():
 def test_training_without_keys_fails_clearly():
     features, _, info, experiences, _ = _two_group_problem()
     strategy = DKVB(DKVBConfig())
-    strategy.setup(None, info, ArrayStore(features))  # type: ignore[arg-type]
+    strategy.setup(_context(features, info, []))
     with pytest.raises(CilbenchError, match="before_stream"):
         strategy.train_experience(experiences[0])
 

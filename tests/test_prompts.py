@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cilbench.data.augment import training_data
+from cilbench.data.augment import Augmentation, training_data
 from cilbench.data.sources import DatasetView, FileSource
 from cilbench.engine.loop import evaluate, run
 from cilbench.engine.spec import RunSpec
@@ -125,7 +125,7 @@ def test_position_labels_follow_per_image_augmentation_keys(tmp_path):
         Image.fromarray(np.full((20, 30, 3), 40 * i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
     files = FileSource(tmp_path, [f"{i}.png" for i in range(3)], [0, 1, 2], "files")
     view = DatasetView(files, np.arange(3), np.array([4, 5, 6]))
-    data = WithPositions(training_data(tiny_backbone(), [view])[0])
+    data = WithPositions(training_data(tiny_backbone(), [view], Augmentation())[0])
     keys = list(data.sampler(torch.Generator().manual_seed(0)))
     images, pairs = data[keys]
     positions = [position for position, _ in keys]

@@ -205,9 +205,10 @@ def test_stage_one_keeps_batchnorm_statistics_unless_asked(stream, freeze):
 def test_alignment_profile_trains_slca_exactly_as_a_run_with_a_still_backbone(stream):
     """`profile slca-alignment` on cached features == SLCA itself with backbone lr 0, no
     augmentation and the pre-trained norm (bit for bit: same batches, same features)."""
-    backbone = tiny_backbone(augmentation=resolve_augmentation({"preset": "none"}))
+    backbone = tiny_backbone()
     settings = {"backbone_lr_scale": 0.0, "fresh_final_norm": False}
-    real = make_strategy("slca", backbone, stream, **settings)
+    still = resolve_augmentation({"preset": "none"})
+    real = make_strategy("slca", backbone, stream, augmentation=still, **settings)
     for experience in stream.experiences:
         real.train_experience(experience)
     frozen = make_strategy("slca", backbone, stream, **settings)

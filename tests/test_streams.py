@@ -30,7 +30,7 @@ from cilbench.core.errors import DataError
 from cilbench.data.streams import class_order
 from cilbench.engine.loop import evaluate
 from cilbench.features import FeatureStore
-from cilbench.testing import check_stream, tiny_backbone
+from cilbench.testing import check_stream, context_for, tiny_backbone
 
 WRITERS = {
     "split-cifar100": write_cifar100,
@@ -225,8 +225,8 @@ def test_frozen_feature_strategies_run_on_core50_ni(tmp_path: Path) -> None:
     for name in names:
         cls = STRATEGIES.get(name)
         strategy = cls(resolve(cls.Config, cls.recipes.get("synthetic", {})))
-        strategy.setup(backbone, stream.info, store)
-        strategy.before_stream(stream.unlabelled_train(), None)
+        strategy.setup(context_for(backbone, stream, store))
+        strategy.before_stream()
         rows = []
         for experience in stream:
             strategy.train_experience(experience)

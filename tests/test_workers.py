@@ -12,7 +12,7 @@ from stream_fixtures import write_vtab
 
 from cilbench.core.devices import autocast, compute_dtype, pins_memory
 from cilbench.core.errors import ConfigError
-from cilbench.data.augment import training_data
+from cilbench.data.augment import Augmentation, training_data
 from cilbench.data.sources import (
     MAX_DEFAULT_WORKERS,
     ArraySource,
@@ -135,7 +135,7 @@ def test_features_are_the_same_with_and_without_workers(vtab_root):
 def _trained_weights(view, workers: int) -> tuple[list[float], torch.Tensor]:
     backbone = tiny_backbone()
     model = backbone.build_model(num_classes=50)
-    data, prepare = training_data(backbone, [view])
+    data, prepare = training_data(backbone, [view], Augmentation())
     losses = fit(
         lambda images, labels: torch.nn.functional.cross_entropy(model(images), labels),
         [{"params": model.parameters()}],

@@ -36,7 +36,6 @@ from cilbench.core.errors import (
     DataError,
     RegistryError,
 )
-from cilbench.data.augment import Augmentation
 from cilbench.data.downloads import sha256_file
 
 
@@ -48,13 +47,10 @@ class Backbone:
         spec: BackboneSpec,
         preprocessing: Preprocessing,
         device: str = "cpu",
-        augmentation: Augmentation | None = None,
     ):
         self.spec = spec
         self.preprocessing = preprocessing
         self.device = torch.device(device)
-        self.augmentation = augmentation or Augmentation()
-        """What trained strategies' training images go through (`augment.training_data`)."""
 
     @property
     def tag(self) -> str:
@@ -150,7 +146,7 @@ class DerivedBackbone(Backbone):
 
     def __init__(self, base: Backbone, model: nn.Module, suffix: str):
         spec = dataclasses.replace(base.spec, name=f"{base.tag}+{suffix}")
-        super().__init__(spec, base.preprocessing, str(base.device), base.augmentation)
+        super().__init__(spec, base.preprocessing, str(base.device))
         model.requires_grad_(False)
         self.__dict__["model"] = model.eval()  # fills the `model` cached property
 
@@ -174,7 +170,6 @@ def create_backbone(
     normalization: str | None = None,
     interpolation: str | None = None,
     device: str = "cpu",
-    augmentation: Augmentation | None = None,
 ) -> Backbone:
     """The backbone `name` (or spec) with its preprocessing resolved (explicit arguments win)."""
     spec = resolve_backbone_spec(name)
@@ -198,7 +193,7 @@ def create_backbone(
         mean=tuple(float(v) for v in mean_std[0]),
         std=tuple(float(v) for v in mean_std[1]),
     )
-    return Backbone(spec, preprocessing, device=device, augmentation=augmentation)
+    return Backbone(spec, preprocessing, device=device)
 
 
 def _pretrained_cfg(spec: BackboneSpec) -> dict[str, Any]:

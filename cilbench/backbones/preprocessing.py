@@ -87,4 +87,3 @@ def _normalization_constants(
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     return 1.0 / (255.0 * std_t), mean_t / std_t
-

@@ -70,6 +70,7 @@ def checked_spec(spec: BackboneSpec) -> BackboneSpec:
 
 WEIGHT_KINDS = ("random", "file", "package")
 
+
 def resolve_backbone_spec(name: str | BackboneSpec) -> BackboneSpec:
     """A preset by name, a local weight file, or a spec for an exact timm weight tag.
 
@@ -130,4 +131,3 @@ def weight_file_spec(name: str) -> BackboneSpec:
         name=f"{architecture}@{weights.stem}", architecture=architecture, weights=f"file:{weights}"
     )
     return checked_spec(spec)
-

@@ -2,9 +2,8 @@
 
 `add` checks a result before it joins `leaderboards/<stream>/`: schema version, the stream's current
 version, a registered strategy, a complete accuracy matrix and the board's protocol. `aggregate`
-recomputes every metric from the stored matrices with `cilbench.core.metrics` (the derived fields
-in the
-files are never read) and puts the published number of the same protocol beside ours
+recomputes every metric from the stored matrices with `cilbench.core.metrics` (the derived fields in
+the files are never read) and puts the published number of the same protocol beside ours
 (`leaderboards/reference.json`). Rendering the pages lives in `cilbench.boards.pages`.
 """
 

@@ -187,18 +187,16 @@ def plot_links(stream: str) -> str:
 
 CONVENTIONS = """\
 Every number is recomputed from the stored accuracy matrices (`cilbench/core/metrics.py`); the
-derived
-fields in the result files are never read. Cells are mean ± sample standard deviation (n - 1) over
-the seeds of a row (no ± with one seed). Sample-weighted accuracy counts correct test images over
-all seen test images (PyCIL, PILOT, APER, SLCA); task-averaged accuracy averages the per-task
+derived fields in the result files are never read. Cells are mean ± sample standard deviation (n -
+1) over the seeds of a row (no ± with one seed). Sample-weighted accuracy counts correct test images
+over all seen test images (PyCIL, PILOT, APER, SLCA); task-averaged accuracy averages the per-task
 accuracies (L2P, DualPrompt, CODA-Prompt, RanPAC). Forgetting (Chaudhry) is the best earlier
 accuracy minus the last, averaged over tasks; CODA's F_N averages the drop from one step to the
 next. Wall time and peak memory are per run, on the machine in each result's `environment`; wall
-time includes feature extraction when the run found the feature cache cold. Flags:
-`?` means the strategy does not declare it, `n/a` that it does not apply (no prompt vote without
-prompts). The published number is the first entry of
-`reference.json` for the same strategy, stream, protocol and backbone; the gap is our mean minus it,
-in its accuracy convention.
+time includes feature extraction when the run found the feature cache cold. Flags: `?` means the
+strategy does not declare it, `n/a` that it does not apply (no prompt vote without prompts). The
+published number is the first entry of `reference.json` for the same strategy, stream, protocol and
+backbone; the gap is our mean minus it, in its accuracy convention.
 """
 
 

@@ -38,7 +38,7 @@ def _user_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from cilbench.cli.app import user_errors
+        from cilbench.cli.console import user_errors
 
         return user_errors(command)(*args, **kwargs)
 
@@ -62,7 +62,7 @@ def _data_set(stream: str) -> DataSet:
 @_user_errors
 def fetch_command(stream: StreamArg, root: RootOpt = None) -> None:
     """Download, verify and unpack a stream's data (or say how to obtain it)."""
-    from cilbench.cli.app import stderr, stdout
+    from cilbench.cli.console import stderr, stdout
     from cilbench.core.callbacks import RichProgress
 
     for message in _data_set(stream).fetch(root or default_data_root(), RichProgress(stderr)):
@@ -79,20 +79,18 @@ def check_command(
     ] = False,
 ) -> None:
     """Verify layout, counts per split and checksums; a table, exit 2 on any problem."""
-    from rich.table import Table
-
-    from cilbench.cli.app import stderr, stdout
+    from cilbench.cli.console import stderr, stdout
+    from cilbench.cli.tables import show_table
     from cilbench.core.callbacks import RichProgress
 
     root = root or default_data_root()
     rows = _data_set(stream).check(root, RichProgress(stderr), record=record)
-    table = Table(title=f"{stream} under {root}")
-    for column in ("check", "found", "expected", "", "note"):
-        table.add_column(column)
-    for row in rows:
-        status = "[green]ok[/]" if row.ok else "[bold red]FAIL[/]"
-        table.add_row(row.item, row.found, row.expected, status, row.note)
-    stdout.print(table)
+    show_table(
+        stdout,
+        f"{stream} under {root}",
+        ["check", "found", "expected", "", "note"],
+        [[r.item, r.found, r.expected, "ok" if r.ok else "FAIL", r.note] for r in rows],
+    )
     failed = [row for row in rows if not row.ok]
     if failed:
         problems = "; ".join(f"{r.item}: {r.note or r.found}" for r in failed[:5])
@@ -110,7 +108,7 @@ def decode_command(
 ) -> None:
     """Build a stream's decoded-image cache now, with a progress bar (runs then reuse it)."""
     from cilbench.api import STREAMS
-    from cilbench.cli.app import stderr, stdout
+    from cilbench.cli.console import stderr, stdout
     from cilbench.core.callbacks import RichProgress
     from cilbench.core.config import Positive, check_value
     from cilbench.core.paths import default_cache_dir

@@ -131,16 +131,16 @@ def per_image_transform(
 
 
 def training_data(
-    backbone: Backbone, views: Sequence[DatasetView]
+    backbone: Backbone, views: Sequence[DatasetView], augmentation: Augmentation
 ) -> tuple[Dataset, Callable[[torch.Tensor], torch.Tensor]]:
     """(dataset, prepare) for `fit`: augmented, normalised batches of the images in `views`.
 
-    The augmentation is the backbone's (`Backbone.augmentation`, set by the runner).
+    `augmentation` is the run's (`RunContext.augmentation`).
     """
     sizes = {getattr(view.source, "image_size", None) for view in views}
     if len(sizes) == 1 and None not in sizes:
-        return _SameSizeImages(views), lambda images: _augment_batch(backbone, images)
-    transform = per_image_transform(backbone.preprocessing, backbone.augmentation)
+        return _SameSizeImages(views), lambda images: _augment_batch(backbone, augmentation, images)
+    transform = per_image_transform(backbone.preprocessing, augmentation)
     return _SeededImages(views, transform), backbone.prepare
 
 
@@ -192,9 +192,10 @@ def center_crop_boxes(count: int, height: int, width: int, crop_pct: float) -> t
     return torch.tensor([[x1, y1, x1 + side, y1 + side]]).expand(count, 4).clone()
 
 
-def _augment_batch(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
+def _augment_batch(
+    backbone: Backbone, augmentation: Augmentation, images: torch.Tensor
+) -> torch.Tensor:
     """Crop, resize, flip and jitter every image of a same-size batch in one sampling pass."""
-    augmentation = backbone.augmentation
     preprocessing = backbone.preprocessing
     size = preprocessing.image_size
     count, _, height, width = images.shape

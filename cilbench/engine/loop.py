@@ -8,6 +8,7 @@ and the experience index).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import resource
@@ -21,14 +22,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cilbench.api import STRATEGIES, BaseStrategy
+from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, RunContext
 from cilbench.backbones.model import Backbone, create_backbone
 from cilbench.core.callbacks import Progress, RunCallback, SilentProgress, observing
+from cilbench.core.config import resolve
 from cilbench.core.devices import autocast
 from cilbench.core.errors import CilbenchError, CorruptFileError
 from cilbench.core.files import check_writable, remove_stale_temps, write_atomic
 from cilbench.core.metrics import summarize
 from cilbench.core.results import RunResult, environment, load_result, save_result
+from cilbench.data.augment import Augmentation
 from cilbench.data.sources import (
     DatasetView,
     loader_options,
@@ -63,6 +66,21 @@ class PreparedRun:
     config: dict[str, Any]
     run_id: str
     recipe: ChosenRecipe
+    augmentation: Augmentation
+
+    def context(self, store: FeatureStore, progress: Progress | None = None) -> RunContext:
+        """What the strategy gets at `setup()`: this run's backbone, stream info and settings."""
+        return RunContext(
+            backbone=self.backbone,
+            info=self.stream.info,
+            features=store,
+            progress=progress or SilentProgress(),
+            num_workers=self.spec.num_workers,
+            augmentation=self.augmentation,
+            unlabelled_images=functools.partial(
+                unlabelled_images, self.stream, self.spec.data_root
+            ),
+        )
 
     @property
     def run_dir(self) -> Path:
@@ -91,19 +109,29 @@ def prepare(spec: RunSpec) -> PreparedRun:
     run_id = run_id_of(record, data_fingerprints(stream), backbone.tag)
     strategy = STRATEGIES.get(spec.strategy)(settings.config, seed=spec.seed, device=device)
     config_record = {**record, "device": device}
-    return PreparedRun(spec, stream, backbone, strategy, config_record, run_id, settings.recipe)
+    return PreparedRun(
+        spec, stream, backbone, strategy, config_record, run_id, settings.recipe,
+        settings.augmentation,
+    )  # fmt: skip
 
+
+def unlabelled_images(
+    stream: Stream, data_root: Path | None, stream_name: str = ""
+) -> list[DatasetView]:
+    """The training views of `stream`, or of the registered stream `stream_name` (built from
+    `data_root` with its default options), with labels removed: `RunContext.unlabelled_images`."""
+    if not stream_name:
+        return stream.unlabelled_train()
+    builder = resolve(STREAMS.get(stream_name), {}, what=f"stream {stream_name!r} option")
+    return builder.build(data_root).unlabelled_train()
 
 
 def _create_backbone(settings: RunSettings, device: str) -> Backbone:
-    """The run's backbone on `device`, carrying the run's training augmentation."""
+    """The run's backbone on `device` (a `Backbone` object given in the spec, as it is)."""
     choice = settings.backbone
     if isinstance(choice, Backbone):
-        choice.augmentation = settings.augmentation  # the run's setting, like any other
         return choice
-    return create_backbone(
-        choice, device=device, augmentation=settings.augmentation, **settings.backbone_settings
-    )
+    return create_backbone(choice, device=device, **settings.backbone_settings)
 
 
 def run(
@@ -135,14 +163,14 @@ def run(
         progress=progress,
     )
     strategy, stream = prepared.strategy, prepared.stream
-    strategy.setup(prepared.backbone, stream.info, store)
+    strategy.setup(prepared.context(store, progress))
     result = _resume_or_start(prepared, resume, overwrite)
     for callback in callbacks:
         callback.on_run_start(prepared.run_id, prepared.config, prepared.run_dir)
     cost = result.cost
     if not result.accuracy_matrix:
         start = time.perf_counter()
-        strategy.before_stream(stream.unlabelled_train(), spec.data_root)
+        strategy.before_stream()
         cost["before_stream_seconds"] = time.perf_counter() - start
     before = {
         "extract_seconds": cost["extract_seconds"],

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 RECIPE_KEY = "recipe"
 """The `--set` key that picks a recipe by name."""
+DEFAULTS = "defaults"
+"""The recipe name a strategy without recipes records (its Config defaults)."""
 FALLBACK_STREAM = "split-cifar100"
 IN21K = "vit_base_patch16_224.augreg_in21k"
 """timm 0.6.12's `vit_base_patch16_224_in21k` ("IN21K" in the LAMDA, SLCA and RanPAC code)."""
@@ -190,9 +192,9 @@ def choose(
     name = overrides.get(RECIPE_KEY)
     origin, found, fallback = candidates(strategy, strategy_cls, stream)
     if not found:
-        if name is not None:
+        if name not in (None, DEFAULTS):
             raise ConfigError(f"Strategy {strategy!r} has no recipes; remove recipe={name}.")
-        return ChosenRecipe(Recipe(name="defaults", notes="the Config defaults"), None, None)
+        return ChosenRecipe(Recipe(name=DEFAULTS, notes="the Config defaults"), None, None)
     named = _by_name(strategy, origin, found, name)
     variant_key = getattr(strategy_cls, "variant_key", None)
     requested = overrides.get(variant_key) if variant_key else None

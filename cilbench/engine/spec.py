@@ -138,7 +138,6 @@ def resolve_run(spec: RunSpec) -> RunSettings:
     )
 
 
-
 def _recipe_name(stream: str | StreamBuilder | Stream) -> str:
     """The stream name a strategy's recipes are looked up by."""
     if isinstance(stream, Stream):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cilbench.backbones.model import Backbone
+from cilbench.api import RunContext
 from cilbench.core.config import NonNegative, Positive, Range
 from cilbench.data.augment import training_data
 from cilbench.data.sources import DatasetView
@@ -80,9 +80,10 @@ class CosineHead(nn.Module):
 class AdaptedBranch:
     """The backbone adapted on the first experience, frozen afterwards, with its feature store."""
 
-    def __init__(self, backbone: Backbone, store: FeatureStore, settings: PeftSettings, name: str):
-        self.backbone = backbone
-        self.frozen_store = store
+    def __init__(self, context: RunContext, settings: PeftSettings, name: str):
+        self.context = context
+        self.backbone = context.backbone
+        self.frozen_store = context.features
         self.settings = settings
         self.name = name
         self.model: nn.Module | None = None
@@ -118,7 +119,7 @@ class AdaptedBranch:
         def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(head(model(images)), labels)
 
-        data, prepare = training_data(self.backbone, [experience.train])
+        data, prepare = training_data(self.backbone, [experience.train], self.context.augmentation)
         self.losses = fit(
             loss_fn,
             [{"params": list(model.parameters())}, {"params": list(head.parameters())}],
@@ -127,9 +128,9 @@ class AdaptedBranch:
             settings,
             generator,
             device=self.backbone.device,
-            progress=self.frozen_store.progress,
+            progress=self.context.progress,
             description=f"{self.name}: first session ({self.settings.peft})",
-            num_workers=self.frozen_store.num_workers,
+            num_workers=self.context.num_workers,
         )
         log.info("%s first-session losses per epoch: %s", self.name, self.losses)
         self._freeze(model)

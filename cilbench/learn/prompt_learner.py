@@ -2,11 +2,10 @@
 
 A `PromptLearner` keeps the runner's frozen ViT as it is and trains a `Prompter` (see
 `cilbench.learn.prompts`) plus one linear head over every class seen so far, through the shared
-training
-loop (`cilbench.learn.training.fit`). The loss is cross-entropy with the logits of classes outside
-the
-experience masked to -inf (the reference codes' `train_mask`: old classes in class-incremental
-streams), minus `pull_coeff` x the pull constraint. A subclass only builds its prompter.
+training loop (`cilbench.learn.training.fit`). The loss is cross-entropy with the logits of classes
+outside the experience masked to -inf (the reference codes' `train_mask`: old classes in
+class-incremental streams), minus `pull_coeff` x the pull constraint. A subclass only builds its
+prompter.
 
 The query of every image is the frozen model's pooled feature (`Backbone.forward_features`):
 - evaluation: read from the feature cache (`predicts_with_features`), so the frozen model never
@@ -27,11 +26,9 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from cilbench.api import BaseStrategy
-from cilbench.backbones.model import Backbone
+from cilbench.api import BaseStrategy, RunContext
 from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience, StreamInfo
-from cilbench.features import FeatureStore
 from cilbench.learn.heads import TaskHeads, heads_state, load_heads
 from cilbench.learn.prompts import Prompter, Readout, prompted_features
 from cilbench.learn.training import TrainSettings, WithPositions, count_trainable, fit
@@ -64,9 +61,11 @@ class PromptLearner(BaseStrategy):
         """The prompter for the frozen timm ViT `model`; called once in `setup`."""
         raise NotImplementedError
 
-    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
-        super().setup(backbone, info, features)
-        self.prompter: Prompter = self.build_prompter(backbone.model, info).to(backbone.device)
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
+        backbone = context.backbone
+        self.prompter: Prompter = self.build_prompter(backbone.model, context.info)
+        self.prompter.to(backbone.device)
         self.heads = TaskHeads(backbone.feature_dim, backbone.device)
         self.num_seen = 0
         self.task = 0
@@ -80,7 +79,7 @@ class PromptLearner(BaseStrategy):
         if extra > 0:
             self.heads.grow(extra, generator)
         self.num_seen = experience.num_seen_classes
-        data, prepare = training_data(self.backbone, [experience.train])
+        data, prepare = training_data(self.backbone, [experience.train], self.context.augmentation)
         cached = None
         if config.query_from_cache:
             cached = self.features.get(experience.train)[0].to(self.device)

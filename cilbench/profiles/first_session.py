@@ -79,7 +79,7 @@ def _forward_passes(prepared: PreparedRun) -> Figures:
     handle = torch.nn.modules.module.register_module_forward_hook(count)
     with tempfile.TemporaryDirectory() as tmp:
         store = FeatureStore(backbone, Path(tmp), batch_size=spec.batch_size)
-        strategy.setup(backbone, stream.info, store)
+        strategy.setup(prepared.context(store))
         try:
             for experience in stream:
                 phase = "task 0" if experience.index == 0 else "later"

@@ -8,10 +8,9 @@ training images of `--stream` (default: the shipped demo stream) it measures, si
    extraction (loading, preprocessing, forward, cache write) with the default worker count;
 2. bf16 vs float32 features of the training and test images: largest deviation, and the final
    accuracy of NMC on each (bf16 through CPU autocast on the CPU, so the figure is real there too);
-3. training images/s of SLCA's slow learner, ADAM's first session (adapter) and finetune, one
-   epoch on experience 0 through `cilbench.learn.training.fit`, vs a bare forward+backward loop,
-   with
-   the peak GPU memory of each;
+3. training images/s of SLCA's slow learner, ADAM's first session (adapter) and finetune, one epoch
+   on experience 0 through `cilbench.learn.training.fit`, vs a bare forward+backward loop, with the
+   peak GPU memory of each;
 4. the model's multiply-accumulates per image (counted by torch's FlopCounterMode with attention
    unfused, as the counter does not see fused kernels: 17.6 GMAC for ViT-B/16 at 224 px) and
    measured forward throughput as a fraction of the measured dense matmul peak (bf16 on CUDA;
@@ -127,7 +126,7 @@ def _nmc_final_accuracy(prepared: PreparedRun, dtype: str) -> tuple[torch.Tensor
         features = extract_features(forward, backbone, dataset, batch_size=store.batch_size)
         store.remember(source, features)
     strategy = prepared.strategy
-    strategy.setup(backbone, stream.info, store)
+    strategy.setup(prepared.context(store))
     for experience in stream.experiences:
         strategy.train_experience(experience)
     last = len(stream.experiences) - 1
@@ -170,7 +169,7 @@ def _training(spec: RunSpec, figures: Figures) -> None:
             num_workers=spec.num_workers,
             progress=stopwatch,
         )
-        prepared.strategy.setup(backbone, stream.info, store)
+        prepared.strategy.setup(prepared.context(store, stopwatch))
         first = stream.experiences[0]
         _reset_peak(backbone.device)
         prepared.strategy.train_experience(first)

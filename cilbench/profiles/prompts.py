@@ -68,7 +68,7 @@ def _train(
     if store is None:
         store = FeatureStore(prepared.backbone, cache_dir=None, batch_size=spec.batch_size)
     # Set up first: it builds the model, which must not happen under the store's inference mode.
-    strategy.setup(store.backbone, stream.info, store)
+    strategy.setup(prepared.context(store))
     for view in [e.train for e in stream.experiences] + list(stream.test_sets):
         store.get(view)
     seconds = 0.0

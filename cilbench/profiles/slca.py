@@ -2,13 +2,12 @@
 
 SLCA trains experience 0 (warm-up, not timed), then experiences 1-3 (as many as the stream has),
 timing each one's three stages itself: the slow learner (stage 1, through
-`cilbench.learn.training.fit`:
-data loading and augmentation included), the per-class statistics, and classifier alignment.
-After each experience a bare loop trains a fresh copy of the same backbone and a head with the
-same optimiser settings on the same number of batches, already augmented and on the device, with
-nothing else in the loop (`profiles/bare.py`). Medians over these rounds are reported, so that
-load from other processes and one-off costs hit both alike. Use the tiny ViT with enough images
-to time, e.g. `cilbench profile slca --stream synthetic --set stream.num_classes=8
+`cilbench.learn.training.fit`: data loading and augmentation included), the per-class statistics,
+and classifier alignment. After each experience a bare loop trains a fresh copy of the same backbone
+and a head with the same optimiser settings on the same number of batches, already augmented and on
+the device, with nothing else in the loop (`profiles/bare.py`). Medians over these rounds are
+reported, so that load from other processes and one-off costs hit both alike. Use the tiny ViT with
+enough images to time, e.g. `cilbench profile slca --stream synthetic --set stream.num_classes=8
 --set stream.train_per_class=500`.
 """
 
@@ -38,7 +37,7 @@ def profile_slca(spec: RunSpec) -> Figures:
     prepared = prepare(dataclasses.replace(spec, strategy="slca"))
     strategy = cast(SLCA, prepared.strategy)
     stream, backbone = prepared.stream, prepared.backbone
-    strategy.setup(backbone, stream.info, FeatureStore(backbone, cache_dir=None))
+    strategy.setup(prepared.context(FeatureStore(backbone, cache_dir=None)))
     if len(stream.experiences) < 2:
         raise ConfigError("profile slca needs a stream of 2 experiences or more.")
     strategy.train_experience(stream.experiences[0])

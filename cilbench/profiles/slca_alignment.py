@@ -60,7 +60,7 @@ def frozen_slca_accuracy(
     """
     config = dataclasses.replace(prepared.strategy.config, ca_epochs=ca_epochs)
     strategy = SLCA(config, seed=prepared.spec.seed)
-    strategy.setup(prepared.backbone, prepared.stream.info, store)
+    strategy.setup(prepared.context(store))
 
     def features(view: DatasetView) -> tuple[torch.Tensor, torch.Tensor]:
         values, labels = store.get(view)

@@ -1,0 +1,146 @@
+"""`cilbench sweep` (a grid of runs) and `cilbench leaderboard add|build` (published boards)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cilbench.cli import console
+from cilbench.cli.options import (
+    BackboneOpt,
+    BatchOpt,
+    CacheOpt,
+    DataRootOpt,
+    DeviceOpt,
+    LogOpt,
+    OutOpt,
+    SetOpt,
+    spec_from_options,
+)
+
+
+@console.user_errors
+def sweep_command(
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategy names.")] = "nmc",
+    streams: Annotated[str, typer.Option(help="Comma-separated stream names.")] = (
+        "split-fashion-mnist-mini"
+    ),
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0,1,2",
+    backbone: BackboneOpt = None,
+    assignments: SetOpt = None,
+    data_root: DataRootOpt = None,
+    out: OutOpt = Path("runs"),
+    cache_dir: CacheOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 128,
+    executor: Annotated[str, typer.Option(help="local, ray or slurm.")] = "local",
+    workers: Annotated[int, typer.Option(help="local: worker processes (1 = in-process).")] = 2,
+    ray_address: Annotated[
+        str | None, typer.Option(help="ray: 'auto', HOST:PORT, or none for a local Ray.")
+    ] = None,
+    slurm_partition: Annotated[str | None, typer.Option(help="slurm: partition.")] = None,
+    slurm_folder: Annotated[Path, typer.Option(help="slurm: submitit log folder.")] = Path(
+        "runs/submitit"
+    ),
+    cpus_per_run: Annotated[int, typer.Option(help="ray/slurm: CPUs each run asks for.")] = 1,
+    gpus_per_run: Annotated[int, typer.Option(help="ray/slurm: GPUs each run asks for.")] = 0,
+    log: LogOpt = None,
+) -> None:
+    """Run a grid of (strategy, stream, seed); finished runs are skipped, killed ones resume."""
+    from cilbench.core.paths import default_cache_dir
+    from cilbench.engine.sweep import expand_grid, make_executor, sweep
+
+    base = spec_from_options(
+        "nmc", "synthetic", backbone, 0, assignments, data_root, device, batch_size,
+        out_dir=out, cache_dir=cache_dir or default_cache_dir(),
+    )  # fmt: skip
+    specs = expand_grid(base, _names(strategies), _names(streams), _seeds(seeds))
+    engine = make_executor(
+        executor, workers=workers, ray_address=ray_address, slurm_partition=slurm_partition,
+        slurm_folder=slurm_folder, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
+    )  # fmt: skip
+    failed = _show_sweep(sweep(specs, engine, log or []), len(specs))
+    if failed:
+        console.stderr.print(f"[bold red]{failed} of {len(specs)} runs failed[/]")
+        raise typer.Exit(1)
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    from cilbench.core.config import coerce
+
+    return coerce(text, list[int], key="seeds", what="--seeds")
+
+
+def _show_sweep(outcomes: Any, total: int) -> int:
+    """A live table, one row per finished run; returns how many failed."""
+    from rich.live import Live
+
+    table = Table(title=f"sweep: {total} runs")
+    for column in ("stream", "strategy", "seed", "status", "final acc", "avg inc acc", "time (s)"):
+        table.add_column(column, justify="right" if column[0] in "fat" else "left")
+    failed = 0
+    with Live(table, console=console.stdout, refresh_per_second=4):
+        for outcome in outcomes:
+            spec, m = outcome.spec, outcome.metrics
+            failed += outcome.status == "failed"
+            numbers = (
+                [f"{m['final_accuracy']:.2f}", f"{m['average_accuracy']:.2f}"] if m else ["", ""]
+            )
+            status = escape(outcome.error) if outcome.error else outcome.status
+            table.add_row(
+                spec.stream, spec.strategy, str(spec.seed), status, *numbers,
+                f"{outcome.total_seconds:.1f}",
+            )  # fmt: skip
+    return failed
+
+
+leaderboard_app = typer.Typer(
+    help="Validate results onto boards and generate the leaderboard pages.", no_args_is_help=True
+)
+BoardRootOpt = Annotated[Path, typer.Option("--root", help="The leaderboards folder.")]
+
+
+@leaderboard_app.command("add")
+@console.user_errors
+def leaderboard_add(
+    results: Annotated[list[Path], typer.Argument(help="Result JSON files.")],
+    root: BoardRootOpt = Path("leaderboards"),
+) -> None:
+    """Validate results (schema, stream version, strategy, complete matrix, protocol) and store."""
+    from cilbench.boards.leaderboard import add
+
+    for path in add(results, root):
+        console.stdout.print(f"stored {path}", soft_wrap=True)
+    console.stdout.print("Now run `cilbench leaderboard build`.")
+
+
+@leaderboard_app.command("build")
+@console.user_errors
+def leaderboard_build(
+    root: BoardRootOpt = Path("leaderboards"),
+    check: Annotated[
+        bool, typer.Option(help="Write nothing; exit 1 when a generated file is stale.")
+    ] = False,
+) -> None:
+    """Recompute every metric from the stored matrices and write README.md, tables, CSVs, plots."""
+    from cilbench.boards.pages import build, stale
+
+    if check:
+        outdated = stale(root)
+        for path in outdated:
+            console.stderr.print(f"stale: {path}")
+        if outdated:
+            console.stderr.print("Run `cilbench leaderboard build` and commit the result.")
+            raise typer.Exit(1)
+        console.stdout.print("leaderboard pages are up to date")
+        return
+    for path in build(root):
+        console.stdout.print(f"wrote {path}", soft_wrap=True)

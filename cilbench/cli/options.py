@@ -1,0 +1,64 @@
+"""Options shared by several commands, and the run spec they describe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+StrategyOpt = Annotated[str, typer.Option("--strategy", "-s", help="Registered strategy name.")]
+StreamOpt = Annotated[str, typer.Option("--stream", "-t", help="Registered stream name.")]
+BackboneOpt = Annotated[
+    str | None,
+    typer.Option(help="Preset or exact timm weight tag; default: the stream's backbone."),
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed for every random choice of the strategy.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="key=value; strategy keys, stream.<option>, backbone.<setting>. Repeatable."
+    ),
+]
+DataRootOpt = Annotated[
+    Path | None, typer.Option(envvar="CILBENCH_DATA", help="Where data sets live.")
+]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+BatchOpt = Annotated[int, typer.Option(help="Batch size for feature extraction and evaluation.")]
+LogOpt = Annotated[
+    list[str] | None,
+    typer.Option("--log", help="Live logging: tensorboard, wandb, csv (repeatable) to <run>/logs."),
+]
+OutOpt = Annotated[Path, typer.Option(help="Results go to OUT/<stream>/<run>/.")]
+CacheOpt = Annotated[
+    Path | None, typer.Option(envvar="CILBENCH_CACHE", help="Feature cache folder.")
+]
+
+
+def spec_from_options(
+    strategy: str,
+    stream: str,
+    backbone: str | None,
+    seed: int,
+    assignments: list[str] | None,
+    data_root: Path | None,
+    device: str,
+    batch_size: int,
+    **extra: Any,
+) -> Any:
+    """The `RunSpec` of the command-line options, checked before any work."""
+    from cilbench.core.config import check, parse_assignments
+    from cilbench.engine.spec import RunSpec
+
+    spec = RunSpec(
+        strategy=strategy,
+        stream=stream,
+        backbone=backbone,
+        seed=seed,
+        overrides=parse_assignments(assignments or []),
+        data_root=data_root,
+        device=device,
+        batch_size=batch_size,
+        **extra,
+    )
+    return check(spec, what="run option")  # profiles that never call prepare() check it too

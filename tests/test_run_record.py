@@ -1,0 +1,101 @@
+"""The run record round-trips: `RunSpec.from_record` of a result's config resolves to its run id."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from cilbench.api import STRATEGIES, STREAMS
+from cilbench.core.results import load_result
+from cilbench.data.augment import AUGMENTATION_PRESETS
+from cilbench.engine.recipes import RECIPE_KEY, recipes_of
+from cilbench.engine.spec import RunSpec, resolve_run, run_id_of, run_record
+
+BOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
+BACKBONE_SETTINGS = [{}, {"backbone.image_size": "48", "backbone.normalization": "imagenet"}]
+FINGERPRINTS = ["train:0123", "test:4567"]  # stands in for a built stream's data
+
+
+def _record_and_id(spec: RunSpec, backbone_tag: str | None = None) -> tuple[dict, str]:
+    """The record and run id `prepare` would give, without building the stream or backbone."""
+    settings = resolve_run(spec)
+    assert isinstance(spec.stream, str)
+    tag = backbone_tag or str(settings.backbone)
+    record = run_record(spec, settings, spec.stream, tag)
+    return record, run_id_of(record, FINGERPRINTS, tag)
+
+
+def _specs_of(strategy: str) -> list[RunSpec]:
+    """One spec per (stream recipe, augmentation preset, backbone settings) of `strategy`."""
+    cls = STRATEGIES.get(strategy)
+    choices: list[tuple[str, dict]] = [("synthetic", {})]
+    for stream in (s for s in getattr(cls, "recipes", {}) if s in STREAMS):
+        for recipe in recipes_of(cls, stream):
+            picks = {RECIPE_KEY: recipe.name}
+            if cls.variant_key and cls.variant_key in recipe.settings:
+                picks[cls.variant_key] = str(recipe.settings[cls.variant_key])
+            choices.append((stream, picks))
+    specs = []
+    for (stream, picks), preset, backbone in itertools.product(
+        choices, AUGMENTATION_PRESETS, BACKBONE_SETTINGS
+    ):
+        overrides = {**picks, "augment.preset": preset, **backbone}
+        specs.append(RunSpec(strategy=strategy, stream=stream, overrides=overrides, seed=3))
+    return specs
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
+def test_replaying_a_record_resolves_to_the_same_run(strategy):
+    for spec in _specs_of(strategy):
+        record, run_id = _record_and_id(spec)
+        replay = RunSpec.from_record(record)
+        assert _record_and_id(replay) == (record, run_id), spec.overrides
+
+
+def test_a_single_augmentation_field_survives_the_round_trip():
+    spec = RunSpec(
+        strategy="finetune",
+        stream="synthetic",
+        overrides={"augment.preset": "flip-only", "augment.scale": "0.3,1", "epochs": "2"},
+    )
+    record, run_id = _record_and_id(spec)
+    assert record["augmentation"]["preset"] == "flip-only"
+    assert record["augmentation"]["scale"] == [0.3, 1.0]
+    assert _record_and_id(RunSpec.from_record(record)) == (record, run_id)
+    default, _ = _record_and_id(RunSpec(strategy="finetune", stream="synthetic"))
+    assert _record_and_id(RunSpec.from_record(default))[1] != run_id
+
+
+@pytest.mark.parametrize(
+    "path", sorted(BOARDS.glob("*/*.json")), ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
+def test_every_published_result_resolves_to_its_own_run_id(path):
+    stored = load_result(path)
+    spec = RunSpec.from_record(stored.config)
+    settings = resolve_run(spec)
+    tag = stored.backbone["tag"]
+    record = run_record(spec, settings, stored.config["stream"], tag)
+    assert run_id_of(record, stored.stream["sources"], tag) == stored.run_id
+    assert record == {k: v for k, v in stored.config.items() if k != "device"}
+
+
+def test_run_from_replays_a_run_with_a_non_default_augmentation(tmp_path):
+    """The issue's example: a finetune run with `augment.preset=flip-only`, replayed with --from."""
+    from typer.testing import CliRunner
+
+    from cilbench.cli.app import app
+
+    first = [
+        "run", "--strategy", "finetune", "--stream", "synthetic", "--set",
+        "augment.preset=flip-only", "--out", str(tmp_path / "r1"), "--no-cache",
+    ]  # fmt: skip
+    assert CliRunner().invoke(app, first).exit_code == 0
+    (result,) = (tmp_path / "r1").glob("*/*/result.json")
+    replay = ["run", "--from", str(result), "--out", str(tmp_path / "r2"), "--no-cache"]
+    outcome = CliRunner().invoke(app, replay)
+    assert outcome.exit_code == 0, outcome.output
+    assert "metrics match the stored result exactly" in outcome.output
+    refused = CliRunner().invoke(app, [*replay, "--seed", "1"])
+    assert refused.exit_code == 2 and "--seed is not used with --from" in refused.output
