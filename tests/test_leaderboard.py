@@ -15,9 +15,15 @@ from cilbench.boards.leaderboard import (
     add,
     aggregate,
     load_board,
-    load_references,
 )
 from cilbench.boards.pages import build, stale
+from cilbench.boards.references import (
+    SHARED_VALUE_NOTE,
+    ReferenceFileError,
+    load_references,
+    shared_values,
+    source_document,
+)
 from cilbench.cli.app import app
 from cilbench.core.errors import RegistryError
 from cilbench.core.results import RunResult, load_result, save_result
@@ -82,6 +88,7 @@ def _references(root: Path, *entries: dict[str, Any]) -> None:
         "protocol": {"increment": 1},
         "backbone": "tiny-vit-random",
         "source": "a test",
+        "url": "https://example.org/paper#table-1",
         "evidence": "LOG",
         "verified": True,
     }
@@ -224,7 +231,7 @@ def test_the_repository_leaderboards_are_up_to_date():
     assert stale(REPO_BOARDS) == [], "run `cilbench leaderboard build` and commit the pages"
 
 
-def test_reference_numbers_name_their_source_convention_and_status():
+def test_reference_numbers_name_their_source_url_convention_and_status():
     references = load_references(REPO_BOARDS / "reference.json")
     assert {"l2p", "dualprompt", "coda-prompt", "slca", "simplecil"} <= {
         r.strategy for r in references
@@ -232,7 +239,58 @@ def test_reference_numbers_name_their_source_convention_and_status():
     for ref in references:
         assert ref.convention in ("sample-weighted", "task-averaged")
         assert ref.source and ref.evidence
+        assert ref.url.startswith("https://"), ref
         assert ref.verified == (ref.evidence in ("LOG", "IMG", "README", "DER"))
+        assert ref.verified or ref.note, f"unverified entry without a note: {ref}"
+
+
+def test_no_source_gives_one_number_to_two_protocols_without_saying_why():
+    references = load_references(REPO_BOARDS / "reference.json")
+    pairs = [
+        (a.strategy, a.stream, a.final_accuracy, b.strategy, b.stream)
+        for a, b in shared_values(references)
+    ]
+    assert pairs == [], f"same value from one source for two protocols, no note: {pairs}"
+
+
+def test_a_number_copied_to_another_stream_of_the_same_repository_is_caught(tmp_path: Path):
+    base = {"strategy": "ranpac", "final_accuracy": 92.2, "convention": "task-averaged"}
+    csv = "https://github.com/RanPAC/RanPAC/blob/abc/paper_tables/Table_data_main_{}.csv"
+    _references(
+        tmp_path,
+        {**base, "stream": "split-cifar100", "url": csv.format("cifar224")},
+        {**base, "stream": "vtab", "url": csv.format("vtab")},
+    )
+    references = load_references(tmp_path / "reference.json")
+    assert len(shared_values(references)) == 1
+    explained = [
+        {**base, "stream": s, "url": csv.format(s), "note": f"{SHARED_VALUE_NOTE} as ..., checked"}
+        for s in ("split-cifar100", "vtab")
+    ]
+    _references(tmp_path, *explained)
+    assert shared_values(load_references(tmp_path / "reference.json")) == []
+
+
+def test_source_document_groups_files_of_a_repository_and_versions_of_a_paper():
+    assert source_document("https://github.com/A/B/blob/c/x.csv") == "github.com/a/b"
+    assert source_document("https://arxiv.org/abs/2303.05118v4") == "arxiv:2303.05118"
+    assert source_document("https://arxiv.org/html/2303.05118") == "arxiv:2303.05118"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"url": ""}, "missing url"),
+        ({"url": "see the paper"}, "url must be an https link"),
+        ({"convention": "task-avg"}, "Did you mean 'task-averaged'"),
+        ({"evidence": "3P", "verified": True}, "cannot verify"),
+        ({"final_acc": 50.0}, "unknown field 'final_acc'"),
+    ],
+)
+def test_reference_entries_are_validated(tmp_path: Path, change: dict[str, Any], message: str):
+    _references(tmp_path, {"final_accuracy": 50.0, "convention": "task-averaged", **change})
+    with pytest.raises(ReferenceFileError, match=message):
+        load_references(tmp_path / "reference.json")
 
 
 def test_run_from_replays_a_stored_result(tmp_path: Path):

@@ -4,12 +4,12 @@
 version, a registered strategy, a complete accuracy matrix and the board's protocol. `aggregate`
 recomputes every metric from the stored matrices with `cilbench.core.metrics` (the derived fields in
 the files are never read) and puts the published number of the same protocol beside ours
-(`leaderboards/reference.json`). Rendering the pages lives in `cilbench.boards.pages`.
+(`leaderboards/reference.json`, read by `cilbench.boards.references`). Rendering the pages lives
+in `cilbench.boards.pages`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cilbench.boards.references import Reference
 from cilbench.core import metrics
 from cilbench.core.errors import CilbenchError
 from cilbench.core.results import RunResult, load_result, write_atomic
@@ -141,50 +142,6 @@ def _check_same_protocol(result: RunResult, board: Path, source: str) -> None:
             f"(board: {protocol_label(load_result(files[0]))}; this result: "
             f"{protocol_label(result)}). A board holds one protocol."
         )
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A published number: what it measures, where it comes from, how far it is trusted."""
-
-    strategy: str
-    stream: str
-    protocol: dict[str, Any]
-    backbone: str
-    final_accuracy: float
-    convention: str
-    source: str
-    verified: bool
-    evidence: str
-    config: dict[str, Any] = dataclasses.field(default_factory=dict)
-    final_std: float | None = None
-    average_accuracy: float | None = None
-    forgetting: float | None = None
-    forgetting_definition: str | None = None
-    seeds: str = ""
-    note: str = ""
-
-    def matches(self, result: RunResult) -> bool:
-        """Same strategy (and config keys it names), stream, protocol options and backbone tag."""
-        config = result.config
-        options = config.get("stream_options", {})
-        strategy_config = config.get("strategy_config", {})
-        return (
-            self.strategy == config["strategy"]
-            and self.stream == result.stream["name"]
-            and self.backbone == config["backbone"]
-            and all(options.get(k) == v for k, v in self.protocol.items())
-            and all(strategy_config.get(k) == v for k, v in self.config.items())
-        )
-
-
-def load_references(path: Path) -> list[Reference]:
-    """The published numbers in `reference.json` (a list of objects with Reference's fields)."""
-    try:
-        entries = json.loads(path.read_text())["references"]
-        return [Reference(**entry) for entry in entries]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
-        raise LeaderboardError(f"Cannot read references {path}: {error}") from error
 
 
 @dataclass

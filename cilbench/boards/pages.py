@@ -20,12 +20,11 @@ from typing import Any
 from cilbench.boards.leaderboard import (
     FLAGS,
     METRICS,
-    Reference,
     Row,
     aggregate,
     load_board,
-    load_references,
 )
+from cilbench.boards.references import Reference, load_references
 from cilbench.core.results import write_atomic
 
 REFERENCE_FILE = "reference.json"
@@ -234,6 +233,7 @@ def reference_page(references: Sequence[Reference]) -> str:
         "forgetting definition",
         "seeds",
         "source",
+        "url",
         "evidence",
         "status",
         "note",
@@ -252,6 +252,7 @@ def reference_page(references: Sequence[Reference]) -> str:
             r.forgetting_definition or "–",
             r.seeds or "–",
             r.source,
+            f"<{r.url}>",
             r.evidence,
             "verified" if r.verified else "unverified",
             r.note or "",
@@ -266,7 +267,8 @@ Generated from `reference.json` by `cilbench leaderboard build`. Evidence tags: 
 training log or result file), IMG (results-table image in an official repository), README (official
 re-implementation's README), DER (derived from official logs), 3P (quoted by a third party, not
 checked against the paper), U (unverified), approx (read from a plot). Only LOG, IMG, README and DER
-numbers count as verified.
+numbers count as verified. Every entry links the paper table or the repository file (at a commit)
+it was read from; an unverified entry's note says what could and could not be seen there.
 """
 
 
