@@ -340,11 +340,12 @@ BoardRootOpt = Annotated[Path, typer.Option("--root", help="The leaderboards fol
 def leaderboard_add(
     results: Annotated[list[Path], typer.Argument(help="Result JSON files.")],
     root: BoardRootOpt = Path("leaderboards"),
+    replace: Annotated[bool, typer.Option(help="Replace a stored result of this run id.")] = False,
 ) -> None:
     """Validate results (schema, stream version, strategy, complete matrix, protocol) and store."""
     from cilbench.leaderboard import add
 
-    for path in add(results, root):
+    for path in add(results, root, replace):
         stdout.print(f"stored {path}", soft_wrap=True)
     stdout.print("Now run `cilbench leaderboard build`.")
 
