@@ -251,6 +251,7 @@ def _print_summary(result: Any, path: Path) -> None:
 @app.command("sweep")
 @user_errors
 def sweep_command(
+    context: typer.Context,
     strategies: Annotated[str, typer.Option(help="Comma-separated strategy names.")] = "nmc",
     streams: Annotated[str, typer.Option(help="Comma-separated stream names.")] = (
         "split-fashion-mnist-mini"
@@ -278,8 +279,9 @@ def sweep_command(
 ) -> None:
     """Run a grid of (strategy, stream, seed); finished runs are skipped, killed ones resume."""
     from cilbench.features import default_cache_dir
-    from cilbench.sweep import expand_grid, make_executor, sweep
+    from cilbench.sweep import UNUSED_OPTIONS, expand_grid, make_executor, sweep
 
+    _refuse_given(context, UNUSED_OPTIONS.get(executor, ()), f"with --executor {executor}")
     base = _spec(
         "nmc", "synthetic", backbone, 0, assignments, data_root, device, batch_size,
         out_dir=out, cache_dir=cache_dir or default_cache_dir(),
