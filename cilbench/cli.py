@@ -51,7 +51,7 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except CilbenchError as error:
-            stderr.print(f"[bold red]error:[/] {error}", highlight=False)
+            stderr.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
