@@ -47,8 +47,10 @@ from cilbench.errors import CilbenchError, ConfigError, CorruptFileError
 from cilbench.features import FeatureStore, default_cache_dir
 from cilbench.files import check_writable, remove_stale_temps, write_atomic
 from cilbench.metrics import summarize
+from cilbench.plugin_checks import check_scores
 from cilbench.recipes import RECIPE_KEY, ChosenRecipe, choose, follow_seed
 from cilbench.results import RunResult, environment, load_result, save_result
+from cilbench.stream_checks import validate_stream
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +160,7 @@ def prepare(spec: RunSpec) -> PreparedRun:
     backbone = _create_backbone(settings, resolve_device(spec.device))
     device = str(backbone.device)
     source = settings.builder
-    stream = source if isinstance(source, Stream) else source.build(spec.data_root)
+    stream = validate_stream(source if isinstance(source, Stream) else source.build(spec.data_root))
     stream_name = spec.stream if isinstance(spec.stream, str) else stream.info.name
     choice = settings.backbone
     resolved = {
@@ -378,6 +380,7 @@ def evaluate(
                     f"{type(strategy).__name__} returned scores of shape {tuple(scores.shape)}; "
                     f"expected ({len(labels)}, {num_seen}) after experience {t}"
                 )
+            check_scores(scores, type(strategy).__name__, t)
             correct += int((scores.argmax(dim=1).cpu() == labels).sum())
         row[j] = 100.0 * correct / len(view)
     return row

@@ -24,6 +24,7 @@ from cilbench.api import Experience, Stream, StreamBuilder, StreamInfo
 from cilbench.config import NonNegative, Positive
 from cilbench.data import DatasetView, ImageSource
 from cilbench.errors import ConfigError, did_you_mean
+from cilbench.stream_checks import check_targets
 
 
 def class_order(
@@ -92,6 +93,8 @@ def class_incremental_stream(
 ) -> Stream:
     """Split two sources into a class-incremental stream with one test set per experience."""
     num_classes = len(class_names)
+    for source in (train, test):
+        check_targets(source.targets, num_classes, f"Stream {name!r}, source {source.name!r}")
     order = class_order(options.class_order, num_classes, named_orders)
     to_stream_label = np.empty(num_classes, dtype=np.int64)
     to_stream_label[order] = np.arange(num_classes)
