@@ -69,6 +69,27 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path, args: list[str], expected:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "--strategy", "[/x]"], "Unknown strategy '[/x]'"),
+        (["run", "--set", "[/b]=1"], "'[/b]'"),
+        (["run", "--stream", "synthetic", "--log", "wandb"], "pip install 'cilbench[logging]'"),
+        (["sweep", "--streams", "[bold]x[/]"], "'[bold]x[/]'"),
+        (["leaderboard", "add", "[/x].json"], "[/x].json"),
+    ],
+)
+def test_square_brackets_in_messages_are_printed_as_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], expected: str
+):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb fails: the install hint
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # not rich's MarkupError
+    assert expected in " ".join(result.stderr.split())
+
+
 def test_missing_dataset_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_ROOT", tmp_path / "nowhere")
     result = _run("--stream", "split-fashion-mnist", "--data-root", str(tmp_path), out=tmp_path)

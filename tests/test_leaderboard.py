@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from cilbench.boards.references import (
     source_document,
 )
 from cilbench.cli.app import app
-from cilbench.core.errors import RegistryError
+from cilbench.core.errors import CorruptFileError, RegistryError
 from cilbench.core.results import RunResult, load_result, save_result
 
 REPO_BOARDS = Path(__file__).parents[1] / "leaderboards"
@@ -330,3 +331,102 @@ def test_strategies_declare_leaderboard_flags(name, settings, frozen, future_inp
     assert flags["frozen_backbone"] is frozen
     assert flags["key_init_on_future_inputs"] is future_inputs
     assert flags["uses_exemplars"] is False
+
+
+def _set(document: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set (or with value DELETE remove) a field of a result document by its dotted path."""
+    *parents, last = dotted.split(".")
+    for part in parents:
+        document = document[int(part)] if part.isdigit() else document[part]
+    if value is DELETE:
+        del document[last]
+    elif last.isdigit():
+        document[int(last)] = value
+    else:
+        document[last] = value
+
+
+DELETE = object()
+ZERO_EXPERIENCES = {"stream.experience_classes": [], "accuracy_matrix": [], "test_sizes": []}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"config.strategy": DELETE}, "'strategy' is a required property"),
+        ({"config.seed": DELETE}, "'seed' is a required property"),
+        ({"config.strategy_config": DELETE}, "'strategy_config' is a required property"),
+        ({"config": ["nmc"]}, r"config: \['nmc'\] is not of type 'object'"),
+        ({"config.stream_options": []}, "stream_options: .* is not of type 'object'"),
+        ({"stream": []}, "stream: .* is not of type 'object'"),
+        ({"flags": [True]}, "flags: .* is not of type 'object'"),
+        ({"cost.total_seconds": "10"}, "total_seconds: '10' is not of type 'number'"),
+        ({"flags.uses_exemplars": "maybe"}, "uses_exemplars: 'maybe' is not of type"),
+        (ZERO_EXPERIENCES, "should be non-empty"),
+        ({"config.stream": "split-fashion-mnist"}, "differs from stream.name 'synthetic'"),
+        ({"accuracy_matrix.1.1": True}, "accuracy True in row 1 is not in"),
+        ({"accuracy_matrix.1.0": 33.3}, "accuracy 33.3 in row 1, test set 0 is impossible"),
+        ({"test_sizes": [0, 0]}, "test set 0 has 0 images"),
+        ({"accuracy_matrix.0": [None, None]}, "row 0 is not evaluated"),
+        ({"test_sizes": [100, 300, 50], "accuracy_matrix": [[80, None, None], [60, 40, 50]]},
+         "do not fit 2 experiences"),
+        ({"run_id": "synthetic/"}, "run_id: 'synthetic/' does not match"),
+        ({"run_id": "synthetic/../../x"}, "run_id: .* should not be valid"),
+        ({"config.seed": -1}, "seed: -1 is less than the minimum of 0"),
+    ],
+)  # fmt: skip
+def test_add_refuses_malformed_or_inconsistent_results(
+    tmp_path: Path, changes: dict[str, Any], message: str
+):
+    document = json.loads(_result(0, SEED0).to_json())
+    for dotted, value in changes.items():
+        _set(document, dotted, value)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(document))
+    board = tmp_path / "boards"
+    outcome = CliRunner().invoke(app, ["leaderboard", "add", str(path), "--root", str(board)])
+    assert outcome.exit_code == 2, outcome.output
+    assert isinstance(outcome.exception, SystemExit)  # a message, not a traceback
+    assert re.search(message, " ".join(outcome.stderr.split())), outcome.stderr
+    assert not board.exists()
+
+
+def test_a_result_file_that_never_ends_is_refused_unread(tmp_path: Path):
+    with pytest.raises(CorruptFileError, match="longer than 16 MiB"):
+        add([Path("/dev/zero")], tmp_path / "boards")
+
+
+def test_a_board_counts_each_configuration_and_seed_once(tmp_path: Path):
+    board = tmp_path / "boards"
+    add(_files(tmp_path, _result(0, SEED0)), board)
+    add(_files(tmp_path, _result(0, SEED0)), board)  # the same file again changes nothing
+    twin = _result(0, SEED1, digest="def")  # same config and seed, another run id
+    with pytest.raises(LeaderboardError, match="already holds this configuration with seed 0"):
+        add(_files(tmp_path, twin), board)
+    with pytest.raises(LeaderboardError, match="with seed 1"):  # twins within one call
+        add(_files(tmp_path, _result(1, SEED1), _result(1, SEED1, digest="x")), board)
+    assert len(list((board / "synthetic").glob("*.json"))) == 1
+
+
+def test_a_stored_result_is_replaced_only_with_replace(tmp_path: Path):
+    board = tmp_path / "boards"
+    add(_files(tmp_path, _result(0, SEED0)), board)
+    (path,) = _files(tmp_path, _result(0, SEED0, cost={"total_seconds": 1.0}))
+    args = ["leaderboard", "add", str(path), "--root", str(board)]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "Pass --replace" in refused.stderr
+    assert CliRunner().invoke(app, [*args, "--replace"]).exit_code == 0
+    (stored,) = (board / "synthetic").glob("*.json")
+    assert load_result(stored).cost == {"total_seconds": 1.0}
+
+
+def test_page_text_from_results_is_escaped(tmp_path: Path):
+    board = tmp_path / "boards"
+    _references(board)
+    tag = "<script>x</script>\n# heading | cell"
+    add(_files(tmp_path, _result(0, SEED0, config={"backbone": tag})), board)
+    build(board)
+    page = (board / "synthetic.md").read_text()
+    (row,) = [line for line in page.splitlines() if line.startswith("| nmc")]
+    assert "&lt;script&gt;x&lt;/script&gt; # heading \\| cell" in row
+    assert "<script>" not in page and "\n# heading" not in page

@@ -124,6 +124,29 @@ def test_cli_sweep_shows_a_table_and_skips_on_rerun(tmp_path: Path):
     assert second.stdout.count("│ skipped ") == 2
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--strategies", ""], "--strategies is empty"),
+        (["--seeds", ""], "--seeds is empty"),
+        (["--streams", " , "], "--streams is empty"),
+        (["--workers", "-3"], "--workers must be at least 1; got -3"),
+        (["--slurm-partition", "gpu"], "--slurm-partition is not used with --executor local"),
+        (["--gpus-per-run", "1"], "--gpus-per-run is not used with --executor local"),
+        (["--cpus-per-run", "4"], "--cpus-per-run is not used with --executor local"),
+        (["--executor", "ray", "--cpus-per-run", "-2"], "--cpus-per-run must be at least 1"),
+        (["--executor", "ray", "--workers", "4"], "--workers is not used with --executor ray"),
+        (["--executor", "slurm", "--gpus-per-run", "-1"], "--gpus-per-run must be at least 0"),
+    ],
+)
+def test_cli_sweep_refuses_what_it_would_ignore(tmp_path: Path, options: list[str], message: str):
+    args = ["sweep", "--strategies", "nmc", "--streams", STREAM, "--seeds", "0", *options]
+    outcome = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+    assert outcome.exit_code == 2, outcome.output
+    assert message in " ".join(outcome.stderr.split())
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
 @pytest.mark.slow
 def test_process_pool_gives_the_in_process_metrics(tmp_path: Path):
     specs = _grid(tmp_path / "pool", ["nmc", "simplecil"], [0])

@@ -22,6 +22,7 @@ import numpy as np
 from cilbench.boards.references import Reference
 from cilbench.core import metrics
 from cilbench.core.errors import CilbenchError
+from cilbench.core.result_schema import check_board_result
 from cilbench.core.results import RunResult, load_result, write_atomic
 
 NOT_PROTOCOL = frozenset({"download", "decoded_size"})
@@ -86,9 +87,11 @@ def protocol_label(result: RunResult) -> str:
 
 
 def validate(result: RunResult, source: str) -> None:
-    """Refuse results a board cannot hold: unknown strategy, old stream version, partial matrix."""
+    """Refuse results a board cannot hold: malformed or inconsistent (`result_schema`), unknown
+    strategy, old stream version, partial matrix."""
     from cilbench.api import STRATEGIES, STREAMS
 
+    check_board_result(result, source)
     STRATEGIES.get(result.config["strategy"])
     stream = result.stream["name"]
     current = STREAMS.get(stream).version
@@ -111,35 +114,67 @@ def board_files(root: Path, stream: str) -> list[Path]:
     return sorted((root / stream).glob("*.json"))
 
 
-def add(paths: Iterable[Path], root: Path) -> list[Path]:
-    """Validate results and copy them to `root/<stream>/<run name>.json`; the stored paths."""
-    stored = []
+def add(paths: Iterable[Path], root: Path, replace: bool = False) -> list[Path]:
+    """Validate results and copy them to `root/<stream>/<run name>.json`; the stored paths.
+
+    Every result is checked before any is stored. A board holds one result per (configuration,
+    seed); a stored file is replaced by different content only with `replace`.
+    """
+    staged: dict[Path, RunResult] = {}
     for path in paths:
         result = load_result(path)
         validate(result, str(path))
         board = root / result.stream["name"]
-        _check_same_protocol(result, board, str(path))
+        _check_same_protocol(result, board, str(path), staged)
         target = board / f"{result.run_id.rsplit('/', 1)[-1]}.json"
-        if target.exists() and load_result(target).accuracy_matrix != result.accuracy_matrix:
-            raise LeaderboardError(
-                f"{path}: {target} holds another result of the same run id; remove it first."
-            )
+        _check_replacement(result, target, replace, str(path))
+        _check_one_per_seed(result, target, staged, str(path))
+        staged[target] = result
+    for target, result in staged.items():
         write_atomic(target, result.to_json())
-        stored.append(target)
-    return stored
+    return list(staged)
 
 
-def _check_same_protocol(result: RunResult, board: Path, source: str) -> None:
-    files = sorted(board.glob("*.json"))
-    if not files:
+def _check_replacement(result: RunResult, target: Path, replace: bool, source: str) -> None:
+    if replace or not target.exists() or target.read_text() == result.to_json():
         return
-    expected = protocol(load_result(files[0]))
+    raise LeaderboardError(
+        f"{source}: {target} already holds a different result of the same run id. "
+        "Pass --replace to replace it."
+    )
+
+
+def _seed_key(result: RunResult) -> tuple[str, Any]:
+    return _config_key(result), result.config["seed"]
+
+
+def _check_one_per_seed(
+    result: RunResult, target: Path, staged: dict[Path, RunResult], source: str
+) -> None:
+    """Refuse a second result of one configuration and seed under another run id."""
+    stored = {p: load_result(p) for p in board_files(target.parent.parent, target.parent.name)}
+    for other, held in {**stored, **staged}.items():
+        if other != target and _seed_key(held) == _seed_key(result):
+            raise LeaderboardError(
+                f"{source}: {other} already holds this configuration with seed "
+                f"{result.config['seed']} (run {held.run_id}); a board counts each seed once."
+            )
+
+
+def _check_same_protocol(
+    result: RunResult, board: Path, source: str, staged: dict[Path, RunResult]
+) -> None:
+    held = [load_result(f) for f in board_files(board.parent, board.name)[:1]]
+    held += [r for target, r in staged.items() if target.parent == board]
+    if not held:
+        return
+    expected = protocol(held[0])
     got = protocol(result)
     if got != expected:
         differing = sorted(k for k in expected if expected[k] != got.get(k))
         raise LeaderboardError(
             f"{source}: protocol differs from the board {board} in {', '.join(differing)} "
-            f"(board: {protocol_label(load_result(files[0]))}; this result: "
+            f"(board: {protocol_label(held[0])}; this result: "
             f"{protocol_label(result)}). A board holds one protocol."
         )
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import html
 import io
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -137,8 +139,16 @@ def _cells(row: Row) -> list[str]:
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(map(table_cell, row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def table_cell(text: str) -> str:
+    """Text from a result file made inert in a markdown table cell: HTML escaped, line breaks
+    joined (a newline would end the row and could start a heading), `|` and a leading `#`
+    escaped."""
+    flat = re.sub(r"[\r\n\v\f\x85\u2028\u2029]+", " ", html.escape(text, quote=False))
+    return re.sub(r"^#", r"\\#", flat).replace("|", "\\|")
 
 
 def board_table(rows: Sequence[Row]) -> str:

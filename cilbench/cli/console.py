@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from cilbench.core.errors import CilbenchError
 
@@ -35,7 +36,7 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except CilbenchError as error:
-            stderr.print(f"[bold red]error:[/] {error}", highlight=False)
+            stderr.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -25,6 +25,7 @@ from cilbench.cli.options import (
 
 @console.user_errors
 def sweep_command(
+    context: typer.Context,
     strategies: Annotated[str, typer.Option(help="Comma-separated strategy names.")] = "nmc",
     streams: Annotated[str, typer.Option(help="Comma-separated stream names.")] = (
         "split-fashion-mnist-mini"
@@ -52,7 +53,10 @@ def sweep_command(
 ) -> None:
     """Run a grid of (strategy, stream, seed); finished runs are skipped, killed ones resume."""
     from cilbench.core.paths import default_cache_dir
-    from cilbench.engine.sweep import expand_grid, make_executor, sweep
+    from cilbench.engine.sweep import UNUSED_OPTIONS, expand_grid, make_executor, sweep
+
+    where = f"with --executor {executor}"
+    console.refuse_given(context, UNUSED_OPTIONS.get(executor, ()), where)
 
     base = spec_from_options(
         "nmc", "synthetic", backbone, 0, assignments, data_root, device, batch_size,
@@ -113,11 +117,12 @@ BoardRootOpt = Annotated[Path, typer.Option("--root", help="The leaderboards fol
 def leaderboard_add(
     results: Annotated[list[Path], typer.Argument(help="Result JSON files.")],
     root: BoardRootOpt = Path("leaderboards"),
+    replace: Annotated[bool, typer.Option(help="Replace a stored result of this run id.")] = False,
 ) -> None:
     """Validate results (schema, stream version, strategy, complete matrix, protocol) and store."""
     from cilbench.boards.leaderboard import add
 
-    for path in add(results, root):
+    for path in add(results, root, replace):
         console.stdout.print(f"stored {path}", soft_wrap=True)
     console.stdout.print("Now run `cilbench leaderboard build`.")
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import pkgutil
+import re
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from cilbench.core.errors import RegistryError, did_you_mean
 
 T = TypeVar("T")
+NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+"""Registered names are kebab-case: they become folder and file names (`OUT/<stream>/<strategy>-
+...`), so `../`, `/` or other characters would write outside the output folder."""
 
 
 class Registry(Generic[T]):
@@ -35,6 +39,8 @@ class Registry(Generic[T]):
         of the same module and qualified name: a re-run notebook cell, a reloaded module), is
         allowed and the newer one is kept; a different object under a taken name is an error.
         """
+
+        check_name(name, self.kind)
 
         def decorator(obj: T) -> T:
             if name in self._items and not _same(self._items[name], obj):
@@ -89,6 +95,15 @@ class Registry(Generic[T]):
         if self._group is not None:
             for entry_point in importlib.metadata.entry_points(group=self._group):
                 entry_point.load()  # the module registers itself on import
+
+
+def check_name(name: object, kind: str) -> None:
+    """Refuse a name that is not kebab-case (lower-case letters and digits joined by '-')."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise RegistryError(
+            f"Cannot register {kind} {name!r}: names must be kebab-case (lower-case letters and "
+            "digits joined by single '-', e.g. 'my-strategy'); they become folder names."
+        )
 
 
 def _where(obj: object) -> str:

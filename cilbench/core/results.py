@@ -20,6 +20,9 @@ import numpy as np
 from cilbench.core.errors import CorruptFileError
 from cilbench.core.files import write_atomic
 
+MAX_RESULT_BYTES = 16 * 2**20
+"""Result files are a few KiB; a longer file (or one that never ends, /dev/zero) is refused
+unread rather than read into memory."""
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 """Version 2 added `recipe` (and config.augmentation, config.recipe, the metrics' accuracy
@@ -101,7 +104,8 @@ def _check_matrix(matrix: Any, sizes: Any, source: str) -> None:
                 f"{source}: accuracy_matrix row {t} must have {len(sizes)} cells"
             )
         for a in row:
-            if a is not None and not (isinstance(a, (int, float)) and 0 <= a <= 100):
+            number = isinstance(a, (int, float)) and not isinstance(a, bool)
+            if a is not None and not (number and 0 <= a <= 100):
                 raise CorruptFileError(f"{source}: accuracy {a!r} in row {t} is not in [0, 100]")
 
 
@@ -111,10 +115,17 @@ def save_result(result: RunResult, path: Path) -> None:
 
 
 def load_result(path: Path) -> RunResult:
-    """Read and validate a result file."""
+    """Read and validate a result file (at most MAX_RESULT_BYTES of it)."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        with Path(path).open("rb") as file:
+            text = file.read(MAX_RESULT_BYTES + 1)
+        if len(text) > MAX_RESULT_BYTES:
+            raise CorruptFileError(
+                f"Result file {path} is longer than {MAX_RESULT_BYTES // 2**20} MiB; "
+                "a result is a few KiB. Is it the right file?"
+            )
+        data = json.loads(text.decode())
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad UTF-8 or JSON
         raise CorruptFileError(f"Cannot read result file {path}: {error}") from error
     return RunResult.from_dict(data, source=str(path))
 

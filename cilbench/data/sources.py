@@ -79,6 +79,7 @@ class ArraySource(_LabelledSource):
             raise ValueError(f"images must be uint8 (N,H,W[,C]); got {images.dtype} {images.shape}")
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        images = grey_or_rgb(images, name)
         self._images = images if images.flags.writeable else images.copy()  # torch wants writable
         self._targets = np.asarray(targets, dtype=np.int64)
         self.name = name
@@ -105,6 +106,21 @@ class ArraySource(_LabelledSource):
         if image.ndim == 2:
             return image.unsqueeze(0).expand(3, -1, -1)
         return image.permute(2, 0, 1)
+
+
+def grey_or_rgb(images: np.ndarray, name: str) -> np.ndarray:
+    """(N, H, W) grey or (N, H, W, 3) RGB images, converted as PIL's `convert("RGB")` does for
+    image files: one channel is grey, grey+alpha and RGBA lose their alpha channel."""
+    if images.ndim == 3 or images.shape[-1] == 3:
+        return images
+    if images.shape[-1] in (1, 2):
+        return images[..., 0]
+    if images.shape[-1] == 4:
+        return images[..., :3]
+    raise DataError(
+        f"Image source {name!r}: images of shape {images.shape} have {images.shape[-1]} channels; "
+        "expected 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA)."
+    )
 
 
 class FileSource(_LabelledSource):

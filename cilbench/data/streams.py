@@ -26,6 +26,7 @@ import numpy as np
 from cilbench.core.config import NonNegative, Positive
 from cilbench.core.errors import ConfigError, did_you_mean
 from cilbench.data.sources import DatasetView, ImageSource
+from cilbench.data.stream_checks import check_targets
 
 Scenario = Literal["class-incremental", "domain-incremental"]
 
@@ -176,6 +177,8 @@ def class_incremental_stream(
 ) -> Stream:
     """Split two sources into a class-incremental stream with one test set per experience."""
     num_classes = len(class_names)
+    for source in (train, test):
+        check_targets(source.targets, num_classes, f"Stream {name!r}, source {source.name!r}")
     order = class_order(options.class_order, num_classes, named_orders)
     to_stream_label = np.empty(num_classes, dtype=np.int64)
     to_stream_label[order] = np.arange(num_classes)

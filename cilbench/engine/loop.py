@@ -38,8 +38,10 @@ from cilbench.data.sources import (
     loader_workers,
     threads_beside_workers,
 )
+from cilbench.data.stream_checks import validate_stream
 from cilbench.data.streams import Stream
 from cilbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from cilbench.engine.plugin_checks import check_scores
 from cilbench.engine.recipes import ChosenRecipe
 from cilbench.engine.spec import (
     RunSettings,
@@ -103,7 +105,7 @@ def prepare(spec: RunSpec) -> PreparedRun:
     backbone = _create_backbone(settings, resolve_device(spec.device))
     device = str(backbone.device)
     source = settings.builder
-    stream = source if isinstance(source, Stream) else source.build(spec.data_root)
+    stream = validate_stream(source if isinstance(source, Stream) else source.build(spec.data_root))
     stream_name = spec.stream if isinstance(spec.stream, str) else stream.info.name
     record = run_record(spec, settings, stream_name, backbone.tag)
     run_id = run_id_of(record, data_fingerprints(stream), backbone.tag)
@@ -228,6 +230,7 @@ def evaluate(
                     f"{type(strategy).__name__} returned scores of shape {tuple(scores.shape)}; "
                     f"expected ({len(labels)}, {num_seen}) after experience {t}"
                 )
+            check_scores(scores, type(strategy).__name__, t)
             correct += int((scores.argmax(dim=1).cpu() == labels).sum())
         row[j] = 100.0 * correct / len(view)
     return row

@@ -56,6 +56,9 @@ def expand_grid(
     """
     from cilbench.api import STRATEGIES, STREAMS
 
+    for option, values in (("strategies", strategies), ("streams", streams), ("seeds", seeds)):
+        if not values:
+            raise ConfigError(f"--{option} is empty: a sweep over no {option} runs nothing.")
     for name in strategies:
         STRATEGIES.get(name)
     for name in streams:
@@ -211,6 +214,18 @@ def sweep(
 
 
 EXECUTORS = ("local", "ray", "slurm")
+UNUSED_OPTIONS = {
+    "local": (
+        "--ray-address",
+        "--slurm-partition",
+        "--slurm-folder",
+        "--cpus-per-run",
+        "--gpus-per-run",
+    ),
+    "ray": ("--workers", "--slurm-partition", "--slurm-folder"),
+    "slurm": ("--workers", "--ray-address"),
+}
+"""Command-line options each executor would ignore; given with it, they are refused."""
 
 
 def make_executor(
@@ -223,7 +238,10 @@ def make_executor(
     cpus_per_run: int = 1,
     gpus_per_run: int = 0,
 ) -> Executor:
-    """The executor called `name` on the command line."""
+    """The executor called `name` on the command line; counts checked before anything starts."""
+    _check_counts(
+        workers=(workers, 1), cpus_per_run=(cpus_per_run, 1), gpus_per_run=(gpus_per_run, 0)
+    )
     if name == "local":
         return LocalExecutor(workers)
     if name == "ray":
@@ -234,3 +252,10 @@ def make_executor(
         f"Unknown executor {name!r}.{did_you_mean(name, EXECUTORS)} "
         f"Choose from {', '.join(EXECUTORS)}."
     )
+
+
+def _check_counts(**counts: tuple[int, int]) -> None:
+    """Refuse a count (value, least allowed) below its minimum, naming the option."""
+    for key, (value, least) in counts.items():
+        if value < least:
+            raise ConfigError(f"--{key.replace('_', '-')} must be at least {least}; got {value}.")

@@ -1,0 +1,113 @@
+"""Plug-ins and custom streams are checked where they meet the harness (issue 22): bad registered
+names, streams whose labels or test sets cannot be scored, and strategies whose scores are not
+finite all end in one CilbenchError naming what is wrong, before anything is written."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cilbench.api import STRATEGIES, register_strategy
+from cilbench.core.errors import CilbenchError
+from cilbench.core.registry import Registry
+from cilbench.data.sources import ArraySource, DatasetView
+from cilbench.data.streams import ClassIncrementalOptions, Stream, class_incremental_stream
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
+from cilbench.strategies.nmc import NMC
+from cilbench.testing import synthetic_stream
+
+NAMES = ("a", "b", "c", "d")
+
+
+def _custom(targets: list[int], test_targets: list[int] | None = None) -> Stream:
+    """A 2-experience stream over 4 named classes from 8x8 grey images with `targets`."""
+
+    def source(labels: list[int], name: str) -> ArraySource:
+        images = np.random.default_rng(0).integers(0, 255, (len(labels), 8, 8), dtype=np.uint8)
+        return ArraySource(images, np.array(labels), name)
+
+    test = test_targets if test_targets is not None else [0, 1, 2, 3]
+    options = ClassIncrementalOptions(init_classes=0, increment=2, class_order="natural")
+    return class_incremental_stream(
+        "custom", "1", source(targets, "train"), source(test, "test"), NAMES, options
+    )
+
+
+def _relabelled(stream: Stream, t: int, labels: np.ndarray) -> Stream:
+    experiences = list(stream.experiences)
+    train = experiences[t].train
+    experiences[t] = dataclasses.replace(
+        experiences[t], train=DatasetView(train.source, train.indices, labels)
+    )
+    return dataclasses.replace(stream, experiences=tuple(experiences))
+
+
+def _gap() -> Stream:  # experience 1 uses labels 3 only: label 2 never appears
+    stream = synthetic_stream(num_classes=4, increment=2)
+    return _relabelled(stream, 1, np.full(len(stream.experiences[1].train), 3))
+
+
+def _empty() -> Stream:
+    stream = synthetic_stream(num_classes=4, increment=2)
+    return dataclasses.replace(stream, experiences=(), test_sets=(), test_available_from=())
+
+
+def _run(stream: Stream | Callable[[], Stream], tmp_path: Path, strategy: str = "nmc") -> None:
+    built = stream() if callable(stream) else stream
+    run(RunSpec(strategy=strategy, stream=built, backbone="tiny-vit-random", out_dir=tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (lambda: Registry("strategy").register("../x"), "names must be kebab-case"),
+        (lambda: Registry("strategy").register("a/b"), "names must be kebab-case"),
+        (lambda: Registry("stream").register("My_Stream"), "'My_Stream'"),
+        (lambda: Registry("stream").register(""), "names must be kebab-case"),
+        (lambda: _custom([0, 1, 2, 7]), r"labels \[7\] are outside 0..3"),
+        (lambda: _custom([0, 1, 2, -1]), r"labels \[-1\] are outside 0..3"),
+        (lambda p: _run(_custom([0, 1, 2, 3], [0, 1]), p), "test set 1 is empty"),
+        (lambda p: _run(_gap, p), "not contiguous; no training image has label.s. \\[2\\]"),
+        (lambda p: _run(_empty, p), "has no experiences"),
+        (lambda: ArraySource(np.zeros((2, 4, 4, 5), np.uint8), np.zeros(2), "x"), "5 channels"),
+    ],
+)
+def test_bad_plugins_and_streams_are_refused_at_the_boundary(
+    tmp_path: Path, case: Callable[..., object], message: str
+):
+    with pytest.raises(CilbenchError, match=message):
+        case(tmp_path) if case.__code__.co_argcount else case()
+    assert not list(tmp_path.iterdir())  # nothing was written
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_grey_and_alpha_arrays_load_as_rgb(channels: int):
+    images = np.arange(2 * 4 * 4 * channels, dtype=np.uint8).reshape(2, 4, 4, channels)
+    source = ArraySource(images, np.zeros(2), "x")
+    rgb = images[..., :3] if channels == 4 else np.repeat(images[..., :1], 3, axis=-1)
+    assert torch.equal(source.load(1), torch.from_numpy(rgb[1]).permute(2, 0, 1))
+    assert torch.equal(
+        source.load_many(np.array([0, 1])), torch.from_numpy(rgb).permute(0, 3, 1, 2)
+    )
+
+
+@pytest.mark.parametrize(("fill", "what"), [(float("nan"), "NaN"), (-float("inf"), "all -inf")])
+def test_non_finite_scores_name_the_strategy_and_experience(tmp_path: Path, fill: float, what: str):
+    @register_strategy("broken-scores")
+    class BrokenScores(NMC):
+        def predict_features(self, features: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(super().predict_features(features), fill)
+
+    try:
+        with pytest.raises(
+            CilbenchError, match=f"BrokenScores returned scores with .*{what}.*after experience 0"
+        ):
+            _run(synthetic_stream(num_classes=4, increment=2), tmp_path, "broken-scores")
+    finally:
+        STRATEGIES.unregister("broken-scores")
