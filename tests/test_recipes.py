@@ -31,6 +31,16 @@ LAMDA = {"augment.scale": (0.05, 1.0), "augment.interpolation": "bilinear", "aug
 NO_NORM = {"backbone.normalization": "none", "backbone.crop_pct": 0.875}
 
 
+FECAM_PAPER = {"shrink_mode": "relative", "normalise": "correlation", "feature_norm": "statistics"}
+"""dipamgoswami/FeCAM FeCAM_vit_*.py: shrink_cov with alpha1/alpha2 times the mean (off-)diagonal,
+normalize_cov (C_ij / sd_i sd_j), features F.normalize'd before means and covariances."""
+FECAM_PILOT = {
+    "shrink1": 100.0, "shrink2": 0.0, "shrink_mode": "absolute", "normalise": "corrcoef",
+    "feature_norm": "distance", "tukey_beta": 1.0,
+}  # fmt: skip
+"""LAMDA-PILOT models/fecam.py: cov + 100 I, torch.corrcoef, unit-norm feature and mean."""
+
+
 def first(
     epochs: int, lr: float, batch: int, wd: float, tokens: int | None = None
 ) -> dict[str, Any]:
@@ -114,6 +124,25 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
      f"{RANPAC}vtab_publish.csv ID 7"),
     ("ranpac", "vtab", {"peft": "none"}, {"peft": "none", "backbone": IN1K},
      f"{RANPAC}vtab_publish.csv ID 4"),
+    # FeCAM: the authors' ViT scripts (frozen IN-21k ViT, ToTensor only) and LAMDA-PILOT
+    ("fecam", "split-cifar100", {}, {
+        "peft": "none", **FECAM_PAPER, "shrink1": 1.0, "shrink2": 0.0, "backbone": IN21K,
+        "backbone.crop_pct": 1.0, "backbone.normalization": "none", "stream.class_order": "natural",
+    }, "dipamgoswami/FeCAM FeCAM_vit_cifar100.py: alpha1 1, alpha2 0, Resize(224), natural order"),
+    ("fecam", "split-cifar100", {"recipe": "pilot"}, {
+        "peft": "adapter", **first(20, 0.01, 48, 5e-4), **FECAM_PILOT, "backbone": IN1K, **NO_NORM,
+    }, f"{PILOT}fecam.json; models/fecam.py alpha = 100, torch.corrcoef"),
+    ("fecam", "split-imagenet-r", {}, {
+        "peft": "none", **FECAM_PAPER, "shrink1": 10.0, "shrink2": 10.0, "backbone": IN21K,
+        **NO_NORM,
+    }, "dipamgoswami/FeCAM FeCAM_vit_imagenet-r.py: alpha1 10, alpha2 10, Resize(256) crop 224"),
+    ("fecam", "split-imagenet-r", {"recipe": "pilot"}, {
+        "peft": "adapter", **first(10, 0.05, 16, 5e-3), **FECAM_PILOT, "backbone": IN1K,
+    }, f"{PILOT}fecam_inr.json"),
+    ("fecam", "core50", {}, {
+        "peft": "none", **FECAM_PAPER, "shrink1": 1.0, "shrink2": 0.0, "backbone": IN21K,
+        **NO_NORM,
+    }, "dipamgoswami/FeCAM FeCAM_vit_core50.py: alpha1 1, alpha2 0, Resize(256) crop 224"),
     # SLCA: the original (exps/slca/*.json, models/slca.py defaults, utils/data.py, convs/vits.py)
     ("slca", "split-cifar100", {}, {
         "epochs": 20, "milestones": (18,), "lr": 0.01, "backbone_lr_scale": 0.01,
