@@ -7,8 +7,8 @@ covariance of its training features, and an image goes to the class with the sma
 Mahalanobis distance under that class's shrunk and normalised covariance. Nothing trains after
 experience 0, and old classes' statistics never change.
 
-Config (first-session fields: `cilbench.first_session.FirstSessionConfig`; covariance steps:
-`cilbench.mahalanobis`):
+Config (first-session fields: `cilbench.learn.first_session.FirstSessionConfig`; covariance steps:
+`cilbench.learn.mahalanobis`):
 - `peft`: the first-session PEFT variant (`none`: frozen pre-trained features, no training);
 - `shrink1`, `shrink2`, `shrink_mode`: covariance shrinkage. `absolute` adds shrink1 to the
   diagonal and shrink2 off it; `relative` multiplies them by the mean diagonal / mean non-zero
@@ -56,22 +56,21 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from cilbench.adapters import PeftSettings
-from cilbench.api import BaseStrategy, Experience, StreamInfo, register_strategy
-from cilbench.backbones import Backbone
-from cilbench.config import NonNegative, Range
-from cilbench.data import DatasetView
-from cilbench.features import FeatureStore
-from cilbench.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
-from cilbench.mahalanobis import (
+from cilbench.api import BaseStrategy, RunContext, register_strategy
+from cilbench.core.config import NonNegative, Range
+from cilbench.data.sources import DatasetView
+from cilbench.data.streams import Experience
+from cilbench.engine.recipes import IN1K, IN21K, PILOT, Recipe, Repository
+from cilbench.learn.adapters import PeftSettings
+from cilbench.learn.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
+from cilbench.learn.mahalanobis import (
     ClassCovariances,
     CovarianceSettings,
     Normalisation,
     ShrinkMode,
     mahalanobis_distances,
 )
-from cilbench.recipes import IN1K, IN21K, PILOT, Recipe, Repository
-from cilbench.training import TrainSettings
+from cilbench.learn.training import TrainSettings
 
 FECAM = Repository("dipamgoswami/FeCAM", "d2479b7bc9c3e704b0835ccd5928a2d7e0df5a09")
 
@@ -144,11 +143,11 @@ class FeCAM(BaseStrategy):
         c = self.config
         return CovarianceSettings(c.shrink1, c.shrink2, c.shrink_mode, c.normalise)
 
-    def setup(self, backbone: Backbone, info: StreamInfo, features: FeatureStore) -> None:
-        super().setup(backbone, info, features)
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
         if self.config.peft != "none":
             settings = PeftSettings.from_config(self.config)
-            self.branch = AdaptedBranch(backbone, features, settings, "fecam")
+            self.branch = AdaptedBranch(context, settings, "fecam")
             self.branch.check()
 
     def train_experience(self, experience: Experience) -> None:

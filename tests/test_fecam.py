@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from cilbench.mahalanobis import (
+from cilbench.engine.loop import run
+from cilbench.engine.spec import RunSpec
+from cilbench.learn.mahalanobis import (
     ClassCovariances,
     CovarianceSettings,
     mahalanobis_distances,
     normalise_covariance,
     shrink_covariance,
 )
-from cilbench.runner import RunSpec, run
 from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
 
 

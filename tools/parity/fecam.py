@@ -147,10 +147,11 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
 
 def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int, peft: str) -> dict:
     """cilbench's fecam through cilbench.run on the same npz stream and weights."""
-    from cilbench.backbones import BackboneSpec
-    from cilbench.data import ArraySource
-    from cilbench.runner import RunSpec, run
-    from cilbench.streams import ClassIncrementalOptions, class_incremental_stream
+    from cilbench.backbones.spec import BackboneSpec
+    from cilbench.data.sources import ArraySource
+    from cilbench.data.streams import ClassIncrementalOptions, class_incremental_stream
+    from cilbench.engine.loop import run
+    from cilbench.engine.spec import RunSpec
 
     data = np.load(inputs / "images.npz")
     options = ClassIncrementalOptions(init_classes=0, increment=INCREMENT, class_order="natural")
