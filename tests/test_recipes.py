@@ -400,7 +400,7 @@ def test_recipes_command_prints_every_variant_with_its_source(monkeypatch: pytes
 
     from cilbench.cli.app import app
 
-    monkeypatch.setattr("cilbench.cli.app.stdout", Console(width=250))
+    monkeypatch.setattr("cilbench.cli.console.stdout", Console(width=250))
     runner = CliRunner()
     result = runner.invoke(app, ["recipes", "adam", "--stream", "split-imagenet-r"])
     assert result.exit_code == 0, result.output

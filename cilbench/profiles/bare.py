@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from cilbench.backbones.model import Backbone
 from cilbench.core.devices import autocast, synchronize
+from cilbench.data.augment import Augmentation
 from cilbench.data.sources import DatasetView, batching
 from cilbench.learn.training import TrainSettings, make_optimizer
 
@@ -40,12 +41,14 @@ def forward_seconds(backbone: Backbone, batches: list[torch.Tensor]) -> float:
     return time.perf_counter() - start
 
 
-def training_rate(backbone: Backbone, view: DatasetView, settings: TrainSettings) -> float:
+def training_rate(
+    backbone: Backbone, view: DatasetView, settings: TrainSettings, augmentation: Augmentation
+) -> float:
     """Images/s of plain training (fresh model + linear head, `settings`' optimiser and batch
     size, `settings.epochs` epochs) on batches augmented beforehand, as cilbench augments them."""
     from cilbench.data.augment import training_data
 
-    data, prepare = training_data(backbone, [view])
+    data, prepare = training_data(backbone, [view], augmentation)
     loader = DataLoader(data, **batching(data, _sampler(data), settings.batch_size))
     batches = [(prepare(x), y.to(backbone.device)) for x, y in loader]
     model = backbone.build_model()

@@ -179,7 +179,7 @@ def _training(spec: RunSpec, figures: Figures) -> None:
         figures[f"{name} peak GPU memory (MiB)"] = _peak_mib(backbone.device)
         if not bare_rate:
             settings = TrainSettings(batch_size=spec.batch_size, epochs=1)
-            bare_rate = training_rate(backbone, first.train, settings)
+            bare_rate = training_rate(backbone, first.train, settings, prepared.augmentation)
             figures["bare forward+backward, full model (img/s)"] = round(bare_rate, 1)
         figures[f"{name} / bare"] = round(images / seconds / bare_rate, 3)
 

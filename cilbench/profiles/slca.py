@@ -51,7 +51,7 @@ def profile_slca(spec: RunSpec) -> Figures:
         rounds.append(dict(strategy.seconds))
         images = settings.epochs * len(experience.train)
         ours.append(images / strategy.seconds["slow_learner"])
-        bare.append(training_rate(backbone, experience.train, settings))
+        bare.append(training_rate(backbone, experience.train, settings, prepared.augmentation))
     seconds = {stage: float(np.median([r[stage] for r in rounds])) for stage in rounds[0]}
     ours_rate, bare_rate = float(np.median(ours)), float(np.median(bare))
     total = sum(seconds.values())
