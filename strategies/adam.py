@@ -35,10 +35,13 @@ from cilbench.api import RunContext, register_strategy
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, REVISITING_CIL, Recipe
-from cilbench.learn.adapters import PeftSettings, PeftVariant
-from cilbench.learn.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
+from cilbench.learn.adapters import PeftVariant
+from cilbench.learn.first_session import (
+    FirstSessionConfig,
+    first_session_branch,
+    first_session_settings,
+)
 from cilbench.learn.prototypes import PrototypeStrategy, cosine_scores
-from cilbench.learn.training import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -123,12 +126,13 @@ class Adam(PrototypeStrategy):
 
     def setup(self, context: RunContext) -> None:
         super().setup(context)
-        self.branch = AdaptedBranch(context, PeftSettings.from_config(self.config), "adam")
-        self.branch.check()
+        branch = first_session_branch(context, self.config, "adam")
+        assert branch is not None, "ADAM's peft variants all train a first session"
+        self.branch = branch
 
     def train_experience(self, experience: Experience) -> None:
         if not self.branch.ready:
-            settings = TrainSettings.from_config(self.config)
+            settings = self.config.train_settings()
             self.branch.train(experience, settings, self.generator(experience.index))
         super().train_experience(experience)
 

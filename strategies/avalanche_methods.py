@@ -50,7 +50,10 @@ from cilbench.data.streams import Experience
 from cilbench.learn.heads import HeadedNetwork, load_network, network_state
 from cilbench.learn.training import (
     NonFiniteLossError,
+    OptimizerName,
+    Schedule,
     TrainSettings,
+    head_and_backbone_groups,
     make_optimizer,
     make_scheduler,
 )
@@ -62,14 +65,28 @@ class AvalancheConfig:
     batch_size: Annotated[int, Positive()] = 32
     lr: Annotated[float, Positive()] = 0.01
     backbone_lr_scale: Annotated[float, NonNegative()] = 1.0
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    optimizer: OptimizerName = "sgd"
     momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
     weight_decay: Annotated[float, NonNegative()] = 0.0
-    schedule: Literal["constant", "cosine", "multistep"] = "cosine"
+    schedule: Schedule = "cosine"
     milestones: Annotated[tuple[int, ...], NonNegative()] = ()
     gamma: Annotated[float, Positive()] = 0.1
     train_backbone: bool = True
     num_workers: Annotated[int, NonNegative()] = 0
+
+    def train_settings(self) -> TrainSettings:
+        """The optimiser and schedule of avalanche's template (its own loop does the epochs)."""
+        return TrainSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            milestones=self.milestones,
+            gamma=self.gamma,
+        )
 
 
 @dataclass(frozen=True)
@@ -174,11 +191,11 @@ class AvalancheStrategy(BaseStrategy):
         from avalanche.training.plugins import EvaluationPlugin, LRSchedulerPlugin
 
         config = self.config
-        settings = TrainSettings.from_config(config)
-        groups = [{"params": self.network.heads.parameters(), "lr": config.lr}]
-        if config.train_backbone:
-            lr = config.lr * config.backbone_lr_scale
-            groups.append({"params": self.network.backbone.parameters(), "lr": lr})
+        settings = config.train_settings()
+        backbone = self.network.backbone if config.train_backbone else None
+        groups = head_and_backbone_groups(
+            self.network.heads.parameters(), backbone, config.lr, config.backbone_lr_scale
+        )
         optimizer = make_optimizer(groups, settings)
         scheduler = LRSchedulerPlugin(
             make_scheduler(optimizer, settings), reset_scheduler=True, reset_lr=True

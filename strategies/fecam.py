@@ -56,13 +56,14 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from cilbench.api import BaseStrategy, RunContext, register_strategy
+from cilbench.api import register_strategy
 from cilbench.core.config import NonNegative, Range
-from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
-from cilbench.engine.recipes import IN1K, IN21K, PILOT, Recipe, Repository
-from cilbench.learn.adapters import PeftSettings
-from cilbench.learn.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
+from cilbench.engine.recipes import IN21K, Recipe, Repository, pilot_adapter_recipe
+from cilbench.learn.first_session import (
+    FirstSessionConfig,
+    FirstSessionFeatures,
+)
 from cilbench.learn.mahalanobis import (
     ClassCovariances,
     CovarianceSettings,
@@ -70,7 +71,6 @@ from cilbench.learn.mahalanobis import (
     ShrinkMode,
     mahalanobis_distances,
 )
-from cilbench.learn.training import TrainSettings
 
 FECAM = Repository("dipamgoswami/FeCAM", "d2479b7bc9c3e704b0835ccd5928a2d7e0df5a09")
 
@@ -100,21 +100,12 @@ def _paper(script: str, protocol: str, shrink1: float, shrink2: float, **extra: 
     return Recipe(settings, FECAM.file(script, table), backbone=IN21K)
 
 
-def _pilot(
-    config: str, epochs: int, lr: float, batch_size: int, weight_decay: float, protocol: str
-) -> Recipe:
-    """LAMDA-PILOT exps/<config>: adapter on the IN-1k ViT, PILOT's covariance steps."""
-    settings = first_session_settings("adapter", epochs, lr, batch_size, weight_decay)
-    table = f"LAMDA-PILOT README curve, {protocol}, IN-1k"
-    return Recipe(settings, PILOT.file(f"exps/{config}", table), name="pilot", backbone=IN1K)
-
-
 @register_strategy("fecam")
-class FeCAM(BaseStrategy):
+class FeCAM(FirstSessionFeatures):
     """Mahalanobis distance to class means under shrunk, normalised per-class covariances."""
 
     Config = FecamConfig
-    predicts_from_features = True
+    branch_name = "fecam"
     variant_key: ClassVar[str] = "peft"
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16},
@@ -123,18 +114,17 @@ class FeCAM(BaseStrategy):
                 "FeCAM_vit_cifar100.py", "CIFAR-100 B0 Inc10, natural class order", 1.0, 0.0,
                 **{"stream.class_order": "natural", "backbone.crop_pct": 1.0},
             ),
-            _pilot("fecam.json", 20, 0.01, 48, 5e-4, "CIFAR B0 Inc10"),
+            pilot_adapter_recipe("fecam.json", 20, 0.01, 48, 5e-4, "CIFAR B0 Inc10"),
         ],
         "split-imagenet-r": [
             _paper("FeCAM_vit_imagenet-r.py", "ImageNet-R 10 tasks x 20 classes", 10.0, 10.0),
-            _pilot("fecam_inr.json", 10, 0.05, 16, 5e-3, "IN-R B0 Inc20"),
+            pilot_adapter_recipe("fecam_inr.json", 10, 0.05, 16, 5e-3, "IN-R B0 Inc20"),
         ],
         "core50": [_paper("FeCAM_vit_core50.py", "CoRe50 8 domains", 1.0, 0.0)],
     }  # fmt: skip
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.branch: AdaptedBranch | None = None
         self.statistics = ClassCovariances()
         self.num_seen = 0
 
@@ -143,17 +133,8 @@ class FeCAM(BaseStrategy):
         c = self.config
         return CovarianceSettings(c.shrink1, c.shrink2, c.shrink_mode, c.normalise)
 
-    def setup(self, context: RunContext) -> None:
-        super().setup(context)
-        if self.config.peft != "none":
-            settings = PeftSettings.from_config(self.config)
-            self.branch = AdaptedBranch(context, settings, "fecam")
-            self.branch.check()
-
     def train_experience(self, experience: Experience) -> None:
-        if self.branch is not None and not self.branch.ready:
-            settings = TrainSettings.from_config(self.config)
-            self.branch.train(experience, settings, self.generator(experience.index))
+        self.adapt(experience, self.generator(experience.index))
         features, labels = self.features_of(experience.train)
         self.statistics.update(self.transform(features), labels)
         self.num_seen = experience.num_seen_classes
@@ -171,17 +152,6 @@ class FeCAM(BaseStrategy):
             x = torch.log(x) if beta == 0 else x.pow(beta)
         return F.normalize(x, dim=1) if self.config.feature_norm == "statistics" else x
 
-    def features_of(self, view: DatasetView) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.branch is None:
-            return self.features.get(view)
-        return self.branch.features(view)
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            if self.branch is None:
-                return self.predict_features(self.backbone.forward_features(images))
-            return self.predict_features(self.branch.forward(images))
-
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
         """Minus the Mahalanobis distance to each seen class (higher is closer)."""
         x = self.transform(features)
@@ -193,20 +163,12 @@ class FeCAM(BaseStrategy):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {**self.statistics.state_dict(), "num_seen": torch.tensor(self.num_seen)}
-        return {**state, **(self.branch.state_dict() if self.branch else {})}
+        return {**state, **self.branch_state()}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.statistics.load_state_dict(state)
         self.num_seen = int(state["num_seen"])
-        if self.branch is not None:
-            self.branch.load_state_dict(state)
-
-    def trainable_parameters(self) -> int:
-        return self.branch.trained_parameters if self.branch else 0
+        self.load_branch_state(state)
 
     def report(self) -> dict[str, Any]:
-        store = self.branch.store if self.branch else None
-        return {
-            "first_session_losses": self.branch.losses if self.branch else [],
-            "adapted_images_forwarded": store.images_forwarded if store else 0,
-        }
+        return self.branch_report()

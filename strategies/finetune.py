@@ -41,7 +41,7 @@ from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, SLCA, Recipe, shared_head_recipe
 from cilbench.learn.heads import HeadedNetwork, load_network, network_state
-from cilbench.learn.training import TrainSettings, fit
+from cilbench.learn.training import TrainSettings, fit, head_and_backbone_groups
 
 
 @dataclass(frozen=True)
@@ -175,10 +175,10 @@ class Finetune(BaseStrategy):
             return F.cross_entropy(model(inputs)[:, first:num_seen], labels - first)
 
         workers = self.context.num_workers if config.num_workers is None else config.num_workers
-        groups = [{"params": network.heads.parameters(), "lr": config.lr}]
-        if config.train_backbone:
-            lr = config.lr * config.backbone_lr_scale
-            groups.append({"params": network.backbone.parameters(), "lr": lr})
+        backbone = network.backbone if config.train_backbone else None
+        groups = head_and_backbone_groups(
+            network.heads.parameters(), backbone, config.lr, config.backbone_lr_scale
+        )
         network.train()
         fit(
             loss_fn,
@@ -195,7 +195,7 @@ class Finetune(BaseStrategy):
         network.eval()
 
     def _settings(self, index: int) -> TrainSettings:
-        settings = TrainSettings.from_config(self.config)
+        settings = self.config.train_settings()
         if index == 0 and self.config.first_weight_decay is not None:
             return replace(settings, weight_decay=self.config.first_weight_decay)
         return settings

@@ -35,14 +35,15 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from cilbench.api import BaseStrategy, RunContext, register_strategy
+from cilbench.api import register_strategy
 from cilbench.core.config import Positive, Range
-from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
-from cilbench.engine.recipes import IN1K, PILOT, RANPAC, Recipe
-from cilbench.learn.adapters import PeftSettings
-from cilbench.learn.first_session import AdaptedBranch, FirstSessionConfig, first_session_settings
-from cilbench.learn.training import TrainSettings
+from cilbench.engine.recipes import IN1K, RANPAC, Recipe, pilot_adapter_recipe
+from cilbench.learn.first_session import (
+    FirstSessionConfig,
+    FirstSessionFeatures,
+    first_session_settings,
+)
 
 RIDGES = tuple(10.0**k for k in range(-8, 9))
 
@@ -108,21 +109,12 @@ def _paper(peft: str, dataset: str, published: str, **extra: Any) -> Recipe:
     )
 
 
-def _pilot(
-    config: str, epochs: int, lr: float, batch_size: int, weight_decay: float, protocol: str
-) -> Recipe:
-    """LAMDA-PILOT's exps/<config> (adapter on the IN-1k ViT)."""
-    settings = first_session_settings("adapter", epochs, lr, batch_size, weight_decay)
-    table = f"LAMDA-PILOT README curve, {protocol}, IN-1k"
-    return Recipe(settings, PILOT.file(f"exps/{config}", table), name="pilot", backbone=IN1K)
-
-
 @register_strategy("ranpac")
-class RanPAC(BaseStrategy):
+class RanPAC(FirstSessionFeatures):
     """Ridge regression on ReLU random projections of (adapted) features, updated per experience."""
 
     Config = RanpacConfig
-    predicts_from_features = True
+    branch_name = "ranpac"
     variant_key: ClassVar[str] = "peft"
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16, "projection_dim": 256},
@@ -132,12 +124,12 @@ class RanPAC(BaseStrategy):
         "split-cifar100": [
             _paper("adapter", "cifar224", "92.2", **{"backbone.crop_pct": 1.0}),
             _paper("none", "cifar224", "89.0", **{"backbone.crop_pct": 1.0}),
-            _pilot("ranpac.json", 20, 0.01, 48, 5e-4, "CIFAR B0 Inc10"),
+            pilot_adapter_recipe("ranpac.json", 20, 0.01, 48, 5e-4, "CIFAR B0 Inc10"),
         ],
         "split-imagenet-r": [
             _paper("ssf", "imagenetr", "77.9"),
             _paper("none", "imagenetr", "71.8"),
-            _pilot("ranpac_inr.json", 10, 0.05, 16, 5e-3, "IN-R B0 Inc20"),
+            pilot_adapter_recipe("ranpac_inr.json", 10, 0.05, 16, 5e-3, "IN-R B0 Inc20"),
         ],
         "core50": [_paper("adapter", "core50", "96.7"), _paper("none", "core50", "94.3")],
         "vtab": [_paper("ssf", "vtab", "92.2"), _paper("none", "vtab", "92.2")],
@@ -145,24 +137,15 @@ class RanPAC(BaseStrategy):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.branch: AdaptedBranch | None = None
         self.projection = torch.empty(0)
         self.gram = torch.empty(0)
         self.targets = torch.empty(0)
         self.weights = torch.empty(0)
         self.ridge = 1.0
 
-    def setup(self, context: RunContext) -> None:
-        super().setup(context)
-        if self.config.peft != "none":
-            settings = PeftSettings.from_config(self.config)
-            self.branch = AdaptedBranch(context, settings, "ranpac")
-            self.branch.check()
-
     def train_experience(self, experience: Experience) -> None:
         generator = self.generator(experience.index)
-        if self.branch is not None and not self.branch.ready:
-            self.branch.train(experience, TrainSettings.from_config(self.config), generator)
+        self.adapt(experience, generator)
         features, labels = self.features_of(experience.train)
         self.update(features, labels, experience.num_seen_classes, generator)
 
@@ -186,17 +169,6 @@ class RanPAC(BaseStrategy):
         """h = ReLU(f W): the fixed random projection of features (B, D) -> (B, M)."""
         return torch.relu(features @ self.projection.to(features.device))
 
-    def features_of(self, view: DatasetView) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.branch is None:
-            return self.features.get(view)
-        return self.branch.features(view)
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            if self.branch is None:
-                return self.predict_features(self.backbone.forward_features(images))
-            return self.predict_features(self.branch.forward(images))
-
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.project(features.float()) @ self.weights.to(features.device)
 
@@ -208,7 +180,7 @@ class RanPAC(BaseStrategy):
             "weights": self.weights,
             "ridge": torch.tensor(self.ridge, dtype=torch.float64),
         }
-        return {**state, **(self.branch.state_dict() if self.branch else {})}
+        return {**state, **self.branch_state()}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.projection = state["projection"].to(self.device)
@@ -216,20 +188,10 @@ class RanPAC(BaseStrategy):
         self.targets = state["targets"].to(self.device)
         self.weights = state["weights"].to(self.device)
         self.ridge = float(state["ridge"])
-        if self.branch is not None:
-            self.branch.load_state_dict(state)
-
-    def trainable_parameters(self) -> int:
-        """Parameters trained by gradient in the first session (the closed-form head is not)."""
-        return self.branch.trained_parameters if self.branch else 0
+        self.load_branch_state(state)
 
     def report(self) -> dict[str, Any]:
-        store = self.branch.store if self.branch else None
-        return {
-            "ridge": self.ridge,
-            "first_session_losses": self.branch.losses if self.branch else [],
-            "adapted_images_forwarded": store.images_forwarded if store else 0,
-        }
+        return {"ridge": self.ridge, **self.branch_report()}
 
     def _start(self, dim: int, generator: torch.Generator) -> None:
         size = self.config.projection_dim

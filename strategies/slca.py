@@ -74,6 +74,7 @@ from cilbench.learn.training import (
     NonFiniteLossError,
     TrainSettings,
     fit,
+    head_and_backbone_groups,
     make_optimizer,
     make_scheduler,
 )
@@ -98,6 +99,20 @@ class SLCAConfig:
     covariance_ridge: Annotated[float, NonNegative()] = 1e-4
     fresh_final_norm: bool = True
     freeze_batchnorm_statistics: bool = True
+
+    def train_settings(self) -> TrainSettings:
+        """Stage 1, the slow learner: SGD with momentum, multi-step decay at `milestones`."""
+        return TrainSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule="multistep",
+            milestones=self.milestones,
+            gamma=self.gamma,
+            grad_clip=self.grad_clip,
+        )
 
 
 def normalize_logits(logits: torch.Tensor, sizes: list[int], temperature: float) -> torch.Tensor:
@@ -261,7 +276,7 @@ class SLCA(BaseStrategy):
             self.slow_learner_groups(),
             data,
             prepare,
-            TrainSettings.from_config(self.config, schedule="multistep"),
+            self.config.train_settings(),
             generator,
             device=self.device,
             progress=self.progress,
@@ -277,12 +292,11 @@ class SLCA(BaseStrategy):
 
     def slow_learner_groups(self) -> list[dict[str, Any]]:
         """Backbone at lr x backbone_lr_scale, the newest head at lr (older heads are frozen)."""
+        newest = self.network.heads.heads[-1].parameters()
         config = self.config
-        network = self.network
-        return [
-            {"params": network.backbone.parameters(), "lr": config.lr * config.backbone_lr_scale},
-            {"params": network.heads.heads[-1].parameters(), "lr": config.lr},
-        ]
+        return head_and_backbone_groups(
+            newest, self.network.backbone, config.lr, config.backbone_lr_scale
+        )
 
     def _new_class_features(self, experience: Experience) -> torch.Tensor:
         """Features of the experience's training images (test preprocessing, new backbone)."""

@@ -13,7 +13,7 @@ from cilbench.data.augment import resolve_augmentation
 from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
 from cilbench.learn.gaussians import ClassGaussians
-from cilbench.learn.training import TrainSettings, make_optimizer
+from cilbench.learn.training import make_optimizer
 from cilbench.profiles import PROFILES
 from cilbench.profiles.slca_alignment import train_on_features
 from cilbench.strategies.slca import normalize_logits
@@ -49,7 +49,7 @@ def test_slow_learner_groups_have_the_scaled_learning_rate(stream):
     strategy = make_strategy("slca", tiny_backbone(), stream, lr=0.02)
     strategy.network.heads.grow(2)
     groups = strategy.slow_learner_groups()
-    optimizer = make_optimizer(groups, TrainSettings.from_config(strategy.config))
+    optimizer = make_optimizer(groups, strategy.config.train_settings())
     backbone_group, head_group = optimizer.param_groups
     assert backbone_group["lr"] == pytest.approx(0.02 * 0.01)
     assert head_group["lr"] == pytest.approx(0.02)

@@ -381,12 +381,6 @@ def _type_name(annotation: Any) -> str:
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
-def shared_fields(cls: type, config: Any) -> dict[str, Any]:
-    """The values of `config` for every field that dataclass `cls` also has."""
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    return {name: getattr(config, name) for name in names if hasattr(config, name)}
-
-
 def as_dict(config: Any) -> dict[str, Any]:
     """A dataclass config as a JSON-friendly dict."""
     return {

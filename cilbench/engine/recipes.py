@@ -29,6 +29,7 @@ from typing import Any
 
 from cilbench.core.config import split_sections
 from cilbench.core.errors import ConfigError, did_you_mean
+from cilbench.learn.first_session import first_session_settings
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,16 @@ class ChosenRecipe:
             "notes": self.recipe.notes,
             "fallback": self.fallback,
         }
+
+
+def pilot_adapter_recipe(
+    config: str, epochs: int, lr: float, batch_size: int, weight_decay: float, protocol: str
+) -> Recipe:
+    """LAMDA-PILOT's exps/<config> for a method with APER's first session (adapter on the IN-1k
+    ViT): RanPAC's and FeCAM's `pilot` recipes."""
+    settings = first_session_settings("adapter", epochs, lr, batch_size, weight_decay)
+    table = f"LAMDA-PILOT README curve, {protocol}, IN-1k"
+    return Recipe(settings, PILOT.file(f"exps/{config}", table), name="pilot", backbone=IN1K)
 
 
 def shared_head_recipe(epochs: int, notes: str) -> Recipe:

@@ -23,13 +23,13 @@ share it. The variants, following the APER reference code (LAMDA-PILOT `backbone
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 
-from cilbench.core.config import Positive, Range, shared_fields
+from cilbench.core.config import Positive, Range
 from cilbench.core.errors import ConfigError
 
 PeftVariant = Literal["adapter", "ssf", "vpt-shallow", "vpt-deep", "lora", "finetune"]
@@ -49,10 +49,9 @@ class PeftSettings:
     lora_alpha: Annotated[int, Positive()] = 16
     lora_dropout: Annotated[float, Range(0, 1, high_open=True)] = 0.0
 
-    @classmethod
-    def from_config(cls, config: Any) -> PeftSettings:
-        """Take every field this class shares with a strategy Config."""
-        return cls(**shared_fields(cls, config))
+    def peft_settings(self) -> PeftSettings:
+        """The PEFT part of a Config that extends this class."""
+        return PeftSettings(**{f.name: getattr(self, f.name) for f in fields(PeftSettings)})
 
 
 class ParallelAdapter(nn.Module):

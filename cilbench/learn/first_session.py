@@ -14,20 +14,20 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cilbench.api import RunContext
+from cilbench.api import BaseStrategy, RunContext
 from cilbench.core.config import NonNegative, Positive, Range
 from cilbench.data.augment import training_data
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.features import FeatureStore
 from cilbench.learn.adapters import VIT_ONLY, PeftSettings, apply_peft, require_vit
-from cilbench.learn.training import TrainSettings, fit
+from cilbench.learn.training import OptimizerName, TrainSettings, fit
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,21 @@ class FirstSessionConfig(PeftSettings):
     lr: Annotated[float, Positive()] = 0.01
     weight_decay: Annotated[float, NonNegative()] = 5e-4
     min_lr: Annotated[float, NonNegative()] = 0.0
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    optimizer: OptimizerName = "sgd"
     momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+
+    def train_settings(self) -> TrainSettings:
+        """First-session training: these fields, cosine schedule to `min_lr`."""
+        return TrainSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule="cosine",
+            min_lr=self.min_lr,
+        )
 
 
 def first_session_settings(
@@ -191,8 +204,73 @@ class AdaptedBranch:
         )
 
 
+def first_session_branch(
+    context: RunContext, config: FirstSessionConfig, name: str
+) -> AdaptedBranch | None:
+    """The first-session branch of `config`'s PEFT variant, checked before any data is read;
+    None when `config.peft` is "none" (RanPAC and FeCAM without a first session)."""
+    if config.peft == "none":
+        return None
+    branch = AdaptedBranch(context, config.peft_settings(), name)
+    branch.check()
+    return branch
+
+
 def _kept_names(model: nn.Module, trainable: list[str]) -> list[str]:
     """Trainable parameters plus persistent buffers (batch-norm statistics change in training)."""
     state = model.state_dict()
     buffers = [name for name, _ in model.named_buffers() if name in state]
     return sorted(set(trainable) | set(buffers))
+
+
+class FirstSessionFeatures(BaseStrategy):
+    """A strategy on frozen features that may first adapt them (RanPAC's Phase 1, FeCAM): with
+    `peft != "none"` its features come from the backbone adapted on experience 0, else from the
+    frozen store. Subclasses call `adapt` at the start of `train_experience` and fold
+    `branch_state()` / `branch_report()` into their own state and report."""
+
+    predicts_from_features = True
+    branch_name: ClassVar[str]
+    """Names the adapted features' cache key (`<backbone>+<branch_name>-<peft>`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.branch: AdaptedBranch | None = None
+
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
+        self.branch = first_session_branch(context, self.config, self.branch_name)
+
+    def adapt(self, experience: Experience, generator: torch.Generator) -> None:
+        """Train the first session on `experience` unless it is trained (or there is none)."""
+        if self.branch is not None and not self.branch.ready:
+            self.branch.train(experience, self.config.train_settings(), generator)
+
+    def features_of(self, view: DatasetView) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.branch is None:
+            return self.features.get(view)
+        return self.branch.features(view)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.branch is None:
+                return self.predict_features(self.backbone.forward_features(images))
+            return self.predict_features(self.branch.forward(images))
+
+    def trainable_parameters(self) -> int:
+        """Parameters trained by gradient in the first session (closed-form parts are not)."""
+        return self.branch.trained_parameters if self.branch else 0
+
+    def branch_state(self) -> dict[str, torch.Tensor]:
+        return self.branch.state_dict() if self.branch else {}
+
+    def load_branch_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        if self.branch is not None:
+            self.branch.load_state_dict(state)
+
+    def branch_report(self) -> dict[str, Any]:
+        store = self.branch.store if self.branch else None
+        return {
+            "first_session_losses": self.branch.losses if self.branch else [],
+            "adapted_images_forwarded": store.images_forwarded if store else 0,
+        }

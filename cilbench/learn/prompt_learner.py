@@ -102,7 +102,7 @@ class PromptLearner(BaseStrategy):
             [{"params": self.prompter.parameters()}, {"params": self.heads.parameters()}],
             data,
             prepare,
-            TrainSettings.from_config(config),
+            config.train_settings(),
             generator,
             device=self.device,
             progress=self.progress,

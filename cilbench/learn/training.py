@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, default_collate
 
 from cilbench.core.callbacks import Progress, SilentProgress, report_loss
-from cilbench.core.config import NonNegative, Positive, Range, shared_fields
+from cilbench.core.config import NonNegative, Positive, Range
 from cilbench.core.devices import autocast
 from cilbench.core.errors import CilbenchError
 from cilbench.data.sources import batching, loader_options, loader_workers
@@ -30,27 +31,46 @@ class NonFiniteLossError(CilbenchError):
     """The loss became NaN or infinite; training stopped."""
 
 
+OptimizerName = Literal["sgd", "adam", "adamw"]
+Schedule = Literal["constant", "cosine", "multistep", "coda-cosine"]
+
+
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimisation settings; strategies copy the relevant fields from their Config."""
+    """Optimisation settings for `fit`.
+
+    A strategy Config that trains says explicitly which settings it trains with: it either extends
+    this class (its training fields are these, `train_settings()` returns them) or defines its
+    own `train_settings()` that builds one from named fields.
+    """
 
     epochs: Annotated[int, Positive()] = 1
     batch_size: Annotated[int, Positive()] = 32
     lr: Annotated[float, Positive()] = 0.01
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    optimizer: OptimizerName = "sgd"
     momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
     weight_decay: Annotated[float, NonNegative()] = 0.0
-    schedule: Literal["constant", "cosine", "multistep", "coda-cosine"] = "cosine"
+    schedule: Schedule = "cosine"
     milestones: Annotated[tuple[int, ...], NonNegative()] = ()
     gamma: Annotated[float, Positive()] = 0.1
     min_lr: Annotated[float, NonNegative()] = 0.0
     grad_clip: Annotated[float | None, Positive()] = None
     drop_last: bool = False
 
-    @classmethod
-    def from_config(cls, config: Any, **overrides: Any) -> TrainSettings:
-        """Take every field this class shares with a strategy Config, then `overrides`."""
-        return cls(**{**shared_fields(cls, config), **overrides})
+    def train_settings(self) -> TrainSettings:
+        """The training settings of a Config that extends this class: its TrainSettings part."""
+        return TrainSettings(**{f.name: getattr(self, f.name) for f in fields(TrainSettings)})
+
+
+def head_and_backbone_groups(
+    head: Iterable[nn.Parameter], backbone: nn.Module | None, lr: float, backbone_lr_scale: float
+) -> list[dict[str, Any]]:
+    """Parameter groups: the head at `lr`, the backbone (None: not trained) at
+    `lr * backbone_lr_scale` (SLCA's slow learner, finetune, the Avalanche methods)."""
+    groups: list[dict[str, Any]] = [{"params": head, "lr": lr}]
+    if backbone is not None:
+        groups.append({"params": backbone.parameters(), "lr": lr * backbone_lr_scale})
+    return groups
 
 
 def make_optimizer(

@@ -23,7 +23,6 @@ from cilbench.core.errors import ConfigError
 from cilbench.engine.loop import prepare
 from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
-from cilbench.learn.training import TrainSettings
 from cilbench.profiles import Figures, register_profile
 from cilbench.profiles.bare import training_rate
 from cilbench.strategies.slca import SLCA
@@ -41,7 +40,7 @@ def profile_slca(spec: RunSpec) -> Figures:
     if len(stream.experiences) < 2:
         raise ConfigError("profile slca needs a stream of 2 experiences or more.")
     strategy.train_experience(stream.experiences[0])
-    settings = TrainSettings.from_config(strategy.config)
+    settings = strategy.config.train_settings()
     rounds: list[dict[str, float]] = []
     ours: list[float] = []
     bare: list[float] = []
