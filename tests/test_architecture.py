@@ -37,10 +37,15 @@ def test_no_module_is_too_long_to_read(folder):
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
-def test_importing_cilbench_loads_no_torch():
-    """`import cilbench` and the CLI module load nothing heavy until a command needs it."""
+def test_help_and_argument_errors_import_no_torch():
+    """`import cilbench`, `cilbench --help` and a mistyped option load nothing heavy: the CLI
+    imports torch only inside the commands that need it."""
     code = (
-        "import sys, cilbench, cilbench.cli.app\n"
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from cilbench.cli.app import app\n"
+        "assert CliRunner().invoke(app, ['--help']).exit_code == 0\n"
+        "assert CliRunner().invoke(app, ['run', '--seed', 'x']).exit_code == 2\n"
         "heavy = sorted(m for m in ('torch', 'timm', 'numpy', 'torchvision') if m in sys.modules)\n"
         "print(','.join(heavy))"
     )
