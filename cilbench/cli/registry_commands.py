@@ -75,7 +75,7 @@ def recipes_command(
 ) -> None:
     """Print reference recipes: each (strategy, stream, variant)'s settings and their source."""
     from cilbench.api import STRATEGIES
-    from cilbench.engine.recipes import view_recipes
+    from cilbench.engine.recipe_views import view_recipes
 
     for name in [strategy] if strategy else STRATEGIES.names():
         cls = STRATEGIES.get(name)
