@@ -116,13 +116,9 @@ if TYPE_CHECKING:
         STRATEGIES,
         STREAMS,
         BaseStrategy,
-        Experience,
         NoConfig,
         RunContext,
         Strategy,
-        Stream,
-        StreamBuilder,
-        StreamInfo,
         register_strategy,
         register_stream,
     )
@@ -135,6 +131,10 @@ if TYPE_CHECKING:
     from cilbench.data.sources import ArraySource, DatasetView, FileSource, ImageSource
     from cilbench.data.streams import (
         ClassIncrementalOptions,
+        Experience,
+        Stream,
+        StreamBuilder,
+        StreamInfo,
         class_incremental_stream,
         domain_incremental_stream,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.cells import cell_len
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 
@@ -55,7 +55,7 @@ def _table(
     multiline = any("\n" in cell for row in rows for cell in row)
     table = Table(title=escape(title), show_lines=multiline)
     for column in columns:
-        justify = "right" if column in right else "left"
+        justify: JustifyMethod = "right" if column in right else "left"
         table.add_column(escape(column), justify=justify, no_wrap=True)
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))

@@ -101,7 +101,9 @@ def check_board_result(data: dict[str, Any] | Any, source: str) -> None:
 
     Raises ResultSchemaError naming the field and what was wrong with it.
     """
-    document = dataclasses.asdict(data) if dataclasses.is_dataclass(data) else data
+    document = data
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        document = dataclasses.asdict(data)
     error = best_match(VALIDATOR.iter_errors(document))
     if error is not None:
         where = ".".join(str(part) for part in error.absolute_path) or "the document"

@@ -178,7 +178,8 @@ def class_incremental_stream(
     """Split two sources into a class-incremental stream with one test set per experience."""
     num_classes = len(class_names)
     for source in (train, test):
-        check_targets(source.targets, num_classes, f"Stream {name!r}, source {source.name!r}")
+        where = f"Stream {name!r}, source {getattr(source, 'name', source.fingerprint)!r}"
+        check_targets(source.targets, num_classes, where)
     order = class_order(options.class_order, num_classes, named_orders)
     to_stream_label = np.empty(num_classes, dtype=np.int64)
     to_stream_label[order] = np.arange(num_classes)
