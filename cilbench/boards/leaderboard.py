@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +198,19 @@ class Row:
     """Mean sample-weighted accuracy after each experience (for the plot)."""
     references: list[Reference]
     variant: str = ""
+    convention: str = "sample-weighted"
+    """The accuracy convention of the row's main-table cells: its published number's, else the
+    strategy's `accuracy_convention`."""
+    train_eval_seconds: float | None = None
+    """Mean training + evaluation time per run without feature extraction or cache-lock waits;
+    None when a seed's result does not record its lock wait (results before cache_wait_seconds)."""
+    cache_wait_seconds: float | None = None
+    """Mean time per run spent waiting on another run's cache lock (None: not recorded)."""
+    extract_seconds: float = 0.0
+    """Mean feature-extraction time of the seeds that extracted (they paid for the cache)."""
+    extracted_seeds: list[int] = field(default_factory=list)
+    untrained: dict[int, list[str]] = field(default_factory=dict)
+    """Seeds of a trained strategy whose result says training changed nothing, and why."""
 
     @property
     def name(self) -> str:
@@ -222,7 +235,7 @@ def aggregate(results: Sequence[RunResult], references: Sequence[Reference] = ()
     groups: dict[str, list[RunResult]] = {}
     for result in results:
         groups.setdefault(_config_key(result), []).append(result)
-    rows = [_row(group, references) for group in groups.values()]
+    rows = [_row(group, references, results) for group in groups.values()]
     _name_variants(rows, list(groups.values()))
     return sorted(rows, key=lambda r: (-(r.stats["final_accuracy"][0] or 0.0), r.name))
 
@@ -232,10 +245,17 @@ def _config_key(result: RunResult) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def _row(group: Sequence[RunResult], references: Sequence[Reference]) -> Row:
+def _row(
+    group: Sequence[RunResult], references: Sequence[Reference], board: Sequence[RunResult]
+) -> Row:
+    from cilbench.api import STRATEGIES
+    from cilbench.boards.training_checks import row_warning
+
     group = sorted(group, key=lambda r: r.config["seed"])
     first = group[0]
     per_run = [run_metrics(r) for r in group]
+    matching = [ref for ref in references if ref.matches(first)]
+    extracted = [r for r in group if r.cost.get("extract_seconds", 0.0) > 0]
     curves = [
         metrics.accuracy_after_each_step(r.matrix(), np.array(r.test_sizes), "sample-weighted")
         for r in group
@@ -251,7 +271,38 @@ def _row(group: Sequence[RunResult], references: Sequence[Reference]) -> Row:
         trainable_parameters=max(int(r.cost.get("trainable_parameters", 0)) for r in group),
         flags={k: first.flags[k] for k in FLAGS if k in first.flags},
         curve=[float(v) for v in np.mean(curves, axis=0)],
-        references=[ref for ref in references if ref.matches(first)],
+        references=matching,
+        convention=(
+            matching[0].convention
+            if matching
+            else getattr(STRATEGIES.get(first.config["strategy"]), "accuracy_convention", "")
+            or "sample-weighted"
+        ),
+        train_eval_seconds=_train_eval_seconds(group),
+        cache_wait_seconds=(
+            None
+            if any("cache_wait_seconds" not in r.cost for r in group)
+            else float(np.mean([r.cost["cache_wait_seconds"] for r in group]))
+        ),
+        extract_seconds=float(np.mean([r.cost["extract_seconds"] for r in extracted] or [0.0])),
+        extracted_seeds=[r.config["seed"] for r in extracted],
+        untrained=row_warning(group, board),
+    )
+
+
+def _train_eval_seconds(group: Sequence[RunResult]) -> float | None:
+    """Mean of each run's own training + evaluation time (None: a run did not record it)."""
+    if any("cache_wait_seconds" not in r.cost for r in group):
+        return None
+    return float(
+        np.mean(
+            [
+                r.cost.get("total_seconds", 0.0)
+                - r.cost.get("extract_seconds", 0.0)
+                - r.cost["cache_wait_seconds"]
+                for r in group
+            ]
+        )
     )
 
 

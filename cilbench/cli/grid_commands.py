@@ -120,10 +120,23 @@ def leaderboard_add(
     replace: Annotated[bool, typer.Option(help="Replace a stored result of this run id.")] = False,
 ) -> None:
     """Validate results (schema, stream version, strategy, complete matrix, protocol) and store."""
-    from cilbench.boards.leaderboard import add
+    from cilbench.boards.leaderboard import add, board_files
+    from cilbench.boards.training_checks import did_not_train
+    from cilbench.core.results import load_result
 
-    for path in add(results, root, replace):
+    stored = add(results, root, replace)
+    for path in stored:
         console.stdout.print(f"stored {path}", soft_wrap=True)
+    for path in stored:
+        board = [load_result(p) for p in board_files(root, path.parent.name)]
+        reasons = did_not_train(load_result(path), board)
+        if reasons:
+            console.stdout.print(
+                f"[bold yellow]did not train:[/] {path.name}: {'; '.join(reasons)} "
+                "(the board flags its row)",
+                soft_wrap=True,
+                highlight=False,
+            )
     console.stdout.print("Now run `cilbench leaderboard build`.")
 
 
