@@ -514,3 +514,62 @@ def test_a_trained_row_that_did_not_train_is_flagged(tmp_path: Path):
         ["leaderboard", "add", *map(str, _files(tmp_path, copy)), "--root", str(tmp_path / "b")],
     )
     assert result.exit_code == 0 and "did not train" in result.output
+
+
+def _trained(seed: int, matrix: list[list[float | None]], **changes: Any) -> RunResult:
+    result = _result(seed, matrix, config={"strategy": "slca"}, digest=f"t{seed}", **changes)
+    result.cost["trainable_parameters"] = 1000
+    result.environment = {"cpu_capability": "AVX512", "torch_threads": 2, "torch": "2.14.1"}
+    return result
+
+
+def test_a_frozen_replay_must_be_exact_and_a_trained_one_within_the_seed_spread():
+    from cilbench.boards.leaderboard import compare_runs
+
+    board = [_trained(0, SEED0), _trained(1, SEED1), _trained(2, [[85.0, None], [65.0, 50.0]])]
+    # final sample-weighted accuracies 45, 62.5, 53.75: mean 53.75, std 8.75
+    replay = _trained(0, [[80.0, None], [58.0, 41.0]])  # 45.25
+    replay.environment = {"cpu_capability": "AVX2", "torch_threads": 2, "torch": "2.14.1"}
+    same, message = compare_runs(board[0], replay, board)
+    assert same, message
+    assert "within the seed spread of the stored seeds 0, 1, 2" in message
+    assert "environment: cpu_capability: AVX512 -> AVX2" in message
+    far = _trained(0, [[10.0, None], [10.0, 10.0]])
+    same, message = compare_runs(board[0], far, board)
+    assert not same and "outside the seed spread" in message
+    alone, message = compare_runs(board[0], replay)
+    assert not alone and "not on a board" in message
+    frozen = _result(0, SEED0)
+    same, message = compare_runs(frozen, _result(0, [[80.0, None], [58.0, 41.0]]), [frozen])
+    assert not same and "a frozen row must replay exactly" in message
+    same, message = compare_runs(frozen, _result(0, SEED0, environment={"cilbench": "0.1.0"}))
+    assert same and "not recorded in the stored result: cilbench" in message
+
+
+@pytest.mark.slow
+def test_run_from_a_board_on_another_machine_compares_with_the_seed_spread(tmp_path: Path):
+    """A trained row's stored file from 'another machine' (other CPU, instruction set, threads)
+    replays within its row's seed spread; the replay names what differs."""
+    runner = CliRunner()
+    args = ["run", "-s", "finetune", "--stream", "synthetic", "--out", str(tmp_path / "a")]
+    assert runner.invoke(app, [*args, "--json"]).exit_code == 0
+    (path,) = (tmp_path / "a").rglob("result.json")
+    board = tmp_path / "boards" / "synthetic"
+    board.mkdir(parents=True)
+    stored = load_result(path)
+    stored.environment.update(cpu_model="Other CPU", cpu_capability="AVX2", torch_threads=1)
+    final = stored.accuracy_matrix[-1]
+    final[-1] = final[-1] - 1.0 if final[-1] >= 1.0 else 1.0  # this machine's floats differ
+    save_result(stored, board / "seed0.json")
+    for seed, shift in ((1, 3.0), (2, -3.0)):  # the row's other seeds spread around it
+        other = load_result(board / "seed0.json")
+        other.config["seed"], other.run_id = seed, other.run_id.replace("seed0", f"seed{seed}")
+        other.accuracy_matrix[-1] = [min(100.0, max(0.0, a + shift)) for a in final]
+        save_result(other, board / f"seed{seed}.json")
+    replay = ["run", "--from", str(board / "seed0.json"), "--out", str(tmp_path / "b"), "--json"]
+    result = runner.invoke(app, replay)
+    assert result.exit_code == 0, result.output
+    assert "within the seed spread of the stored seeds 0, 1, 2" in result.stderr
+    assert "cpu_capability: AVX2 -> " in result.stderr
+    assert "cpu_model: Other CPU -> " in result.stderr
+    print(result.stderr)

@@ -345,8 +345,33 @@ def load_board(root: Path, stream: str) -> list[RunResult]:
     return results
 
 
-def compare_runs(stored: RunResult, replayed: RunResult) -> tuple[bool, str]:
-    """Whether a replay gave the stored accuracy matrix, and a sentence saying so."""
+def compare_runs(
+    stored: RunResult, replayed: RunResult, board: Sequence[RunResult] = ()
+) -> tuple[bool, str]:
+    """Whether a replay agrees with the stored result, and sentences saying how and what differs
+    on this machine (CPU, instruction set, BLAS, threads, versions, code).
+
+    Frozen rows (no trainable parameters) must give the stored matrix exactly. A trained row whose
+    stored file sits on a board (`board`: that board's results) agrees when the replay's final
+    accuracy, in the row's convention, is within the seed spread of the row's stored seeds.
+    """
+    from cilbench.core.environment import differences
+
+    changed = differences(stored.environment, replayed.environment)
+    where = (
+        "environment: " + "; ".join(changed)
+        if changed
+        else "environment: same CPU, instruction set, BLAS, threads, versions and code"
+    )
+    same, message = _compare_matrices(stored, replayed, board)
+    return same, f"{message}\n{where}"
+
+
+def _compare_matrices(
+    stored: RunResult, replayed: RunResult, board: Sequence[RunResult]
+) -> tuple[bool, str]:
+    from cilbench.boards.training_checks import trains
+
     if stored.run_id != replayed.run_id:
         return False, f"the replay resolved to run {replayed.run_id}, not {stored.run_id}"
     a, b = stored.matrix(), replayed.matrix()
@@ -361,4 +386,12 @@ def compare_runs(stored: RunResult, replayed: RunResult) -> tuple[bool, str]:
         for k in METRICS
         if theirs[k] is not None and ours[k] is not None and theirs[k] != ours[k]
     )
-    return False, f"accuracy differs by up to {difference:.2f} points ({changes})"
+    differs = f"accuracy differs by up to {difference:.2f} points ({changes})"
+    seeds = [r for r in board if _config_key(r) == _config_key(stored)]
+    if not trains(stored):
+        return False, f"{differs}; a frozen row must replay exactly"
+    if len(seeds) < 2:
+        return False, f"{differs}; no seed spread to compare with (the file is not on a board)"
+    from cilbench.boards.replay import within_seed_spread
+
+    return within_seed_spread(replayed, seeds, differs)
