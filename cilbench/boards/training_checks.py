@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from cilbench.core.results import RunResult
 
@@ -78,7 +77,7 @@ def did_not_train(result: RunResult, board: Sequence[RunResult]) -> list[str]:
     return [r for r in reasons if r]
 
 
-def row_warning(group: Sequence[RunResult], board: Sequence[RunResult]) -> dict[str, Any]:
+def row_warning(group: Sequence[RunResult], board: Sequence[RunResult]) -> dict[int, list[str]]:
     """Per seed of a row, the reasons it did not train (only seeds with a reason)."""
     found = {r.config["seed"]: did_not_train(r, board) for r in group}
     return {seed: reasons for seed, reasons in found.items() if reasons}
