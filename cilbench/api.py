@@ -100,6 +100,9 @@ class BaseStrategy:
     the frozen backbone's cached features of the same images (e.g. a prompt method's query), so
     evaluation never runs the frozen model a second time."""
     uses_exemplars: ClassVar[bool] = False
+    accuracy_convention: ClassVar[str] = "sample-weighted"
+    """How the method's papers average accuracy: `sample-weighted` (PyCIL, PILOT, APER, SLCA) or
+    `task-averaged` (L2P, DualPrompt, CODA-Prompt, RanPAC); a board's main table shows it."""
     frozen_backbone: ClassVar[bool | None] = None
     """Pre-trained weights never updated (None: from `config.train_backbone`, else True when
     predicting from frozen features, else not declared)."""

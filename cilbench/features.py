@@ -98,6 +98,8 @@ class FeatureStore:
         self.images_forwarded = 0
         self.extract_seconds = 0.0
         self.cache_hits = 0
+        self.wait_seconds = 0.0
+        """Time spent waiting for another process's cache lock (not this run's work)."""
         self._memory: dict[str, torch.Tensor] = {}
         self._writable = cache_dir is not None and self._check_cache(cache_dir / "features")
 
@@ -139,7 +141,9 @@ class FeatureStore:
             return features
         if not self._writable:
             return self._extract(source)
+        waiting = time.perf_counter()
         with FileLock(path.with_suffix(".lock")):
+            self.wait_seconds += time.perf_counter() - waiting
             features = _read_cached(path, description)
             if features is not None:
                 self.cache_hits += 1

@@ -116,6 +116,7 @@ class RanPAC(FirstSessionFeatures):
     Config = RanpacConfig
     branch_name = "ranpac"
     variant_key: ClassVar[str] = "peft"
+    accuracy_convention: ClassVar[str] = "task-averaged"
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16, "projection_dim": 256},
         # The offline CPU demos: frozen features from the shared cache, a smaller projection.

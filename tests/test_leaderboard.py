@@ -150,7 +150,7 @@ def test_flags_say_yes_no_undeclared_or_not_applicable(tmp_path: Path):
     add(_files(tmp_path, _result(0, SEED0, flags=flags)), tmp_path / "b")
     build(tmp_path / "b")
     lines = (tmp_path / "b" / "synthetic.md").read_text().splitlines()
-    header, _, row = [line for line in lines if line.startswith("|")]
+    _, _, _, header, _, row = [line for line in lines if line.startswith("|")]  # details table
     cells = dict(zip(_cells(header), _cells(row)))
     assert cells["exemplars"] == "no" and cells["frozen backbone"] == "?"
     assert cells["key init on future inputs"] == "yes"
@@ -177,7 +177,7 @@ def test_published_number_and_gap_in_its_own_convention(tmp_path: Path):
     assert row.gap(row.references[1]) == pytest.approx(53.75 - 50.0)
     build(board)
     page = (board / "synthetic.md").read_text()
-    assert "| 57.50 ± 10.61 |" in page and "| +7.50 |" in page
+    assert "| task-avg | 57.50 ± 10.61 |" in page and "| 50.00 (+7.50) |" in page
     csv_row = (board / "synthetic.csv").read_text().splitlines()[1]
     assert ",53.7500,12.3744," in csv_row
 
@@ -427,6 +427,149 @@ def test_page_text_from_results_is_escaped(tmp_path: Path):
     add(_files(tmp_path, _result(0, SEED0, config={"backbone": tag})), board)
     build(board)
     page = (board / "synthetic.md").read_text()
-    (row,) = [line for line in page.splitlines() if line.startswith("| nmc")]
-    assert "&lt;script&gt;x&lt;/script&gt; # heading \\| cell" in row
+    rows = [line for line in page.splitlines() if line.startswith("| nmc")]
+    assert len(rows) == 2  # main and details table
+    assert all("&lt;script&gt;x&lt;/script&gt; # heading \\| cell" in row for row in rows)
     assert "<script>" not in page and "\n# heading" not in page
+
+
+def _tables(page: str) -> list[list[list[str]]]:
+    """Every markdown table of a page: rows of cells, header first (separator dropped)."""
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in page.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(_cells(line))
+        previous = line
+    return tables
+
+
+def test_the_main_table_fits_a_laptop_screen_and_details_keep_the_rest(tmp_path: Path):
+    _references(tmp_path / "b", {"final_accuracy": 50.0, "convention": "sample-weighted"})
+    add(_files(tmp_path, _result(0, SEED0), _result(1, SEED1)), tmp_path / "b")
+    build(tmp_path / "b")
+    main, details = _tables((tmp_path / "b" / "synthetic.md").read_text())
+    assert len(main[0]) <= 12
+    assert main[1][main[0].index("published (gap)")] == "50.00 (+3.75)"
+    assert "peak memory (MiB)" in details[0] and "final acc (task-averaged)" in details[0]
+    readme_main = _tables((tmp_path / "b" / "README.md").read_text())[0]
+    assert len(readme_main[0]) <= 12
+    for path in REPO_BOARDS.glob("*.md"):
+        if path.name != "reference.md":
+            assert all(len(t[0]) <= 12 for t in _tables(path.read_text())[:1]), path
+
+
+def test_time_leaves_out_extraction_and_lock_waits_and_says_who_paid(tmp_path: Path):
+    paid = {"extract_seconds": 6.0, "cache_wait_seconds": 0.0, "images_forwarded": 400}
+    waited = {"extract_seconds": 0.0, "cache_wait_seconds": 9.0, "images_forwarded": 0}
+    results = [_result(0, SEED0), _result(1, SEED1)]
+    for result, extra in zip(results, (paid, waited)):
+        result.cost.update(extra)  # total_seconds 10 and 11
+    old = _result(0, SEED0, config={"strategy": "simplecil"}, digest="old")
+    _references(tmp_path / "b")
+    add(_files(tmp_path, *results, old), tmp_path / "b")
+    rows = {r.strategy: r for r in aggregate(load_board(tmp_path / "b", "synthetic"))}
+    assert rows["nmc"].train_eval_seconds == pytest.approx(((10 - 6) + (11 - 9)) / 2)
+    assert rows["nmc"].extracted_seeds == [0] and rows["nmc"].extract_seconds == 6.0
+    assert rows["simplecil"].train_eval_seconds is None
+    build(tmp_path / "b")
+    main = _tables((tmp_path / "b" / "synthetic.md").read_text())[0]
+    cells = {row[0]: dict(zip(main[0], row)) for row in main[1:]}
+    assert cells["nmc"]["train+eval s / run"] == "3.0"
+    assert cells["nmc"]["features extracted"] == "6.0 s (seed 0)"
+    assert cells["simplecil"]["train+eval s / run"] == "not recorded"
+    assert cells["simplecil"]["features extracted"] == "no (cache)"
+
+
+def test_a_trained_row_that_did_not_train_is_flagged(tmp_path: Path):
+    """Loss at ln 2 on a 2-class first task, or a matrix equal to SimpleCIL's: flagged."""
+    at_chance = _result(
+        0, SEED1, config={"strategy": "adam"}, digest="chance",
+        strategy_report={"first_session_losses": [0.6935, 0.6920]},
+    )  # fmt: skip
+    at_chance.stream["experience_classes"] = [[0, 1], [2, 3]]
+    at_chance.cost["trainable_parameters"] = 1000
+    copy = _result(0, SEED0, config={"strategy": "slca"}, digest="copy")
+    copy.cost["trainable_parameters"] = 1000
+    baseline = _result(0, SEED0, config={"strategy": "simplecil"}, digest="base")
+    learned = _result(1, SEED1, config={"strategy": "slca"}, digest="ok")
+    learned.cost["trainable_parameters"] = 1000
+    learned.strategy_report = {"first_session_losses": [0.69, 0.2]}
+    from cilbench.boards.training_checks import did_not_train
+
+    board = [at_chance, copy, baseline, learned]
+    _references(tmp_path / "b")
+    assert did_not_train(at_chance, board) == ["training loss stayed at chance (ln 2 = 0.693)"]
+    assert did_not_train(copy, board) == ["accuracy matrix equals simplecil's (seed 0)"]
+    assert did_not_train(learned, board) == [] and did_not_train(baseline, board) == []
+    add(_files(tmp_path, copy, baseline, learned), tmp_path / "b")
+    build(tmp_path / "b")
+    main = _tables((tmp_path / "b" / "synthetic.md").read_text())[0]
+    names = [row[0] for row in main[1:]]
+    assert "slca (did not train)" in names and "simplecil" in names
+    result = CliRunner().invoke(
+        app,
+        ["leaderboard", "add", *map(str, _files(tmp_path, copy)), "--root", str(tmp_path / "b")],
+    )
+    assert result.exit_code == 0 and "did not train" in result.output
+
+
+def _trained(seed: int, matrix: list[list[float | None]], **changes: Any) -> RunResult:
+    result = _result(seed, matrix, config={"strategy": "slca"}, digest=f"t{seed}", **changes)
+    result.cost["trainable_parameters"] = 1000
+    result.environment = {"cpu_capability": "AVX512", "torch_threads": 2, "torch": "2.14.1"}
+    return result
+
+
+def test_a_frozen_replay_must_be_exact_and_a_trained_one_within_the_seed_spread():
+    from cilbench.boards.leaderboard import compare_runs
+
+    board = [_trained(0, SEED0), _trained(1, SEED1), _trained(2, [[85.0, None], [65.0, 50.0]])]
+    # final sample-weighted accuracies 45, 62.5, 53.75: mean 53.75, std 8.75
+    replay = _trained(0, [[80.0, None], [58.0, 41.0]])  # 45.25
+    replay.environment = {"cpu_capability": "AVX2", "torch_threads": 2, "torch": "2.14.1"}
+    same, message = compare_runs(board[0], replay, board)
+    assert same, message
+    assert "within the seed spread of the stored seeds 0, 1, 2" in message
+    assert "environment: cpu_capability: AVX512 -> AVX2" in message
+    far = _trained(0, [[10.0, None], [10.0, 10.0]])
+    same, message = compare_runs(board[0], far, board)
+    assert not same and "outside the seed spread" in message
+    alone, message = compare_runs(board[0], replay)
+    assert not alone and "not on a board" in message
+    frozen = _result(0, SEED0)
+    same, message = compare_runs(frozen, _result(0, [[80.0, None], [58.0, 41.0]]), [frozen])
+    assert not same and "a frozen row must replay exactly" in message
+    same, message = compare_runs(frozen, _result(0, SEED0, environment={"cilbench": "0.1.0"}))
+    assert same and "not recorded in the stored result: cilbench" in message
+
+
+@pytest.mark.slow
+def test_run_from_a_board_on_another_machine_compares_with_the_seed_spread(tmp_path: Path):
+    """A trained row's stored file from 'another machine' (other CPU, instruction set, threads)
+    replays within its row's seed spread; the replay names what differs."""
+    runner = CliRunner()
+    args = ["run", "-s", "finetune", "--stream", "synthetic", "--out", str(tmp_path / "a")]
+    assert runner.invoke(app, [*args, "--json"]).exit_code == 0
+    (path,) = (tmp_path / "a").rglob("result.json")
+    board = tmp_path / "boards" / "synthetic"
+    board.mkdir(parents=True)
+    stored = load_result(path)
+    stored.environment.update(cpu_model="Other CPU", cpu_capability="AVX2", torch_threads=1)
+    final = stored.accuracy_matrix[-1]
+    final[-1] = final[-1] - 1.0 if final[-1] >= 1.0 else 1.0  # this machine's floats differ
+    save_result(stored, board / "seed0.json")
+    for seed, shift in ((1, 3.0), (2, -3.0)):  # the row's other seeds spread around it
+        other = load_result(board / "seed0.json")
+        other.config["seed"], other.run_id = seed, other.run_id.replace("seed0", f"seed{seed}")
+        other.accuracy_matrix[-1] = [min(100.0, max(0.0, a + shift)) for a in final]
+        save_result(other, board / f"seed{seed}.json")
+    replay = ["run", "--from", str(board / "seed0.json"), "--out", str(tmp_path / "b"), "--json"]
+    result = runner.invoke(app, replay)
+    assert result.exit_code == 0, result.output
+    assert "within the seed spread of the stored seeds 0, 1, 2" in result.stderr
+    assert "cpu_capability: AVX2 -> " in result.stderr
+    assert "cpu_model: Other CPU -> " in result.stderr
+    print(result.stderr)

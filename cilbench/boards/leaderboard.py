@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +198,19 @@ class Row:
     """Mean sample-weighted accuracy after each experience (for the plot)."""
     references: list[Reference]
     variant: str = ""
+    convention: str = "sample-weighted"
+    """The accuracy convention of the row's main-table cells: its published number's, else the
+    strategy's `accuracy_convention`."""
+    train_eval_seconds: float | None = None
+    """Mean training + evaluation time per run without feature extraction or cache-lock waits;
+    None when a seed's result does not record its lock wait (results before cache_wait_seconds)."""
+    cache_wait_seconds: float | None = None
+    """Mean time per run spent waiting on another run's cache lock (None: not recorded)."""
+    extract_seconds: float = 0.0
+    """Mean feature-extraction time of the seeds that extracted (they paid for the cache)."""
+    extracted_seeds: list[int] = field(default_factory=list)
+    untrained: dict[int, list[str]] = field(default_factory=dict)
+    """Seeds of a trained strategy whose result says training changed nothing, and why."""
 
     @property
     def name(self) -> str:
@@ -222,7 +235,7 @@ def aggregate(results: Sequence[RunResult], references: Sequence[Reference] = ()
     groups: dict[str, list[RunResult]] = {}
     for result in results:
         groups.setdefault(_config_key(result), []).append(result)
-    rows = [_row(group, references) for group in groups.values()]
+    rows = [_row(group, references, results) for group in groups.values()]
     _name_variants(rows, list(groups.values()))
     return sorted(rows, key=lambda r: (-(r.stats["final_accuracy"][0] or 0.0), r.name))
 
@@ -232,10 +245,17 @@ def _config_key(result: RunResult) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def _row(group: Sequence[RunResult], references: Sequence[Reference]) -> Row:
+def _row(
+    group: Sequence[RunResult], references: Sequence[Reference], board: Sequence[RunResult]
+) -> Row:
+    from cilbench.api import STRATEGIES
+    from cilbench.boards.training_checks import row_warning
+
     group = sorted(group, key=lambda r: r.config["seed"])
     first = group[0]
     per_run = [run_metrics(r) for r in group]
+    matching = [ref for ref in references if ref.matches(first)]
+    extracted = [r for r in group if r.cost.get("extract_seconds", 0.0) > 0]
     curves = [
         metrics.accuracy_after_each_step(r.matrix(), np.array(r.test_sizes), "sample-weighted")
         for r in group
@@ -251,7 +271,38 @@ def _row(group: Sequence[RunResult], references: Sequence[Reference]) -> Row:
         trainable_parameters=max(int(r.cost.get("trainable_parameters", 0)) for r in group),
         flags={k: first.flags[k] for k in FLAGS if k in first.flags},
         curve=[float(v) for v in np.mean(curves, axis=0)],
-        references=[ref for ref in references if ref.matches(first)],
+        references=matching,
+        convention=(
+            matching[0].convention
+            if matching
+            else getattr(STRATEGIES.get(first.config["strategy"]), "accuracy_convention", "")
+            or "sample-weighted"
+        ),
+        train_eval_seconds=_train_eval_seconds(group),
+        cache_wait_seconds=(
+            None
+            if any("cache_wait_seconds" not in r.cost for r in group)
+            else float(np.mean([r.cost["cache_wait_seconds"] for r in group]))
+        ),
+        extract_seconds=float(np.mean([r.cost["extract_seconds"] for r in extracted] or [0.0])),
+        extracted_seeds=[r.config["seed"] for r in extracted],
+        untrained=row_warning(group, board),
+    )
+
+
+def _train_eval_seconds(group: Sequence[RunResult]) -> float | None:
+    """Mean of each run's own training + evaluation time (None: a run did not record it)."""
+    if any("cache_wait_seconds" not in r.cost for r in group):
+        return None
+    return float(
+        np.mean(
+            [
+                r.cost.get("total_seconds", 0.0)
+                - r.cost.get("extract_seconds", 0.0)
+                - r.cost["cache_wait_seconds"]
+                for r in group
+            ]
+        )
     )
 
 
@@ -294,8 +345,33 @@ def load_board(root: Path, stream: str) -> list[RunResult]:
     return results
 
 
-def compare_runs(stored: RunResult, replayed: RunResult) -> tuple[bool, str]:
-    """Whether a replay gave the stored accuracy matrix, and a sentence saying so."""
+def compare_runs(
+    stored: RunResult, replayed: RunResult, board: Sequence[RunResult] = ()
+) -> tuple[bool, str]:
+    """Whether a replay agrees with the stored result, and sentences saying how and what differs
+    on this machine (CPU, instruction set, BLAS, threads, versions, code).
+
+    Frozen rows (no trainable parameters) must give the stored matrix exactly. A trained row whose
+    stored file sits on a board (`board`: that board's results) agrees when the replay's final
+    accuracy, in the row's convention, is within the seed spread of the row's stored seeds.
+    """
+    from cilbench.core.environment import differences
+
+    changed = differences(stored.environment, replayed.environment)
+    where = (
+        "environment: " + "; ".join(changed)
+        if changed
+        else "environment: same CPU, instruction set, BLAS, threads, versions and code"
+    )
+    same, message = _compare_matrices(stored, replayed, board)
+    return same, f"{message}\n{where}"
+
+
+def _compare_matrices(
+    stored: RunResult, replayed: RunResult, board: Sequence[RunResult]
+) -> tuple[bool, str]:
+    from cilbench.boards.training_checks import trains
+
     if stored.run_id != replayed.run_id:
         return False, f"the replay resolved to run {replayed.run_id}, not {stored.run_id}"
     a, b = stored.matrix(), replayed.matrix()
@@ -310,4 +386,12 @@ def compare_runs(stored: RunResult, replayed: RunResult) -> tuple[bool, str]:
         for k in METRICS
         if theirs[k] is not None and ours[k] is not None and theirs[k] != ours[k]
     )
-    return False, f"accuracy differs by up to {difference:.2f} points ({changes})"
+    differs = f"accuracy differs by up to {difference:.2f} points ({changes})"
+    seeds = [r for r in board if _config_key(r) == _config_key(stored)]
+    if not trains(stored):
+        return False, f"{differs}; a frozen row must replay exactly"
+    if len(seeds) < 2:
+        return False, f"{differs}; no seed spread to compare with (the file is not on a board)"
+    from cilbench.boards.replay import within_seed_spread
+
+    return within_seed_spread(replayed, seeds, differs)

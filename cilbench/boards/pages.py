@@ -10,14 +10,11 @@ digests, not pixels, so a matplotlib upgrade does not make a board stale.
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from cilbench.boards.leaderboard import (
     FLAGS,
@@ -26,11 +23,11 @@ from cilbench.boards.leaderboard import (
     aggregate,
     load_board,
 )
+from cilbench.boards.plots import accuracy_plot, plot_digest, rows_digest, time_plot
 from cilbench.boards.references import Reference, load_references
 from cilbench.core.results import write_atomic
 
 REFERENCE_FILE = "reference.json"
-PLOT_KEY = "cilbench-data"
 GRID_SCRIPT = "leaderboards/grid.sh"
 
 
@@ -48,7 +45,7 @@ def render(root: Path) -> tuple[dict[Path, str], dict[Path, list[Row]]]:
     for stream in streams_on_boards(root):
         rows = aggregate(load_board(root, stream), references)
         boards[stream] = rows
-        pages[root / f"{stream}.md"] = f"# {stream}\n\n{board_table(rows)}\n{plot_links(stream)}"
+        pages[root / f"{stream}.md"] = stream_page(stream, rows)
         pages[root / f"{stream}.csv"] = board_csv(rows)
         plots[root / f"{stream}-accuracy.png"] = rows
         plots[root / f"{stream}-time.png"] = rows
@@ -71,7 +68,7 @@ def stale(root: Path) -> list[Path]:
     """Generated files missing or not matching the stored results (empty: up to date)."""
     pages, plots = render(root)
     outdated = [p for p, text in pages.items() if not p.exists() or p.read_text() != text]
-    outdated += [p for p, rows in plots.items() if _plot_digest(p) != _rows_digest(rows)]
+    outdated += [p for p, rows in plots.items() if plot_digest(p) != rows_digest(rows)]
     return outdated
 
 
@@ -105,35 +102,107 @@ def _published(row: Row) -> list[str]:
     ]
 
 
-HEADER = [
+MAIN_HEADER = [
     "strategy",
     "backbone",
     "protocol",
     "seeds",
-    *METRICS.values(),
+    "convention",
+    "final acc",
+    "avg inc acc",
+    "forgetting",
     "trainable params",
+    "train+eval s / run",
+    "features extracted",
+    "published (gap)",
+]
+"""The main table: what a reader compares, at most 12 columns (a laptop screen)."""
+
+SHORT_CONVENTION = {"sample-weighted": "sample-wt", "task-averaged": "task-avg"}
+DID_NOT_TRAIN = "did not train"
+
+DETAILS_HEADER = [
+    "strategy",
+    "backbone",
+    *METRICS.values(),
     "wall time / run (s)",
+    "extraction s / run",
+    "cache wait s / run",
     "peak memory (MiB)",
     *FLAGS.values(),
-    "published final acc",
     "published source",
     "published convention",
-    "gap (ours - published)",
+    "did not train (seeds: why)",
 ]
 
 
-def _cells(row: Row) -> list[str]:
+def _name(row: Row) -> str:
+    return f"{row.name} ({DID_NOT_TRAIN})" if row.untrained else row.name
+
+
+def _seconds(value: float | None) -> str:
+    return "not recorded" if value is None else f"{value:.1f}"
+
+
+def _extraction(row: Row) -> str:
+    """Which seeds of this row paid for the feature cache, and how long it took them."""
+    if not row.extracted_seeds:
+        return "no (cache)"
+    seeds = ", ".join(map(str, row.extracted_seeds))
+    return f"{row.extract_seconds:.1f} s (seed {seeds})"
+
+
+def _published_gap(row: Row) -> str:
+    if not row.references:
+        return "–"
+    ref = row.references[0]
+    gap = row.gap(ref)
+    value = _fmt(ref.final_accuracy, ref.final_std) + ("" if ref.verified else " (unverified)")
+    return value if gap is None else f"{value} ({gap:+.2f})"
+
+
+def _main_cells(row: Row) -> list[str]:
+    final = (
+        "final_accuracy_task_averaged" if row.convention == "task-averaged" else "final_accuracy"
+    )
+    average = (
+        "average_accuracy_task_averaged"
+        if row.convention == "task-averaged"
+        else "average_accuracy"
+    )
     return [
-        row.name,
+        _name(row),
         row.backbone,
         row.protocol,
         f"{len(row.seeds)} ({', '.join(map(str, row.seeds))})",
-        *(_fmt(*row.stats[k]) for k in METRICS),
+        SHORT_CONVENTION.get(row.convention, row.convention),
+        _fmt(*row.stats[final]),
+        _fmt(*row.stats[average]),
+        _fmt(*row.stats["forgetting"]),
         f"{row.trainable_parameters:,}",
+        _seconds(row.train_eval_seconds),
+        _extraction(row),
+        _published_gap(row),
+    ]
+
+
+def _details_cells(row: Row) -> list[str]:
+    published = _published(row)
+    untrained = "; ".join(
+        f"{seed}: {', '.join(reasons)}" for seed, reasons in row.untrained.items()
+    )
+    return [
+        _name(row),
+        row.backbone,
+        *(_fmt(*row.stats[k]) for k in METRICS),
         f"{row.wall_seconds:.1f}",
+        f"{row.extract_seconds:.1f}" if row.extracted_seeds else "0.0",
+        _seconds(row.cache_wait_seconds),
         f"{row.peak_memory_mib:.0f}",
         *(_flag(row.flags, k) for k in FLAGS),
-        *_published(row),
+        published[1],
+        published[2],
+        untrained or "–",
     ]
 
 
@@ -152,8 +221,30 @@ def table_cell(text: str) -> str:
 
 
 def board_table(rows: Sequence[Row]) -> str:
-    """The markdown table of one board."""
-    return _markdown(HEADER, [_cells(r) for r in rows])
+    """The main table of one board (at most 12 columns)."""
+    return _markdown(MAIN_HEADER, [_main_cells(r) for r in rows])
+
+
+def details_table(rows: Sequence[Row]) -> str:
+    """Every other column: both conventions, wall time, cache, memory, flags, sources."""
+    return _markdown(DETAILS_HEADER, [_details_cells(r) for r in rows])
+
+
+def stream_page(stream: str, rows: Sequence[Row]) -> str:
+    """One board: the main table, the details table, the CSV link and the plots."""
+    return (
+        f"# {stream}\n\n{TIME_NOTE}\n{board_table(rows)}\n## Details\n\n{details_table(rows)}\n"
+        f"CSV (every column, raw numbers): [{stream}.csv]({stream}.csv)\n{plot_links(stream)}"
+    )
+
+
+TIME_NOTE = """\
+Conventions, flags and sources: [README.md](README.md). `train+eval s / run` is each run's own
+training and evaluation time, the comparable figure: feature extraction and waits on another run's
+cache lock are not counted ("not recorded" for results written before cilbench measured the wait;
+their total wall time is in the details). `features extracted` says which seeds of a row extracted
+the shared frozen features (paid for the cache) and how long that took; other rows read them.
+"""
 
 
 def board_csv(rows: Sequence[Row]) -> str:
@@ -164,8 +255,16 @@ def board_csv(rows: Sequence[Row]) -> str:
     flags = list(FLAGS)
     published = ["published_final_accuracy", "published_source", "published_convention", "gap"]
     costs = ["trainable_parameters", "wall_seconds", "peak_memory_mib"]
+    more = [
+        "convention",
+        "train_eval_seconds",
+        "extract_seconds",
+        "extracted_seeds",
+        "cache_wait_seconds",
+        "did_not_train",
+    ]
     names = ["strategy", "backbone", "protocol", "seeds"]
-    writer.writerow([*names, *stats, *costs, *flags, *published])
+    writer.writerow([*names, *stats, *costs, *flags, *published, *more])
     for row in rows:
         ref = row.references[0] if row.references else None
         gap = row.gap(ref) if ref else None
@@ -175,6 +274,14 @@ def board_csv(rows: Sequence[Row]) -> str:
             + [row.trainable_parameters, f"{row.wall_seconds:.3f}", f"{row.peak_memory_mib:.1f}"]
             + [_raw(row.flags[k]) if k in row.flags else "n/a" for k in flags]
             + ([ref.final_accuracy, ref.source, ref.convention, _raw(gap)] if ref else [""] * 4)
+            + [
+                row.convention,
+                _raw(row.train_eval_seconds),
+                _raw(row.extract_seconds),
+                " ".join(map(str, row.extracted_seeds)),
+                _raw(row.cache_wait_seconds),
+                _raw(bool(row.untrained)),
+            ]
         )
     return out.getvalue()
 
@@ -201,11 +308,17 @@ derived fields in the result files are never read. Cells are mean ± sample stan
 over all seen test images (PyCIL, PILOT, APER, SLCA); task-averaged accuracy averages the per-task
 accuracies (L2P, DualPrompt, CODA-Prompt, RanPAC). Forgetting (Chaudhry) is the best earlier
 accuracy minus the last, averaged over tasks; CODA's F_N averages the drop from one step to the
-next. Wall time and peak memory are per run, on the machine in each result's `environment`; wall
-time includes feature extraction when the run found the feature cache cold. Flags: `?` means the
-strategy does not declare it, `n/a` that it does not apply (no prompt vote without prompts). The
-published number is the first entry of `reference.json` for the same strategy, stream, protocol and
-backbone; the gap is our mean minus it, in its accuracy convention.
+next. The main table shows final and average incremental accuracy in the row's convention (its
+published number's, else the one its papers use); both conventions are in the details table and the
+CSV. Times and peak memory are per run, on the machine in each result's `environment`.
+`train+eval s / run` leaves out feature extraction and waits on another run's cache lock;
+`features extracted` names the seeds that paid for the shared feature cache; the details table
+keeps the total wall time. A row marked "did not train" records trainable parameters, but its
+first-session loss stayed at chance or its accuracy matrix equals a frozen baseline's (NMC,
+SimpleCIL) of the same seed and backbone (`cilbench/boards/training_checks.py`). Flags: `?`
+means the strategy does not declare it, `n/a` that it does not apply (no prompt vote without
+prompts). The published number is the first entry of `reference.json` for the same strategy,
+stream, protocol and backbone; the gap is our mean minus it, in its accuracy convention.
 """
 
 
@@ -223,7 +336,11 @@ def readme(boards: dict[str, list[Row]]) -> str:
     if not boards:
         parts.append("No results are stored yet.\n")
     for stream, rows in boards.items():
-        parts.append(f"## {stream}\n\n{board_table(rows)}\nCSV: [{stream}.csv]({stream}.csv)\n")
+        parts.append(
+            f"## {stream}\n\n{board_table(rows)}\nDetails (both conventions, wall time, "
+            f"memory, flags, sources): [{stream}.md]({stream}.md); "
+            f"CSV: [{stream}.csv]({stream}.csv)\n"
+        )
         parts.append(plot_links(stream))
     return "\n".join(parts)
 
@@ -280,91 +397,3 @@ checked against the paper), U (unverified), approx (read from a plot). Only LOG,
 numbers count as verified. Every entry links the paper table or the repository file (at a commit)
 it was read from; an unverified entry's note says what could and could not be seen there.
 """
-
-
-def _rows_digest(rows: Sequence[Row]) -> str:
-    data = [(r.name, r.backbone, r.curve, r.stats["final_accuracy"], r.wall_seconds) for r in rows]
-    return hashlib.sha256(json.dumps(data).encode()).hexdigest()
-
-
-def _plot_digest(path: Path) -> str | None:
-    from PIL import Image
-
-    if not path.exists():
-        return None
-    with Image.open(path) as image:
-        return image.info.get(PLOT_KEY)  # type: ignore[no-any-return]
-
-
-def _save(figure: object, rows: Sequence[Row], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    metadata = {"Software": None, PLOT_KEY: _rows_digest(rows)}
-    figure.savefig(path, dpi=100, metadata=metadata)  # type: ignore[attr-defined]
-    plt.close(figure)  # type: ignore[arg-type]
-
-
-LINE_STYLES = ("-", "--", ":", "-.")
-MARKERS = ("o", "s", "^", "D")
-
-
-def _styles(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Per row: a colour per strategy, a line style and marker per backbone, a legend label."""
-    import matplotlib
-
-    colours = matplotlib.colormaps["tab20"].colors  # type: ignore[attr-defined]
-    strategies = sorted({r.name for r in rows})
-    backbones = sorted({r.backbone for r in rows})
-    return [
-        {
-            "color": colours[strategies.index(r.name) % len(colours)],
-            "linestyle": LINE_STYLES[backbones.index(r.backbone) % len(LINE_STYLES)],
-            "marker": MARKERS[backbones.index(r.backbone) % len(MARKERS)],
-            "label": f"{r.name} ({r.backbone})",
-        }
-        for r in rows
-    ]
-
-
-def _finish(figure: Any, axes: Any, rows: Sequence[Row], path: Path) -> None:
-    """Legend beside the axes (a board has up to a few dozen rows), grid, save."""
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    _save(figure, rows, path)
-
-
-def accuracy_plot(rows: Sequence[Row], path: Path) -> None:
-    """Mean sample-weighted accuracy after each experience, one line per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(10, 4.8))
-    for row, style in zip(rows, _styles(rows)):
-        axes.plot(range(1, len(row.curve) + 1), row.curve, **style)
-    axes.set_xticks(range(1, max((len(r.curve) for r in rows), default=0) + 1))
-    axes.set_xlabel("experiences learned")
-    axes.set_ylabel("accuracy on seen classes (%, sample-weighted)")
-    _finish(figure, axes, rows, path)
-
-
-def time_plot(rows: Sequence[Row], path: Path) -> None:
-    """Final accuracy (mean ± std) against wall time per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(10, 4.8))
-    for row, style in zip(rows, _styles(rows)):
-        mean, std = row.stats["final_accuracy"]
-        if mean is None:
-            continue
-        del style["linestyle"]
-        axes.errorbar(row.wall_seconds, mean, yerr=std or 0.0, capsize=3, **style)
-    axes.set_xscale("log")
-    axes.set_xlabel("wall time per run (s, log scale)")
-    axes.set_ylabel("final accuracy (%, sample-weighted)")
-    _finish(figure, axes, rows, path)

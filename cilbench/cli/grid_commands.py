@@ -50,6 +50,13 @@ def sweep_command(
     cpus_per_run: Annotated[int, typer.Option(help="ray/slurm: CPUs each run asks for.")] = 1,
     gpus_per_run: Annotated[int, typer.Option(help="ray/slurm: GPUs each run asks for.")] = 0,
     log: LogOpt = None,
+    grid: Annotated[
+        Path | None,
+        typer.Option(help="A grid file (leaderboards/paper-grid.toml): runs and seeds from it."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="List the runs and estimate GPU-hours; run nothing.")
+    ] = False,
 ) -> None:
     """Run a grid of (strategy, stream, seed); finished runs are skipped, killed ones resume."""
     from cilbench.core.paths import default_cache_dir
@@ -62,7 +69,16 @@ def sweep_command(
         "nmc", "synthetic", backbone, 0, assignments, data_root, device, batch_size,
         out_dir=out, cache_dir=cache_dir or default_cache_dir(),
     )  # fmt: skip
-    specs = expand_grid(base, _names(strategies), _names(streams), _seeds(seeds))
+    if grid is not None:
+        from cilbench.engine.paper_grid import grid_specs, load_grid
+
+        console.refuse_given(context, ("--strategies", "--streams", "--seeds"), "with --grid")
+        specs = grid_specs(load_grid(grid), base)
+    else:
+        specs = expand_grid(base, _names(strategies), _names(streams), _seeds(seeds))
+    if dry_run:
+        _show_estimate(specs)
+        return
     engine = make_executor(
         executor, workers=workers, ray_address=ray_address, slurm_partition=slurm_partition,
         slurm_folder=slurm_folder, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
@@ -71,6 +87,44 @@ def sweep_command(
     if failed:
         console.stderr.print(f"[bold red]{failed} of {len(specs)} runs failed[/]")
         raise typer.Exit(1)
+
+
+def _show_estimate(specs: Any) -> None:
+    """The runs of a grid, grouped over seeds, with FLOPs and GPU-hours, then the assumptions."""
+    from cilbench.cli.tables import show_table
+    from cilbench.engine.paper_grid import assumptions, estimate
+
+    estimates = estimate(specs)
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for e in estimates:
+        sets = " ".join(f"{k}={v}" for k, v in sorted(e.spec.overrides.items()))
+        key = (e.spec.stream, e.spec.strategy, sets, e.backbone, e.image_size)
+        groups.setdefault(key, []).append(e)
+    columns = ["stream", "strategy", "settings", "backbone", "px", "seeds", "GFLOP/img", "epochs"]
+    columns += ["GPU-h / run", "GPU-h"]
+    rows = [
+        [
+            str(stream),
+            strategy,
+            sets or "–",
+            backbone,
+            str(size),
+            ",".join(str(e.spec.seed) for e in group),
+            f"{group[0].gflops_per_image:.1f}",
+            str(group[0].epochs),
+            f"{group[0].gpu_hours:.3f}",
+            f"{sum(e.gpu_hours for e in group):.3f}",
+        ]
+        for (stream, strategy, sets, backbone, size), group in groups.items()
+    ]
+    numbers = ["px", "GFLOP/img", "epochs", "GPU-h / run", "GPU-h"]
+    show_table(console.stdout, f"dry run: {len(estimates)} runs", columns, rows, numbers)
+    total = sum(e.gpu_hours for e in estimates)
+    console.stdout.print(
+        f"total: {len(estimates)} runs, {total:.1f} GPU-hours", highlight=False, soft_wrap=True
+    )
+    for line in assumptions():
+        console.stdout.print(f"- {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _names(text: str) -> list[str]:
@@ -120,10 +174,23 @@ def leaderboard_add(
     replace: Annotated[bool, typer.Option(help="Replace a stored result of this run id.")] = False,
 ) -> None:
     """Validate results (schema, stream version, strategy, complete matrix, protocol) and store."""
-    from cilbench.boards.leaderboard import add
+    from cilbench.boards.leaderboard import add, board_files
+    from cilbench.boards.training_checks import did_not_train
+    from cilbench.core.results import load_result
 
-    for path in add(results, root, replace):
+    stored = add(results, root, replace)
+    for path in stored:
         console.stdout.print(f"stored {path}", soft_wrap=True)
+    for path in stored:
+        board = [load_result(p) for p in board_files(root, path.parent.name)]
+        reasons = did_not_train(load_result(path), board)
+        if reasons:
+            console.stdout.print(
+                f"[bold yellow]did not train:[/] {path.name}: {'; '.join(reasons)} "
+                "(the board flags its row)",
+                soft_wrap=True,
+                highlight=False,
+            )
     console.stdout.print("Now run `cilbench leaderboard build`.")
 
 

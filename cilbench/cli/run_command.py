@@ -89,7 +89,7 @@ def run_command(
     else:
         _print_summary(result, out / result.run_id / "result.json")
     if replay is not None:
-        _report_replay(stored, result)
+        _report_replay(stored, result, replay)
 
 
 def _replayspec_from_options(context: typer.Context, path: Path, given: Any) -> tuple[Any, Any]:
@@ -111,12 +111,27 @@ def _replayspec_from_options(context: typer.Context, path: Path, given: Any) -> 
     return stored, spec
 
 
-def _report_replay(stored: Any, result: Any) -> None:
+def _board_of(path: Path, stored: Any) -> list[Any]:
+    """The results of the board the stored file sits on (`<root>/<stream>/<file>.json`), else []."""
+    from cilbench.boards.leaderboard import board_files
+    from cilbench.core.errors import CilbenchError
+    from cilbench.core.results import load_result
+
+    folder = path.resolve().parent
+    if folder.name != stored.stream.get("name"):
+        return []
+    try:
+        return [load_result(p) for p in board_files(folder.parent, folder.name)]
+    except CilbenchError:
+        return []
+
+
+def _report_replay(stored: Any, result: Any, path: Path) -> None:
     from cilbench.boards.leaderboard import compare_runs
 
-    same, message = compare_runs(stored, result)
+    same, message = compare_runs(stored, result, _board_of(path, stored))
     console.stderr.print(
-        f"[bold {'green' if same else 'red'}]replay:[/] {message}", highlight=False
+        f"[bold {'green' if same else 'red'}]replay:[/] {escape(message)}", highlight=False
     )
     if not same:
         raise typer.Exit(1)

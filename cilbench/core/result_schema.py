@@ -75,6 +75,9 @@ BOARD_RESULT_SCHEMA: dict[str, Any] = {
             "type": "object",
             "properties": {
                 "total_seconds": {"type": "number", "minimum": 0},
+                "extract_seconds": {"type": "number", "minimum": 0},
+                "cache_wait_seconds": {"type": "number", "minimum": 0},
+                "train_eval_seconds": {"type": "number", "minimum": 0},
                 "peak_memory_mib": {"type": "number", "minimum": 0},
                 "trainable_parameters": {"type": "integer", "minimum": 0},
             },

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cilbench.core.environment import environment
 from cilbench.core.errors import CorruptFileError
 from cilbench.core.files import write_atomic
+
+__all__ = ["RunResult", "environment", "load_result", "save_result", "write_atomic"]
 
 MAX_RESULT_BYTES = 16 * 2**20
 """Result files are a few KiB; a longer file (or one that never ends, /dev/zero) is refused
@@ -128,22 +128,3 @@ def load_result(path: Path) -> RunResult:
     except (OSError, ValueError, RecursionError) as error:  # ValueError: bad UTF-8 or JSON
         raise CorruptFileError(f"Cannot read result file {path}: {error}") from error
     return RunResult.from_dict(data, source=str(path))
-
-
-def environment() -> dict[str, Any]:
-    """Versions and hardware that can change numbers or timings."""
-    import timm
-    import torch
-
-    from cilbench.core.version import __version__
-
-    return {
-        "cilbench": __version__,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }

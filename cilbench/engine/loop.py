@@ -177,6 +177,7 @@ def run(
     before = {
         "extract_seconds": cost["extract_seconds"],
         "images_forwarded": cost["images_forwarded"],
+        "cache_wait_seconds": cost.get("cache_wait_seconds", 0.0),
     }
     for experience in stream.experiences[len(result.accuracy_matrix) :]:
         for callback in callbacks:
@@ -315,6 +316,7 @@ def _new_result(prepared: PreparedRun) -> RunResult:
             "train_seconds": [],
             "eval_seconds": [],
             "extract_seconds": 0.0,
+            "cache_wait_seconds": 0.0,
             "images_forwarded": 0,
             "peak_memory_mib": 0.0,
             "trainable_parameters": 0,
@@ -335,10 +337,16 @@ def _update_cost(
         cost["trainable_parameters"], strategy.trainable_parameters()
     )
     cost["peak_memory_mib"] = max(cost["peak_memory_mib"], _peak_memory_mib(strategy.device))
+    cost["cache_wait_seconds"] = before["cache_wait_seconds"] + store.wait_seconds
     cost["total_seconds"] = (
         cost.get("before_stream_seconds", 0.0)
         + sum(cost["train_seconds"])
         + sum(cost["eval_seconds"])
+    )
+    # The comparable figure: the run's own work, without extracting features for the shared
+    # cache (the run that did it paid for every later run) or waiting on another run's lock.
+    cost["train_eval_seconds"] = max(
+        0.0, cost["total_seconds"] - cost["extract_seconds"] - cost["cache_wait_seconds"]
     )
 
 

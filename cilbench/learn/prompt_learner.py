@@ -55,6 +55,7 @@ class PromptLearner(BaseStrategy):
     Config: ClassVar[type] = PromptLearnerConfig
     predicts_with_features = True
     frozen_backbone = True
+    accuracy_convention: ClassVar[str] = "task-averaged"
     readout: ClassVar[Readout] = "token"
 
     def build_prompter(self, model: Any, info: StreamInfo) -> Prompter:
