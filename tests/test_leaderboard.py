@@ -524,7 +524,7 @@ def _trained(seed: int, matrix: list[list[float | None]], **changes: Any) -> Run
 
 
 def test_a_frozen_replay_must_be_exact_and_a_trained_one_within_the_seed_spread():
-    from cilbench.boards.leaderboard import compare_runs
+    from cilbench.boards.replay import compare_runs
 
     board = [_trained(0, SEED0), _trained(1, SEED1), _trained(2, [[85.0, None], [65.0, 50.0]])]
     # final sample-weighted accuracies 45, 62.5, 53.75: mean 53.75, std 8.75

@@ -145,7 +145,7 @@ def _check_replacement(result: RunResult, target: Path, replace: bool, source: s
 
 
 def _seed_key(result: RunResult) -> tuple[str, Any]:
-    return _config_key(result), result.config["seed"]
+    return config_key(result), result.config["seed"]
 
 
 def _check_one_per_seed(
@@ -234,13 +234,13 @@ def aggregate(results: Sequence[RunResult], references: Sequence[Reference] = ()
     """Rows of one board: results grouped by configuration (all but the seed), best first."""
     groups: dict[str, list[RunResult]] = {}
     for result in results:
-        groups.setdefault(_config_key(result), []).append(result)
+        groups.setdefault(config_key(result), []).append(result)
     rows = [_row(group, references, results) for group in groups.values()]
     _name_variants(rows, list(groups.values()))
     return sorted(rows, key=lambda r: (-(r.stats["final_accuracy"][0] or 0.0), r.name))
 
 
-def _config_key(result: RunResult) -> str:
+def config_key(result: RunResult) -> str:
     config = {k: v for k, v in result.config.items() if k not in RUN_ONLY}
     return json.dumps(config, sort_keys=True)
 
@@ -328,7 +328,7 @@ def _name_variants(rows: list[Row], groups: list[list[RunResult]]) -> None:
         if len(values) == len(twins):
             row.variant = str(first.config["strategy_config"].get(key))
         else:
-            row.variant = hashlib.sha256(_config_key(first).encode()).hexdigest()[:6]
+            row.variant = hashlib.sha256(config_key(first).encode()).hexdigest()[:6]
 
 
 def _same_row_name(a: Row, b: Row) -> bool:
@@ -343,55 +343,3 @@ def load_board(root: Path, stream: str) -> list[RunResult]:
         validate(result, str(path))
         results.append(result)
     return results
-
-
-def compare_runs(
-    stored: RunResult, replayed: RunResult, board: Sequence[RunResult] = ()
-) -> tuple[bool, str]:
-    """Whether a replay agrees with the stored result, and sentences saying how and what differs
-    on this machine (CPU, instruction set, BLAS, threads, versions, code).
-
-    Frozen rows (no trainable parameters) must give the stored matrix exactly. A trained row whose
-    stored file sits on a board (`board`: that board's results) agrees when the replay's final
-    accuracy, in the row's convention, is within the seed spread of the row's stored seeds.
-    """
-    from cilbench.core.environment import differences
-
-    changed = differences(stored.environment, replayed.environment)
-    where = (
-        "environment: " + "; ".join(changed)
-        if changed
-        else "environment: same CPU, instruction set, BLAS, threads, versions and code"
-    )
-    same, message = _compare_matrices(stored, replayed, board)
-    return same, f"{message}\n{where}"
-
-
-def _compare_matrices(
-    stored: RunResult, replayed: RunResult, board: Sequence[RunResult]
-) -> tuple[bool, str]:
-    from cilbench.boards.training_checks import trains
-
-    if stored.run_id != replayed.run_id:
-        return False, f"the replay resolved to run {replayed.run_id}, not {stored.run_id}"
-    a, b = stored.matrix(), replayed.matrix()
-    if a.shape != b.shape:
-        return False, f"accuracy matrix shape {b.shape} differs from the stored {a.shape}"
-    difference = float(np.nanmax(np.abs(a - b))) if a.size else 0.0
-    ours, theirs = run_metrics(replayed), run_metrics(stored)
-    if difference == 0.0:
-        return True, "metrics match the stored result exactly"
-    changes = ", ".join(
-        f"{k} {theirs[k]:.2f} -> {ours[k]:.2f}"
-        for k in METRICS
-        if theirs[k] is not None and ours[k] is not None and theirs[k] != ours[k]
-    )
-    differs = f"accuracy differs by up to {difference:.2f} points ({changes})"
-    seeds = [r for r in board if _config_key(r) == _config_key(stored)]
-    if not trains(stored):
-        return False, f"{differs}; a frozen row must replay exactly"
-    if len(seeds) < 2:
-        return False, f"{differs}; no seed spread to compare with (the file is not on a board)"
-    from cilbench.boards.replay import within_seed_spread
-
-    return within_seed_spread(replayed, seeds, differs)

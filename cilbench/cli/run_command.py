@@ -127,7 +127,7 @@ def _board_of(path: Path, stored: Any) -> list[Any]:
 
 
 def _report_replay(stored: Any, result: Any, path: Path) -> None:
-    from cilbench.boards.leaderboard import compare_runs
+    from cilbench.boards.replay import compare_runs
 
     same, message = compare_runs(stored, result, _board_of(path, stored))
     console.stderr.print(
