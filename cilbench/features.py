@@ -175,7 +175,7 @@ class FeatureStore:
     def _write(self, path: Path, features: torch.Tensor, description: str) -> None:
         try:
             _write_cached(path, features, description)
-        except OSError as error:  # DiskFullError included: the run goes on without the cache
+        except (OSError, SafetensorError) as error:  # a full disk included: the run goes on
             _warn_once(path.parent, str(error))
             self._writable = False
 

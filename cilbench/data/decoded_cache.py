@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from cilbench.core.callbacks import Progress, SilentProgress
-from cilbench.core.files import atomic_path, remove_stale_temps, write_atomic
+from cilbench.core.files import atomic_path, remove_stale_temps, reserve, write_atomic
 from cilbench.data.downloads import sha256_file
 from cilbench.data.sources import ImageSource
 
@@ -129,7 +129,8 @@ class DecodedSource:
         digest = hashlib.sha256()
         with atomic_path(self.path) as tmp:
             shape = (len(self), 3, self.size, self.size)
-            array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+            reserve(tmp, int(np.prod(shape)))
+            array = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
             with progress.task(f"decoding {self.name}", total=len(self)) as advance:
                 for index in range(len(self)):
                     array[index] = square(self.source.load(index)).numpy()
