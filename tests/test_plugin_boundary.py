@@ -111,3 +111,44 @@ def test_non_finite_scores_name_the_strategy_and_experience(tmp_path: Path, fill
             _run(synthetic_stream(num_classes=4, increment=2), tmp_path, "broken-scores")
     finally:
         STRATEGIES.unregister("broken-scores")
+
+
+@pytest.mark.parametrize("when", ["train_experience", "predict_features"])
+def test_a_strategy_that_changes_the_frozen_backbone_cannot_poison_the_cache(
+    tmp_path: Path, when: str
+):
+    """Before: the run finished and later features were cached under the pristine backbone's key;
+    a plain run then read them (0 images forwarded) and scored far lower."""
+
+    def spoil(backbone) -> None:  # type: ignore[no-untyped-def]
+        if when == "train_experience":  # in place
+            with torch.inference_mode():
+                for parameter in backbone.model.parameters():
+                    parameter.mul_(-3.0)
+        else:  # tensors replaced
+            for parameter in backbone.model.parameters():
+                parameter.data = parameter.data.clone() * -3.0
+
+    @register_strategy("backbone-spoiler")
+    class Spoiler(NMC):
+        def train_experience(self, experience) -> None:  # type: ignore[no-untyped-def]
+            super().train_experience(experience)
+            if when == "train_experience":
+                spoil(self.backbone)
+
+        def predict_features(self, features: torch.Tensor) -> torch.Tensor:
+            if when == "predict_features" and not getattr(self, "spoiled", False):
+                self.spoiled = True
+                spoil(self.backbone)
+            return super().predict_features(features)
+
+    stream = synthetic_stream(num_classes=6, increment=2)
+    spec = {"stream": stream, "backbone": "tiny-vit-random", "cache_dir": tmp_path / "cache"}
+    try:
+        with pytest.raises(CilbenchError, match="modified by strategy 'backbone-spoiler'"):
+            run(RunSpec(strategy="backbone-spoiler", out_dir=tmp_path / "a", **spec))
+    finally:
+        STRATEGIES.unregister("backbone-spoiler")
+    cached = run(RunSpec(strategy="nmc", out_dir=tmp_path / "b", **spec))
+    fresh = run(RunSpec(strategy="nmc", out_dir=tmp_path / "c", **{**spec, "cache_dir": None}))
+    assert cached.accuracy_matrix == fresh.accuracy_matrix

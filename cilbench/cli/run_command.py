@@ -94,12 +94,14 @@ def run_command(
 
 def _replayspec_from_options(context: typer.Context, path: Path, given: Any) -> tuple[Any, Any]:
     """The stored result and the spec that replays its record (paths and device from `given`)."""
+    from cilbench.core.result_schema import check_replay_config
     from cilbench.core.results import load_result
     from cilbench.engine.spec import RunSpec
 
     fixed = ("--strategy", "--stream", "--backbone", "--seed", "--set", "--batch-size")
     console.refuse_given(context, fixed, "with --from (the result file fixes them)")
     stored = load_result(path)
+    check_replay_config(stored.config, str(path))
     spec = RunSpec.from_record(
         stored.config,
         data_root=given.data_root,

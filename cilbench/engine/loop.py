@@ -163,6 +163,7 @@ def run(
         batch_size=spec.batch_size,
         num_workers=spec.num_workers,
         progress=progress,
+        user=f"strategy {spec.strategy!r}",
     )
     strategy, stream = prepared.strategy, prepared.stream
     strategy.setup(prepared.context(store, progress))
@@ -184,6 +185,7 @@ def run(
         start = time.perf_counter()
         with observing(callbacks):
             strategy.train_experience(experience)
+        store.check_backbone()
         cost["train_seconds"].append(time.perf_counter() - start)
         start = time.perf_counter()
         row = evaluate(strategy, stream, experience.index, store, spec.batch_size, progress)
