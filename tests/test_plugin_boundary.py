@@ -152,3 +152,79 @@ def test_a_strategy_that_changes_the_frozen_backbone_cannot_poison_the_cache(
     cached = run(RunSpec(strategy="nmc", out_dir=tmp_path / "b", **spec))
     fresh = run(RunSpec(strategy="nmc", out_dir=tmp_path / "c", **{**spec, "cache_dir": None}))
     assert cached.accuracy_matrix == fresh.accuracy_matrix
+
+
+SHARED = torch.arange(6.0)
+STATES: list[tuple[str, object, str]] = [
+    ("numpy array", {"w": np.ones((2, 3), np.float32)}, ""),
+    ("numpy scalar", {"n": np.int64(3)}, ""),
+    ("one tensor twice", {"a": SHARED, "b": SHARED}, ""),
+    ("a view of another", {"a": SHARED, "b": SHARED[:2]}, ""),
+    ("a list", {"w": [1.0, 2.0]}, "entry 'w' is a list"),
+    ("None", {"w": None}, "entry 'w' is a NoneType"),
+    ("numpy strings", {"w": np.array(["x"])}, "entry 'w' is a ndarray"),
+    ("an int name", {3: torch.zeros(1)}, "entry 3 is not named by a string"),
+    ("not a mapping", [torch.zeros(1)], "returned list; expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(("case", "state", "message"), STATES, ids=[s[0] for s in STATES])
+def test_state_dicts_are_converted_or_refused(tmp_path: Path, case, state, message) -> None:  # type: ignore[no-untyped-def]
+    """Before: numpy arrays and shared tensors ended in safetensors tracebacks at the first
+    checkpoint; lists and None in AttributeErrors."""
+    from cilbench.engine.checkpoint import load_checkpoint, save_checkpoint
+    from cilbench.engine.plugin_checks import StrategyOutputError, checked_state
+
+    if message:
+        with pytest.raises(StrategyOutputError, match=f"Strategy odd's state_dict.* {message}"):
+            checked_state(state, "odd")
+        return
+    save_checkpoint(tmp_path / "c.safetensors", checked_state(state, "odd"), "{}")
+    loaded, _ = load_checkpoint(tmp_path / "c.safetensors")
+    assert {k: torch.as_tensor(np.asarray(v)).tolist() for k, v in state.items()} == {
+        k: v.tolist() for k, v in loaded.items()
+    }
+
+
+REPORTS: list[tuple[str, object, object]] = [
+    ("numpy scalar", {"x": np.float32(0.5), "n": np.int64(2)}, {"x": 0.5, "n": 2}),
+    ("numpy array and tensor", {"a": np.arange(2), "t": torch.ones(2)}, {"a": [0, 1], "t": [1, 1]}),
+    (
+        "NaN",
+        {"loss": float("nan"), "deep": {"x": [np.float64("inf")]}},
+        {"loss": None, "deep": {"x": [None]}},
+    ),
+    ("int key", {1: "a"}, {"1": "a"}),
+    ("a set", {"s": {1}}, "holds a set at report.s"),
+    ("an object", {"o": object()}, "holds a object at report.o"),
+    ("not a mapping", [1], "returned list; expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(("case", "report", "expected"), REPORTS, ids=[r[0] for r in REPORTS])
+def test_reports_are_converted_or_refused(tmp_path: Path, case, report, expected, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Before: numpy scalars ended in 'Object of type float32 is not JSON serializable' after
+    training; NaN was written as `NaN`, which is not JSON."""
+    import json
+
+    @register_strategy("odd-report")
+    class OddReport(NMC):
+        def report(self):  # type: ignore[no-untyped-def]
+            return report
+
+    stream = synthetic_stream(num_classes=4, increment=2)
+    spec = RunSpec(
+        strategy="odd-report", stream=stream, backbone="tiny-vit-random", out_dir=tmp_path
+    )
+    try:
+        if isinstance(expected, str):
+            with pytest.raises(CilbenchError, match=f"Strategy odd-report's report.* {expected}"):
+                run(spec)
+            return
+        result = run(spec)
+    finally:
+        STRATEGIES.unregister("odd-report")
+    assert result.strategy_report == expected
+    stored = json.loads((tmp_path / result.run_id / "result.json").read_text(), parse_constant=None)
+    assert stored["strategy_report"] == expected
+    assert ("stored as null" in caplog.text) == (case == "NaN")

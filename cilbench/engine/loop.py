@@ -41,7 +41,7 @@ from cilbench.data.sources import (
 from cilbench.data.stream_checks import validate_stream
 from cilbench.data.streams import Stream
 from cilbench.engine.checkpoint import load_checkpoint, save_checkpoint
-from cilbench.engine.plugin_checks import check_scores
+from cilbench.engine.plugin_checks import check_scores, checked_report, checked_state
 from cilbench.engine.recipes import ChosenRecipe
 from cilbench.engine.spec import (
     RunSettings,
@@ -193,7 +193,7 @@ def run(
         result.accuracy_matrix.append(row)
         _update_cost(cost, strategy, store, before)
         result.metrics = summarize(result.matrix(), np.array(result.test_sizes))
-        result.strategy_report = strategy.report()
+        result.strategy_report = checked_report(strategy.report(), spec.strategy)
         _save_checkpoint(prepared, strategy, result)
         for callback in callbacks:
             callback.on_experience_end(experience, row)
@@ -352,7 +352,8 @@ def _peak_memory_mib(device: torch.device) -> float:
 
 
 def _save_checkpoint(prepared: PreparedRun, strategy: BaseStrategy, result: RunResult) -> None:
-    save_checkpoint(prepared.checkpoint_path, strategy.state_dict(), result.to_json())
+    state = checked_state(strategy.state_dict(), prepared.spec.strategy)
+    save_checkpoint(prepared.checkpoint_path, state, result.to_json())
     write_atomic(prepared.run_dir / "config.json", json.dumps(prepared.config, indent=2))
 
 
