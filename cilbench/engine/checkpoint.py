@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from cilbench.backbones.weights import tensor_sha256
 from cilbench.core.errors import CorruptFileError
 from cilbench.core.files import atomic_path
 
@@ -51,13 +52,6 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if problem:
         raise CorruptFileError(f"Checkpoint {path} is damaged: {problem}; not resuming. {fix}")
     return tensors, metadata["result"]
-
-
-def tensor_sha256(tensor: torch.Tensor) -> str:
-    """sha256 over a tensor's dtype, shape and bytes (what a swap or an edit changes)."""
-    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _metadata_sha256(result_json: str, table: str) -> str:

@@ -30,6 +30,7 @@ from cilbench.core.devices import autocast
 from cilbench.core.errors import CilbenchError, CorruptFileError
 from cilbench.core.files import check_writable, remove_stale_temps, write_atomic
 from cilbench.core.metrics import summarize
+from cilbench.core.paths import using_cache_dir
 from cilbench.core.results import RunResult, environment, load_result, save_result
 from cilbench.data.augment import Augmentation
 from cilbench.data.sources import (
@@ -151,6 +152,17 @@ def run(
     """
     if resume and overwrite:
         raise CilbenchError("--resume continues a run and --overwrite starts it over; pick one.")
+    with using_cache_dir(spec.cache_dir):  # decoded images and converted weights follow it
+        return _run(spec, resume, overwrite, progress, callbacks)
+
+
+def _run(
+    spec: RunSpec,
+    resume: bool,
+    overwrite: bool,
+    progress: Progress | None,
+    callbacks: Sequence[RunCallback],
+) -> RunResult:
     prepared = prepare(spec)
     if resume and not prepared.checkpoint_path.exists():
         raise _nothing_to_resume(prepared)
