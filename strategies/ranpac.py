@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from cilbench.api import BaseStrategy, RunContext, register_strategy
 from cilbench.core.config import Positive, Range
+from cilbench.core.memory import check_fits
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, RANPAC, Recipe
@@ -154,6 +155,11 @@ class RanPAC(BaseStrategy):
 
     def setup(self, context: RunContext) -> None:
         super().setup(context)
+        size, dim = self.config.projection_dim, context.backbone.feature_dim
+        needed = 4 * (size * size + dim * size + size * context.info.num_classes)
+        check_fits(
+            needed, f"ranpac projection_dim={size} (a {size}x{size} Gram matrix)", self.device
+        )
         if self.config.peft != "none":
             settings = PeftSettings.from_config(self.config)
             self.branch = AdaptedBranch(context, settings, "ranpac")

@@ -30,6 +30,7 @@ import torch
 
 from cilbench.core.callbacks import Progress, SilentProgress
 from cilbench.core.files import atomic_path, remove_stale_temps, reserve, write_atomic
+from cilbench.core.memory import check_fits
 from cilbench.data.downloads import sha256_file
 from cilbench.data.sources import ImageSource
 
@@ -60,6 +61,11 @@ class DecodedSource:
         self.path = Path(cache_dir) / "decoded" / f"{key}.u8"
         self._array: np.ndarray | None = None
         if not self._valid():
+            check_fits(  # one image resized in float, then stored as uint8
+                3 * size * size * 8,
+                f"a decoded cache of size {size} ({size} x {size} px per image)",
+                fix="Choose a smaller size (256 is typical).",
+            )
             self._build(progress or SilentProgress())
 
     @property
