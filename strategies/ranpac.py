@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from cilbench.api import BaseStrategy, RunContext, register_strategy
-from cilbench.core.config import Positive, Range
+from cilbench.core.config import NonEmpty, Positive, Range
 from cilbench.core.memory import check_fits
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
@@ -56,7 +56,7 @@ class RanpacConfig(FirstSessionConfig):
         "adapter"
     )
     projection_dim: Annotated[int, Positive()] = 10000
-    ridges: Annotated[tuple[float, ...], Positive()] = RIDGES
+    ridges: Annotated[tuple[float, ...], NonEmpty(), Positive()] = RIDGES
     validation_fraction: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.2
 
 

@@ -31,7 +31,7 @@ from cilbench.core.errors import CilbenchError, CorruptFileError
 from cilbench.core.files import check_writable, remove_stale_temps, write_atomic
 from cilbench.core.metrics import summarize
 from cilbench.core.paths import using_cache_dir
-from cilbench.core.results import RunResult, environment, load_result, save_result
+from cilbench.core.results import RunResult, environment, save_result
 from cilbench.data.augment import Augmentation
 from cilbench.data.sources import (
     DatasetView,
@@ -41,7 +41,7 @@ from cilbench.data.sources import (
 )
 from cilbench.data.stream_checks import validate_stream
 from cilbench.data.streams import Stream
-from cilbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from cilbench.engine.checkpoint import load_checkpoint, nothing_to_resume, save_checkpoint
 from cilbench.engine.plugin_checks import check_scores, checked_report, checked_state
 from cilbench.engine.recipes import ChosenRecipe
 from cilbench.engine.spec import (
@@ -402,25 +402,6 @@ def _resume_or_start(prepared: PreparedRun, resume: bool, overwrite: bool) -> Ru
 
 
 def _nothing_to_resume(prepared: PreparedRun) -> CilbenchError:
-    """The error for --resume without a checkpoint: finished, damaged result, or never started."""
-    path = prepared.result_path
-    if not path.exists():
-        return CilbenchError(
-            f"Nothing to resume: no checkpoint at {prepared.checkpoint_path}. "
-            "Run without --resume to start."
-        )
-    try:
-        result = load_result(path)
-    except CorruptFileError as error:
-        return CorruptFileError(
-            f"Nothing to resume: no checkpoint, and the result file is damaged ({error}). "
-            "Run without --resume to repeat the run."
-        )
-    if not result.complete or result.config != prepared.config:
-        return CorruptFileError(
-            f"Nothing to resume: no checkpoint, and {path} is not the finished result of this "
-            "run. Run without --resume to repeat the run."
-        )
-    return CilbenchError(
-        f"Run {prepared.run_id} already finished: {path}. Run without --resume to repeat it."
+    return nothing_to_resume(
+        prepared.run_id, prepared.result_path, prepared.checkpoint_path, prepared.config
     )
