@@ -170,6 +170,7 @@ class DerivedBackbone(Backbone):
         super().__init__(spec, base.preprocessing, str(base.device))
         model.requires_grad_(False)
         self.__dict__["model"] = model.eval()  # fills the `model` cached property
+        self._pristine = weights_fingerprint(model)
 
     @cached_property
     def weight_digest(self) -> str:
