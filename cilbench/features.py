@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from cilbench.backbones.model import Backbone
 from cilbench.core.callbacks import Progress, SilentProgress
 from cilbench.core.devices import autocast, compute_dtype
+from cilbench.core.errors import CilbenchError
 from cilbench.core.files import atomic_path, remove_stale_temps, writable_problem
 from cilbench.data.sources import (
     DatasetView,
@@ -89,8 +90,10 @@ class FeatureStore:
         batch_size: int = 128,
         num_workers: int | None = None,
         progress: Progress | None = None,
+        user: str = "",
     ):
         self.backbone = backbone
+        self.user = user
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -176,10 +179,24 @@ class FeatureStore:
         remove_stale_temps(folder)
         return True
 
+    def check_backbone(self) -> None:
+        """CilbenchError when the frozen backbone's weights changed since it was built: features
+        extracted now would be stored (and later read) under the pristine backbone's key."""
+        if not self.backbone.unchanged():
+            raise CilbenchError(
+                f"The frozen backbone {self.backbone.tag!r} was modified by "
+                f"{self.user or 'the code using this feature store'}: its weights no longer "
+                "match the ones it was built with, so its features would poison the shared "
+                "feature cache (nothing was written). A strategy that adapts the backbone must "
+                "train its own copy (`context.backbone.build_model()`), never "
+                "`context.backbone.model`."
+            )
+
     def _write(self, path: Path, features: torch.Tensor, description: str) -> None:
+        self.check_backbone()
         try:
             _write_cached(path, features, description)
-        except OSError as error:  # DiskFullError included: the run goes on without the cache
+        except (OSError, SafetensorError) as error:  # a full disk included: the run goes on
             _warn_once(path.parent, str(error))
             self._writable = False
 

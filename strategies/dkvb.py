@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from cilbench.api import STREAMS, BaseStrategy, register_strategy
 from cilbench.core.config import AtMostField, NonNegative, Positive, Range, Registered
 from cilbench.core.errors import CilbenchError
+from cilbench.core.memory import check_fits
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import DKVB_EXPERIMENTS, Recipe
 from cilbench.learn.training import NonFiniteLossError, TrainSettings, make_optimizer
@@ -289,6 +290,13 @@ class DKVB(BaseStrategy):
     def before_stream(self) -> None:
         """Draw the projections and fit the keys to unlabelled inputs; keys are frozen after."""
         config = self.config
+        slots = config.num_codebooks * config.keys_per_codebook
+        check_fits(
+            4 * slots * (config.key_dim + self.info.num_classes + 1),
+            f"dkvb num_codebooks={config.num_codebooks} x keys_per_codebook="
+            f"{config.keys_per_codebook} (keys and values)",
+            self.device,
+        )
         views = self.context.unlabelled_images(config.key_init_stream)
         features = torch.cat([self.features.get(view)[0] for view in views]).to(self.device)
         generator = self.generator(KEY_INIT_INDEX)

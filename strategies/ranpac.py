@@ -35,8 +35,9 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from cilbench.api import register_strategy
-from cilbench.core.config import Positive, Range
+from cilbench.api import RunContext, register_strategy
+from cilbench.core.config import NonEmpty, Positive, Range
+from cilbench.core.memory import check_fits
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, RANPAC, Recipe, pilot_adapter_recipe
 from cilbench.learn.first_session import (
@@ -56,7 +57,7 @@ class RanpacConfig(FirstSessionConfig):
         "adapter"
     )
     projection_dim: Annotated[int, Positive()] = 10000
-    ridges: Annotated[tuple[float, ...], Positive()] = RIDGES
+    ridges: Annotated[tuple[float, ...], NonEmpty(), Positive()] = RIDGES
     validation_fraction: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.2
 
 
@@ -143,6 +144,14 @@ class RanPAC(FirstSessionFeatures):
         self.targets = torch.empty(0)
         self.weights = torch.empty(0)
         self.ridge = 1.0
+
+    def setup(self, context: RunContext) -> None:
+        size, dim = self.config.projection_dim, context.backbone.feature_dim
+        needed = 4 * (size * size + dim * size + size * context.info.num_classes)
+        check_fits(
+            needed, f"ranpac projection_dim={size} (a {size}x{size} Gram matrix)", self.device
+        )
+        super().setup(context)
 
     def train_experience(self, experience: Experience) -> None:
         generator = self.generator(experience.index)

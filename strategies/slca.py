@@ -55,6 +55,7 @@ from torch.utils.data import Dataset
 from cilbench.api import BaseStrategy, RunContext, register_strategy
 from cilbench.core.config import NonNegative, Positive, Range
 from cilbench.core.errors import CilbenchError
+from cilbench.core.memory import check_fits
 from cilbench.data.augment import training_data
 from cilbench.data.sources import loader_workers
 from cilbench.data.streams import Experience
@@ -193,6 +194,12 @@ class SLCA(BaseStrategy):
         )
         self.unaligned = TaskHeads(self.network.heads.dim, backbone.device)
         self.gaussians = ClassGaussians(self.config.covariance_ridge)
+        count, classes = self.config.ca_samples_per_class, context.info.num_classes
+        check_fits(
+            4 * count * classes * (backbone.feature_dim + classes),
+            f"slca ca_samples_per_class={count} ({count} x {classes} classes sampled features)",
+            self.device,
+        )
         self.num_seen = 0
         self.seconds = {"slow_learner": 0.0, "statistics": 0.0, "alignment": 0.0}
 

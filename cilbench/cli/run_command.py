@@ -17,6 +17,7 @@ from cilbench.cli import console
 from cilbench.cli.options import (
     BackboneOpt,
     BatchOpt,
+    CacheOpt,
     DataRootOpt,
     DeviceOpt,
     LogOpt,
@@ -24,6 +25,7 @@ from cilbench.cli.options import (
     SetOpt,
     StrategyOpt,
     StreamOpt,
+    folder_given,
     spec_from_options,
 )
 from cilbench.cli.tables import show_table
@@ -38,11 +40,17 @@ def run_command(
     seed: SeedOpt = 0,
     assignments: SetOpt = None,
     data_root: DataRootOpt = None,
-    out: Annotated[Path, typer.Option(help="Results go to OUT/<stream>/<run>/.")] = Path("runs"),
-    cache_dir: Annotated[
-        Path | None, typer.Option(envvar="CILBENCH_CACHE", help="Feature cache folder.")
-    ] = None,
-    no_cache: Annotated[bool, typer.Option(help="Do not read or write the feature cache.")] = False,
+    out: Annotated[
+        Path, typer.Option(help="Results go to OUT/<stream>/<run>/.", callback=folder_given)
+    ] = Path("runs"),
+    cache_dir: CacheOpt = None,
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            help="Do not read or write the feature cache. Decoded images and converted weights "
+            "(DINOv2) are still cached in the cache folder."
+        ),
+    ] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     overwrite: Annotated[
         bool, typer.Option(help="Start over, deleting an unfinished run's checkpoint.")
@@ -94,12 +102,14 @@ def run_command(
 
 def _replayspec_from_options(context: typer.Context, path: Path, given: Any) -> tuple[Any, Any]:
     """The stored result and the spec that replays its record (paths and device from `given`)."""
+    from cilbench.core.result_schema import check_replay_config
     from cilbench.core.results import load_result
     from cilbench.engine.spec import RunSpec
 
     fixed = ("--strategy", "--stream", "--backbone", "--seed", "--set", "--batch-size")
     console.refuse_given(context, fixed, "with --from (the result file fixes them)")
     stored = load_result(path)
+    check_replay_config(stored.config, str(path))
     spec = RunSpec.from_record(
         stored.config,
         data_root=given.data_root,

@@ -99,6 +99,16 @@ class NonNegative(Range):
         super().__init__(0)
 
 
+class NonEmpty(Constraint):
+    """A list or tuple setting with at least one element (checked on the whole list)."""
+
+    def accepts(self, value: Any) -> bool:
+        return not isinstance(value, tuple | list) or len(value) > 0
+
+    def allowed(self) -> str:
+        return "a non-empty list (comma-separated)"
+
+
 class OneOf(Constraint):
     """One of a fixed set of values (for text settings that are not a `Literal`)."""
 
@@ -175,11 +185,16 @@ class AvailableDevice(Constraint):
 
 def parse_assignments(pairs: Iterable[str]) -> dict[str, str]:
     """['lr=0.1', 'stream.increment=5'] -> {'lr': '0.1', 'stream.increment': '5'}."""
-    parsed = {}
+    parsed: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value; got {pair!r}.")
+        if key.strip() in parsed:
+            raise ConfigError(
+                f"--set {key.strip()} is given twice ({parsed[key.strip()]!r}, then "
+                f"{value.strip()!r}); give each key once."
+            )
         parsed[key.strip()] = value.strip()
     return parsed
 
@@ -283,6 +298,12 @@ def _check_constraints(
 ) -> None:
     items = value if isinstance(value, (tuple, list)) else (value,)
     for constraint in constraints:
+        if isinstance(constraint, NonEmpty):
+            if not constraint.accepts(value):
+                raise ConfigError(
+                    f"{what} key {key!r} must be {constraint.allowed()}; got {value!r}."
+                )
+            continue
         bad = [
             item
             for item in items

@@ -4,8 +4,10 @@ Every file cilbench writes (results, checkpoints, feature and decoded-image cach
 temporary name unique to its writer, `<name>.<host>.<pid>.<random>.tmp` next to the target, and
 renamed over the target, so readers see the old file or the new one and two writers never share a
 temporary file. A temporary file gets the permissions a plain `open` would give (0666 minus the
-umask, not mkstemp's 0600), so a lab can share a cache. Disk full (ENOSPC, EDQUOT) becomes a
-`DiskFullError` naming the file, after the temporary file is removed. A process killed mid-write
+umask, not mkstemp's 0600), so a lab can share a cache. Disk full (ENOSPC, EDQUOT) or the file
+size limit (EFBIG, `ulimit -f`) becomes a `DiskFullError` naming the file, after the temporary
+file is removed, whether the writer raised an `OSError` or, like safetensors, an error of its own
+that names the OS error ("No space left on device (os error 28)"). A process killed mid-write
 leaves its temporary file behind; `remove_stale_temps` deletes those whose writer is gone.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -27,7 +30,34 @@ HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 TEMP_NAME = re.compile(r"\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 FOREIGN_TEMP_AGE = 24 * 3600.0
 """Seconds after which a temporary file of another host (or of an older cilbench) is stale."""
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_errno(error: BaseException) -> int | None:
+    """The OS error number behind `error`: an `OSError`'s errno, or the "(os error N)" that Rust
+    libraries (safetensors' `SafetensorError`) put in their message; None when there is none."""
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno
+    match = _OS_ERROR.search(str(error))
+    return int(match[1]) if match else None
+
+
+def disk_full_error(target: Path, error: BaseException) -> DiskFullError | None:
+    """A `DiskFullError` naming `target` when `error` is a full disk or a file size limit."""
+    number = os_errno(error)
+    if number not in DISK_FULL:
+        return None
+    if number == errno.EFBIG:
+        what = f"File size limit reached while writing {target} (File too large: see `ulimit -f`)"
+        fix = "Raise the limit"
+    else:
+        what = f"No space left on device while writing {target} ({os.strerror(number)})"
+        fix = "Free some space"
+    return DiskFullError(
+        f"{what}. Nothing was half-written: the previous version, if any, is intact. {fix} (or "
+        "point --out / --cache-dir elsewhere) and run again."
+    )
 
 
 def file_mode() -> int:
@@ -54,13 +84,10 @@ def atomic_path(target: Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, file_mode())
         os.replace(tmp, target)
-    except OSError as error:
-        if error.errno in DISK_FULL:
-            raise DiskFullError(
-                f"No space left on device while writing {target} ({error.strerror}). Nothing "
-                "was half-written: the previous version, if any, is intact. Free some space "
-                "(or point --out / --cache-dir elsewhere) and run again."
-            ) from error
+    except Exception as error:  # safetensors raises SafetensorError, not OSError
+        full = disk_full_error(target, error)
+        if full is not None:
+            raise full from error
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -72,6 +99,24 @@ def write_atomic(path: Path, text: str) -> None:
         out.write(text)
         out.flush()
         os.fsync(out.fileno())
+
+
+def reserve(path: Path, size: int) -> None:
+    """Give `path` `size` bytes of real disk blocks before a memory map fills it.
+
+    A memory map over a sparse file dies of SIGBUS when the disk fills; reserving the blocks first
+    turns a full disk into an ENOSPC here (a `DiskFullError` inside `atomic_path`).
+    """
+    with path.open("r+b" if path.exists() else "w+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            free = shutil.disk_usage(path.parent).free
+            if free < size:
+                raise OSError(errno.ENOSPC, f"{size} bytes needed, {free} free") from error
+            handle.truncate(size)
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:

@@ -91,6 +91,23 @@ BOARD_RESULT_SCHEMA: dict[str, Any] = {
     },
 }
 VALIDATOR = jsonschema.Draft202012Validator(BOARD_RESULT_SCHEMA)
+REPLAY_CONFIG_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": [
+        *BOARD_RESULT_SCHEMA["properties"]["config"]["required"],
+        "backbone_settings",
+        "augmentation",
+        "eval_batch_size",
+    ],
+    "properties": {
+        **BOARD_RESULT_SCHEMA["properties"]["config"]["properties"],
+        "augmentation": OBJECT,
+        "recipe": {"type": "string"},
+    },
+}
+"""What `cilbench run --from` needs of a result's `config` (`RunSpec.from_record`)."""
+REPLAY_VALIDATOR = jsonschema.Draft202012Validator(REPLAY_CONFIG_SCHEMA)
 ACCURACY_TOLERANCE = 1e-6
 """How far accuracy * test size / 100 may be from a whole number of correct images."""
 
@@ -112,6 +129,17 @@ def check_board_result(data: dict[str, Any] | Any, source: str) -> None:
         where = ".".join(str(part) for part in error.absolute_path) or "the document"
         raise ResultSchemaError(f"{source}: {where}: {error.message}")
     check_consistency(document, source)
+
+
+def check_replay_config(config: Any, source: str) -> None:
+    """Refuse a result's `config` that `cilbench run --from` cannot replay (ResultSchemaError)."""
+    error = best_match(REPLAY_VALIDATOR.iter_errors(config))
+    if error is not None:
+        where = ".".join(["config", *(str(part) for part in error.absolute_path)])
+        raise ResultSchemaError(
+            f"{source} cannot be replayed: {where}: {error.message}. The file was edited or "
+            "written by another tool; `cilbench run --from` needs the config a run records."
+        )
 
 
 def check_consistency(data: dict[str, Any], source: str) -> None:

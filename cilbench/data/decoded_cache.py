@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from cilbench.core.callbacks import Progress, SilentProgress
-from cilbench.core.files import atomic_path, remove_stale_temps, write_atomic
+from cilbench.core.files import atomic_path, remove_stale_temps, reserve, write_atomic
+from cilbench.core.memory import check_fits
 from cilbench.data.downloads import sha256_file
 from cilbench.data.sources import ImageSource
 
@@ -60,6 +61,11 @@ class DecodedSource:
         self.path = Path(cache_dir) / "decoded" / f"{key}.u8"
         self._array: np.ndarray | None = None
         if not self._valid():
+            check_fits(  # one image resized in float, then stored as uint8
+                3 * size * size * 8,
+                f"a decoded cache of size {size} ({size} x {size} px per image)",
+                fix="Choose a smaller size (256 is typical).",
+            )
             self._build(progress or SilentProgress())
 
     @property
@@ -129,7 +135,8 @@ class DecodedSource:
         digest = hashlib.sha256()
         with atomic_path(self.path) as tmp:
             shape = (len(self), 3, self.size, self.size)
-            array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+            reserve(tmp, int(np.prod(shape)))
+            array = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
             with progress.task(f"decoding {self.name}", total=len(self)) as advance:
                 for index in range(len(self)):
                     array[index] = square(self.source.load(index)).numpy()

@@ -30,7 +30,8 @@ from cilbench.core.devices import autocast
 from cilbench.core.errors import CilbenchError, CorruptFileError
 from cilbench.core.files import check_writable, remove_stale_temps, write_atomic
 from cilbench.core.metrics import summarize
-from cilbench.core.results import RunResult, environment, load_result, save_result
+from cilbench.core.paths import using_cache_dir
+from cilbench.core.results import RunResult, environment, save_result
 from cilbench.data.augment import Augmentation
 from cilbench.data.sources import (
     DatasetView,
@@ -40,8 +41,8 @@ from cilbench.data.sources import (
 )
 from cilbench.data.stream_checks import validate_stream
 from cilbench.data.streams import Stream
-from cilbench.engine.checkpoint import load_checkpoint, save_checkpoint
-from cilbench.engine.plugin_checks import check_scores
+from cilbench.engine.checkpoint import load_checkpoint, nothing_to_resume, save_checkpoint
+from cilbench.engine.plugin_checks import check_scores, checked_report, checked_state
 from cilbench.engine.recipes import ChosenRecipe
 from cilbench.engine.spec import (
     RunSettings,
@@ -151,6 +152,17 @@ def run(
     """
     if resume and overwrite:
         raise CilbenchError("--resume continues a run and --overwrite starts it over; pick one.")
+    with using_cache_dir(spec.cache_dir):  # decoded images and converted weights follow it
+        return _run(spec, resume, overwrite, progress, callbacks)
+
+
+def _run(
+    spec: RunSpec,
+    resume: bool,
+    overwrite: bool,
+    progress: Progress | None,
+    callbacks: Sequence[RunCallback],
+) -> RunResult:
     prepared = prepare(spec)
     if resume and not prepared.checkpoint_path.exists():
         raise _nothing_to_resume(prepared)
@@ -163,6 +175,7 @@ def run(
         batch_size=spec.batch_size,
         num_workers=spec.num_workers,
         progress=progress,
+        user=f"strategy {spec.strategy!r}",
     )
     strategy, stream = prepared.strategy, prepared.stream
     strategy.setup(prepared.context(store, progress))
@@ -185,6 +198,7 @@ def run(
         start = time.perf_counter()
         with observing(callbacks):
             strategy.train_experience(experience)
+        store.check_backbone()
         cost["train_seconds"].append(time.perf_counter() - start)
         start = time.perf_counter()
         row = evaluate(strategy, stream, experience.index, store, spec.batch_size, progress)
@@ -192,7 +206,7 @@ def run(
         result.accuracy_matrix.append(row)
         _update_cost(cost, strategy, store, before)
         result.metrics = summarize(result.matrix(), np.array(result.test_sizes))
-        result.strategy_report = strategy.report()
+        result.strategy_report = checked_report(strategy.report(), spec.strategy)
         _save_checkpoint(prepared, strategy, result)
         for callback in callbacks:
             callback.on_experience_end(experience, row)
@@ -358,7 +372,8 @@ def _peak_memory_mib(device: torch.device) -> float:
 
 
 def _save_checkpoint(prepared: PreparedRun, strategy: BaseStrategy, result: RunResult) -> None:
-    save_checkpoint(prepared.checkpoint_path, strategy.state_dict(), result.to_json())
+    state = checked_state(strategy.state_dict(), prepared.spec.strategy)
+    save_checkpoint(prepared.checkpoint_path, state, result.to_json())
     write_atomic(prepared.run_dir / "config.json", json.dumps(prepared.config, indent=2))
 
 
@@ -395,25 +410,6 @@ def _resume_or_start(prepared: PreparedRun, resume: bool, overwrite: bool) -> Ru
 
 
 def _nothing_to_resume(prepared: PreparedRun) -> CilbenchError:
-    """The error for --resume without a checkpoint: finished, damaged result, or never started."""
-    path = prepared.result_path
-    if not path.exists():
-        return CilbenchError(
-            f"Nothing to resume: no checkpoint at {prepared.checkpoint_path}. "
-            "Run without --resume to start."
-        )
-    try:
-        result = load_result(path)
-    except CorruptFileError as error:
-        return CorruptFileError(
-            f"Nothing to resume: no checkpoint, and the result file is damaged ({error}). "
-            "Run without --resume to repeat the run."
-        )
-    if not result.complete or result.config != prepared.config:
-        return CorruptFileError(
-            f"Nothing to resume: no checkpoint, and {path} is not the finished result of this "
-            "run. Run without --resume to repeat the run."
-        )
-    return CilbenchError(
-        f"Run {prepared.run_id} already finished: {path}. Run without --resume to repeat it."
+    return nothing_to_resume(
+        prepared.run_id, prepared.result_path, prepared.checkpoint_path, prepared.config
     )
