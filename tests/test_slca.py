@@ -50,7 +50,7 @@ def test_slow_learner_groups_have_the_scaled_learning_rate(stream):
     strategy.network.heads.grow(2)
     groups = strategy.slow_learner_groups()
     optimizer = make_optimizer(groups, strategy.config.train_settings())
-    backbone_group, head_group = optimizer.param_groups
+    head_group, backbone_group = optimizer.param_groups
     assert backbone_group["lr"] == pytest.approx(0.02 * 0.01)
     assert head_group["lr"] == pytest.approx(0.02)
     backbone_ids = {id(p) for p in strategy.network.backbone.parameters()}
