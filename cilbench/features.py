@@ -5,9 +5,9 @@ compute precision, source fingerprint) and stored as a safetensors file, written
 verified by a checksum on every read. A damaged file is reported and rebuilt, never used; a changed
 key simply names another file, so stale features cannot be returned. A cache folder that cannot be
 written (read-only, full disk) costs speed, not the run: features stay in memory, with one warning.
-On CUDA the backbone runs in bf16 (`cilbench.core.devices`); `cilbench profile gpu` reports how far
-those features are from float32 ones. Images are decoded in worker processes
-(`cilbench.data.sources.loader_workers`).
+The backbone runs at the run's precision (`cilbench.core.devices`: bf16 by default on CUDA, any
+precision on request); `cilbench profile gpu` reports how far bf16 features are from float32 ones.
+Images are decoded in worker processes (`cilbench.data.sources.loader_workers`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def extract_features(
 ) -> torch.Tensor:
     """Run `forward` over `dataset` (uint8 images, prepared by `backbone`); float32 on the CPU.
 
-    `forward` runs under the device's autocast (bf16 on CUDA); `num_workers` processes decode.
+    `forward` runs under autocast at the backbone's precision; `num_workers` processes decode.
     """
     progress = progress or SilentProgress()
     device = backbone.device
@@ -64,7 +64,7 @@ def extract_features(
     with (
         progress.task(description, total=total) as advance,
         torch.inference_mode(),
-        autocast(device),
+        autocast(device, backbone.precision),
         threads_beside_workers(num_workers),
     ):
         for images, _ in loader:
@@ -156,7 +156,7 @@ class FeatureStore:
                 "backbone": self.backbone.tag,
                 "weights": self.backbone.weight_digest,
                 "preprocessing": self.backbone.preprocessing.describe(),
-                "precision": str(compute_dtype(self.backbone.device)),
+                "precision": str(compute_dtype(self.backbone.device, self.backbone.precision)),
                 "source": source.fingerprint,
             },
             sort_keys=True,

@@ -267,6 +267,7 @@ class SLCA(BaseStrategy):
             progress=self.progress,
             description=description,
             num_workers=num_workers,
+            precision=self.backbone.precision,
         )
         network.eval()
 

@@ -32,6 +32,7 @@ from cilbench.backbones.weights import (
     weight_file,
 )
 from cilbench.core.config import resolve_settings
+from cilbench.core.devices import resolve_precision
 from cilbench.core.errors import (
     DataError,
     RegistryError,
@@ -47,10 +48,13 @@ class Backbone:
         spec: BackboneSpec,
         preprocessing: Preprocessing,
         device: str = "cpu",
+        precision: str = "auto",
     ):
         self.spec = spec
         self.preprocessing = preprocessing
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        """The resolved precision its forward passes (and training on it) run at."""
 
     @property
     def tag(self) -> str:
@@ -146,7 +150,7 @@ class DerivedBackbone(Backbone):
 
     def __init__(self, base: Backbone, model: nn.Module, suffix: str):
         spec = dataclasses.replace(base.spec, name=f"{base.tag}+{suffix}")
-        super().__init__(spec, base.preprocessing, str(base.device))
+        super().__init__(spec, base.preprocessing, str(base.device), base.precision)
         model.requires_grad_(False)
         self.__dict__["model"] = model.eval()  # fills the `model` cached property
 
@@ -170,8 +174,10 @@ def create_backbone(
     normalization: str | None = None,
     interpolation: str | None = None,
     device: str = "cpu",
+    precision: str = "auto",
 ) -> Backbone:
-    """The backbone `name` (or spec) with its preprocessing resolved (explicit arguments win)."""
+    """The backbone `name` (or spec) with its preprocessing resolved (explicit arguments win);
+    it runs on `device` at `precision` (auto: bf16 on CUDA, fp32 elsewhere)."""
     spec = resolve_backbone_spec(name)
     given = {
         "image_size": image_size,
@@ -193,7 +199,7 @@ def create_backbone(
         mean=tuple(float(v) for v in mean_std[0]),
         std=tuple(float(v) for v in mean_std[1]),
     )
-    return Backbone(spec, preprocessing, device=device)
+    return Backbone(spec, preprocessing, device=device, precision=precision)
 
 
 def _pretrained_cfg(spec: BackboneSpec) -> dict[str, Any]:

@@ -24,6 +24,16 @@ DataRootOpt = Annotated[
     Path | None, typer.Option(envvar="CILBENCH_DATA", help="Where data sets live.")
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(help="Compute precision: auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16, fp16."),
+]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile", help="torch.compile frozen extraction and training (same results; opt-in)."
+    ),
+]
 BatchOpt = Annotated[int, typer.Option(help="Batch size for feature extraction and evaluation.")]
 LogOpt = Annotated[
     list[str] | None,

@@ -15,6 +15,7 @@ from cilbench.cli.options import (
     BatchOpt,
     DataRootOpt,
     DeviceOpt,
+    PrecisionOpt,
     SetOpt,
     StrategyOpt,
     StreamOpt,
@@ -115,6 +116,7 @@ def profile_command(
     assignments: SetOpt = None,
     data_root: DataRootOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
     batch_size: BatchOpt = 128,
     workers: Annotated[
         int | None, typer.Option(help="Data-loader processes (default: one per core).")
@@ -140,7 +142,7 @@ def profile_command(
             data_root = stack.enter_context(root)
         spec = spec_from_options(
             strategy, stream, backbone, 0, assignments, data_root, device, batch_size,
-            num_workers=workers,
+            num_workers=workers, precision=precision,
         )  # fmt: skip
         figures = profile(spec)
     if as_json:

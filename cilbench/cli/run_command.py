@@ -17,9 +17,11 @@ from cilbench.cli import console
 from cilbench.cli.options import (
     BackboneOpt,
     BatchOpt,
+    CompileOpt,
     DataRootOpt,
     DeviceOpt,
     LogOpt,
+    PrecisionOpt,
     SeedOpt,
     SetOpt,
     StrategyOpt,
@@ -45,9 +47,15 @@ def run_command(
     no_cache: Annotated[bool, typer.Option(help="Do not read or write the feature cache.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     overwrite: Annotated[
-        bool, typer.Option(help="Start over, deleting an unfinished run's checkpoint.")
+        bool,
+        typer.Option(
+            help="Start over, deleting an unfinished run's checkpoint or replacing a finished "
+            "result computed on another device type or precision."
+        ),
     ] = False,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    compile_models: CompileOpt = False,
     batch_size: BatchOpt = 128,
     workers: Annotated[
         int | None,
@@ -71,7 +79,7 @@ def run_command(
     spec = spec_from_options(
         strategy, stream, backbone, seed, assignments, data_root, device, batch_size,
         out_dir=out, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
-        num_workers=workers,
+        num_workers=workers, precision=precision, compile=compile_models,
     )  # fmt: skip
     if replay is not None:
         stored, spec = _replayspec_from_options(context, replay, spec)
@@ -97,7 +105,9 @@ def _replayspec_from_options(context: typer.Context, path: Path, given: Any) -> 
     from cilbench.core.results import load_result
     from cilbench.engine.spec import RunSpec
 
-    fixed = ("--strategy", "--stream", "--backbone", "--seed", "--set", "--batch-size")
+    fixed = (
+        "--strategy", "--stream", "--backbone", "--seed", "--set", "--batch-size", "--precision",
+    )  # fmt: skip
     console.refuse_given(context, fixed, "with --from (the result file fixes them)")
     stored = load_result(path)
     spec = RunSpec.from_record(
@@ -107,6 +117,7 @@ def _replayspec_from_options(context: typer.Context, path: Path, given: Any) -> 
         cache_dir=given.cache_dir,
         device=given.device,
         num_workers=given.num_workers,
+        compile=given.compile,
     )
     return stored, spec
 

@@ -44,10 +44,10 @@ from cilbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from cilbench.engine.plugin_checks import check_scores
 from cilbench.engine.recipes import ChosenRecipe
 from cilbench.engine.spec import (
+    LATER_KEYS,
     RunSettings,
     RunSpec,
     data_fingerprints,
-    resolve_device,
     resolve_run,
     run_id_of,
     run_record,
@@ -102,18 +102,17 @@ def prepare(spec: RunSpec) -> PreparedRun:
     settings = resolve_run(spec)
     if settings.recipe.fallback:
         log.warning("%s.", settings.recipe.fallback)
-    backbone = _create_backbone(settings, resolve_device(spec.device))
-    device = str(backbone.device)
+    backbone = _create_backbone(settings)
     source = settings.builder
     stream = validate_stream(source if isinstance(source, Stream) else source.build(spec.data_root))
     stream_name = spec.stream if isinstance(spec.stream, str) else stream.info.name
     record = run_record(spec, settings, stream_name, backbone.tag)
     run_id = run_id_of(record, data_fingerprints(stream), backbone.tag)
-    strategy = STRATEGIES.get(spec.strategy)(settings.config, seed=spec.seed, device=device)
-    config_record = {**record, "device": device}
+    strategy = STRATEGIES.get(spec.strategy)(
+        settings.config, seed=spec.seed, device=str(backbone.device)
+    )
     return PreparedRun(
-        spec, stream, backbone, strategy, config_record, run_id, settings.recipe,
-        settings.augmentation,
+        spec, stream, backbone, strategy, record, run_id, settings.recipe, settings.augmentation,
     )  # fmt: skip
 
 
@@ -128,12 +127,14 @@ def unlabelled_images(
     return builder.build(data_root).unlabelled_train()
 
 
-def _create_backbone(settings: RunSettings, device: str) -> Backbone:
-    """The run's backbone on `device` (a `Backbone` object given in the spec, as it is)."""
+def _create_backbone(settings: RunSettings) -> Backbone:
+    """The run's backbone on its device and precision (a `Backbone` object given, as it is)."""
     choice = settings.backbone
     if isinstance(choice, Backbone):
         return choice
-    return create_backbone(choice, device=device, **settings.backbone_settings)
+    return create_backbone(
+        choice, device=settings.device, precision=settings.precision, **settings.backbone_settings
+    )
 
 
 def run(
@@ -147,13 +148,16 @@ def run(
     """Run a strategy over a stream, write `<out>/<run_id>/result.json`, return the result.
 
     An unfinished run's checkpoint is continued with `resume` or deleted with `overwrite`;
-    with neither, the run refuses to start over it.
+    with neither, the run refuses to start over it. A finished result computed on another device
+    type or at another precision is replaced only with `overwrite`.
     """
     if resume and overwrite:
         raise CilbenchError("--resume continues a run and --overwrite starts it over; pick one.")
     prepared = prepare(spec)
     if resume and not prepared.checkpoint_path.exists():
         raise _nothing_to_resume(prepared)
+    if not overwrite:
+        _refuse_replacing_another_device(prepared)
     check_writable(spec.out_dir, "output folder (--out)")
     remove_stale_temps(prepared.run_dir)
     progress = progress or SilentProgress()
@@ -278,7 +282,7 @@ def _scored_batches(
         (progress or SilentProgress()).task("evaluating", total=len(view)) as advance,
     ):
         for images, labels in loader:
-            with torch.no_grad(), autocast(backbone.device):
+            with torch.no_grad(), autocast(backbone.device, backbone.precision):
                 prepared = backbone.prepare(images)
                 if frozen is None:
                     scores = strategy.predict(prepared)
@@ -384,6 +388,33 @@ def _resume_or_start(prepared: PreparedRun, resume: bool, overwrite: bool) -> Ru
             "start over with --overwrite."
         ) from error
     return result
+
+
+def computed_on(config: dict[str, Any]) -> tuple[str, str]:
+    """(device type, precision) a record was computed with; older records ran fp32 on the CPU."""
+    device = str(config.get("device", "cpu")).partition(":")[0]
+    return device, str(config.get("precision", LATER_KEYS["precision"]))
+
+
+def _refuse_replacing_another_device(prepared: PreparedRun) -> None:
+    """Refuse to overwrite a finished result whose device type or precision differs from ours.
+
+    The run id hashes neither the device nor the default precision, so the same command on a CPU
+    would otherwise silently replace a GPU's result.
+    """
+    try:
+        stored = load_result(prepared.result_path) if prepared.result_path.exists() else None
+    except CorruptFileError:
+        return  # a damaged file is no result to protect
+    if stored is None or not stored.complete:
+        return
+    theirs, ours = computed_on(stored.config), computed_on(prepared.config)
+    if theirs != ours:
+        raise CilbenchError(
+            f"{prepared.result_path} holds a finished result computed on {theirs[0]} at "
+            f"{theirs[1]}; this run computes on {ours[0]} at {ours[1]}. Pass --overwrite to "
+            "replace it, or --out another folder to keep both."
+        )
 
 
 def _nothing_to_resume(prepared: PreparedRun) -> CilbenchError:

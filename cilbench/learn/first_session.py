@@ -131,6 +131,7 @@ class AdaptedBranch:
             progress=self.context.progress,
             description=f"{self.name}: first session ({self.settings.peft})",
             num_workers=self.context.num_workers,
+            precision=self.backbone.precision,
         )
         log.info("%s first-session losses per epoch: %s", self.name, self.losses)
         self._freeze(model)

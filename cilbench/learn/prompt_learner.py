@@ -108,6 +108,7 @@ class PromptLearner(BaseStrategy):
             progress=self.progress,
             description=f"{type(self).__name__.lower()}: experience {experience.index}",
             num_workers=config.num_workers,
+            precision=self.backbone.precision,
         )
         self.prompter.eval()
 
