@@ -129,3 +129,20 @@ def test_every_strategy_runs_at_bf16_on_the_cpu(strategy: str, tmp_path: Path) -
     finite = [a for row in result.accuracy_matrix for a in row if a is not None]
     assert finite and all(math.isfinite(a) for a in finite)
     assert math.isfinite(result.metrics["final_accuracy"])
+
+
+def test_a_board_row_names_its_precision_and_never_mixes_two() -> None:
+    """An older result (no `precision`) shares a row with fp32 ones; bf16 is a row of its own."""
+    from test_leaderboard import _result
+
+    from cilbench.boards.leaderboard import aggregate
+
+    matrix: list[list[float | None]] = [[90.0, None], [80.0, 70.0]]
+    older = _result(0, matrix)
+    fp32 = _result(1, matrix, config={"precision": "fp32", "compile": True})
+    bf16 = _result(2, matrix, config={"precision": "bf16"})
+    rows = aggregate([older, fp32, bf16])
+    assert sorted((row.precision, tuple(row.seeds)) for row in rows) == [
+        ("bf16", (2,)),
+        ("fp32", (0, 1)),
+    ]

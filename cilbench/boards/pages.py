@@ -108,6 +108,7 @@ def _published(row: Row) -> list[str]:
 HEADER = [
     "strategy",
     "backbone",
+    "precision",
     "protocol",
     "seeds",
     *METRICS.values(),
@@ -126,6 +127,7 @@ def _cells(row: Row) -> list[str]:
     return [
         row.name,
         row.backbone,
+        row.precision,
         row.protocol,
         f"{len(row.seeds)} ({', '.join(map(str, row.seeds))})",
         *(_fmt(*row.stats[k]) for k in METRICS),
@@ -164,13 +166,13 @@ def board_csv(rows: Sequence[Row]) -> str:
     flags = list(FLAGS)
     published = ["published_final_accuracy", "published_source", "published_convention", "gap"]
     costs = ["trainable_parameters", "wall_seconds", "peak_memory_mib"]
-    names = ["strategy", "backbone", "protocol", "seeds"]
+    names = ["strategy", "backbone", "precision", "protocol", "seeds"]
     writer.writerow([*names, *stats, *costs, *flags, *published])
     for row in rows:
         ref = row.references[0] if row.references else None
         gap = row.gap(ref) if ref else None
         writer.writerow(
-            [row.name, row.backbone, row.protocol, " ".join(map(str, row.seeds))]
+            [row.name, row.backbone, row.precision, row.protocol, " ".join(map(str, row.seeds))]
             + [_raw(v) for k in METRICS for v in row.stats[k]]
             + [row.trainable_parameters, f"{row.wall_seconds:.3f}", f"{row.peak_memory_mib:.1f}"]
             + [_raw(row.flags[k]) if k in row.flags else "n/a" for k in flags]
