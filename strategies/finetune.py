@@ -192,6 +192,7 @@ class Finetune(BaseStrategy):
             description=f"{type(self).__name__.lower()}: experience {index}",
             num_workers=workers,
             precision=self.backbone.precision,
+            compile=self.backbone.compile,
         )
         network.eval()
 

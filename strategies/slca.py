@@ -268,6 +268,7 @@ class SLCA(BaseStrategy):
             description=description,
             num_workers=num_workers,
             precision=self.backbone.precision,
+            compile=self.backbone.compile,
         )
         network.eval()
 

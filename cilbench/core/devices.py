@@ -4,14 +4,17 @@ A run computes in one precision (`--precision`): `auto` is bf16 on CUDA (tensor 
 elsewhere; `bf16` and `fp16` run the models under autocast on any device (PyTorch autocasts bf16
 on the CPU too, which is how the test suite exercises the low-precision paths without a GPU).
 Numerically sensitive steps (statistics, solves, distances) leave autocast and compute in float32
-whatever the precision (`float32_section`). On CUDA data loaders pin host memory so that copies
+whatever the precision (`float32_section`). `--compile` wraps the frozen forward and the training
+step with `torch.compile` (`compiled`). On CUDA data loaders pin host memory so that copies
 to the GPU can overlap compute, and clocks wait for the device. Every device- or
 precision-specific path goes through these functions, so a CPU test of the choice covers them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import TypeVar
 
 import torch
 
@@ -41,6 +44,18 @@ def autocast(device: torch.device, precision: str = "auto") -> torch.autocast:
 def float32_section(device: torch.device | str) -> AbstractContextManager[None]:
     """Leave any autocast: inside, operations on float32 tensors compute in float32."""
     return torch.autocast(torch.device(device).type, enabled=False)
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def compiled(function: F, enabled: bool) -> F:
+    """`torch.compile(function)` when `enabled` (`--compile`), else `function` itself.
+
+    Batch shapes vary (the last batch is short); torch.compile's default marks a dimension dynamic
+    after its first recompilation instead of compiling every size.
+    """
+    return torch.compile(function) if enabled else function  # type: ignore[return-value]
 
 
 def pins_memory(device: torch.device) -> bool:

@@ -102,7 +102,7 @@ def prepare(spec: RunSpec) -> PreparedRun:
     settings = resolve_run(spec)
     if settings.recipe.fallback:
         log.warning("%s.", settings.recipe.fallback)
-    backbone = _create_backbone(settings)
+    backbone = _create_backbone(settings, spec.compile)
     source = settings.builder
     stream = validate_stream(source if isinstance(source, Stream) else source.build(spec.data_root))
     stream_name = spec.stream if isinstance(spec.stream, str) else stream.info.name
@@ -127,13 +127,17 @@ def unlabelled_images(
     return builder.build(data_root).unlabelled_train()
 
 
-def _create_backbone(settings: RunSettings) -> Backbone:
+def _create_backbone(settings: RunSettings, compile: bool) -> Backbone:
     """The run's backbone on its device and precision (a `Backbone` object given, as it is)."""
     choice = settings.backbone
     if isinstance(choice, Backbone):
         return choice
     return create_backbone(
-        choice, device=settings.device, precision=settings.precision, **settings.backbone_settings
+        choice,
+        device=settings.device,
+        precision=settings.precision,
+        compile=compile,
+        **settings.backbone_settings,
     )
 
 

@@ -132,6 +132,7 @@ class AdaptedBranch:
             description=f"{self.name}: first session ({self.settings.peft})",
             num_workers=self.context.num_workers,
             precision=self.backbone.precision,
+            compile=self.backbone.compile,
         )
         log.info("%s first-session losses per epoch: %s", self.name, self.losses)
         self._freeze(model)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, defaul
 
 from cilbench.core.callbacks import Progress, SilentProgress, report_loss
 from cilbench.core.config import NonNegative, Positive, Range, shared_fields
-from cilbench.core.devices import autocast
+from cilbench.core.devices import autocast, compiled
 from cilbench.core.errors import CilbenchError
 from cilbench.data.sources import batching, loader_options, loader_workers
 
@@ -104,14 +104,17 @@ def fit(
     description: str = "training",
     num_workers: int | None = None,
     precision: str = "auto",
+    compile: bool = False,
 ) -> list[float]:
     """Minimise `loss_fn(prepare(images), labels)` over `data`; the mean loss of every epoch.
 
-    `precision`: the forward pass's autocast (`core.devices`; pass the backbone's).
+    `precision`: the forward pass's autocast, `compile`: `torch.compile` the loss (forward and
+    backward); pass the backbone's (`core.devices`).
     `num_workers`: loader processes (None: `loader_workers` decides from `device` and from
     `data.sources`, which `augment.training_data` datasets name). A dataset with a
     `sampler(generator)` method (per-image augmentation) supplies its own shuffled keys.
     """
+    loss_fn = compiled(loss_fn, compile)
     optimizer = make_optimizer(groups, settings)
     scheduler = make_scheduler(optimizer, settings)
     parameters = [p for g in optimizer.param_groups for p in g["params"]]
