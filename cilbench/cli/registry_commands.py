@@ -13,6 +13,7 @@ from cilbench.cli import console
 from cilbench.cli.options import (
     BackboneOpt,
     BatchOpt,
+    CompileOpt,
     DataRootOpt,
     DeviceOpt,
     PrecisionOpt,
@@ -117,6 +118,7 @@ def profile_command(
     data_root: DataRootOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    compile_models: CompileOpt = False,
     batch_size: BatchOpt = 128,
     workers: Annotated[
         int | None, typer.Option(help="Data-loader processes (default: one per core).")
@@ -142,7 +144,7 @@ def profile_command(
             data_root = stack.enter_context(root)
         spec = spec_from_options(
             strategy, stream, backbone, 0, assignments, data_root, device, batch_size,
-            num_workers=workers, precision=precision,
+            num_workers=workers, precision=precision, compile=compile_models,
         )  # fmt: skip
         figures = profile(spec)
     if as_json:

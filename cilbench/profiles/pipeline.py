@@ -9,7 +9,9 @@ generate a photo-like JPEG folder for a file-based stream), with the same backbo
    + checksummed cache write);
 
 decode and cold for each worker count (0, 2 and the default, or `--workers`), then a whole
-frozen-strategy run with an empty cache and again with the filled one. Measurements alternate
+frozen-strategy run with an empty cache and again with the filled one; the fixed and per-image
+cost of cold extraction (a line fitted to two source sizes); with `--compile`, the compiled vs
+eager bare forward. Measurements alternate
 for a few rounds and the medians are reported, so that load from other processes hits all alike;
 the load average is printed beside them. Cold extraction cannot beat the slower of decoding and
 the forward pass, so it is compared with min(bare, decode) at the same worker count.
@@ -33,6 +35,7 @@ from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
 from cilbench.profiles import Figures, register_profile
 from cilbench.profiles.bare import forward_seconds, prepared_batches
+from cilbench.profiles.costs import compile_ratio, fixed_and_per_image_cost
 
 ROUNDS = 3
 
@@ -56,7 +59,6 @@ def profile_pipeline(spec: RunSpec) -> Figures:
         for workers in counts:
             decode[workers].append(_decode_rate(backbone, view, spec.batch_size, workers))
             cold[workers].append(_cold_rate(backbone, source, spec.batch_size, workers))
-    del batches
     figures: Figures = {
         "training images": len(source),
         "source": type(source).__name__,
@@ -69,6 +71,10 @@ def profile_pipeline(spec: RunSpec) -> Figures:
     if 0 in counts and 2 in counts:
         speed_up = float(np.median(cold[2]) / np.median(cold[0]))
         figures["cold extraction, 2 workers / 0 workers"] = round(speed_up, 2)
+    if spec.compile:
+        figures.update(compile_ratio(backbone, batches, ROUNDS))
+    del batches
+    figures.update(fixed_and_per_image_cost(backbone, source, spec.batch_size, 0, ROUNDS))
     figures.update(_cold_and_warm_runs(spec))
     return figures
 
