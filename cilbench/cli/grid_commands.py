@@ -16,6 +16,7 @@ from cilbench.cli.options import (
     CacheOpt,
     CompileOpt,
     DataRootOpt,
+    DecodeOpt,
     DeviceOpt,
     LogOpt,
     OutOpt,
@@ -41,6 +42,7 @@ def sweep_command(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     compile_models: CompileOpt = False,
+    decode: DecodeOpt = "cpu",
     batch_size: BatchOpt = 128,
     overwrite: Annotated[
         bool,
@@ -69,7 +71,7 @@ def sweep_command(
     base = spec_from_options(
         "nmc", "synthetic", backbone, 0, assignments, data_root, device, batch_size,
         out_dir=out, cache_dir=cache_dir or default_cache_dir(), precision=precision,
-        compile=compile_models,
+        compile=compile_models, decode=decode,
     )  # fmt: skip
     specs = expand_grid(base, _names(strategies), _names(streams), _seeds(seeds))
     engine = make_executor(

@@ -28,6 +28,10 @@ PrecisionOpt = Annotated[
     str,
     typer.Option(help="Compute precision: auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16, fp16."),
 ]
+DecodeOpt = Annotated[
+    str,
+    typer.Option(help="Where frozen extraction decodes JPEG files: cpu (workers) or gpu (CUDA)."),
+]
 CompileOpt = Annotated[
     bool,
     typer.Option(

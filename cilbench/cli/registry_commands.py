@@ -15,6 +15,7 @@ from cilbench.cli.options import (
     BatchOpt,
     CompileOpt,
     DataRootOpt,
+    DecodeOpt,
     DeviceOpt,
     PrecisionOpt,
     SetOpt,
@@ -119,6 +120,7 @@ def profile_command(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     compile_models: CompileOpt = False,
+    decode: DecodeOpt = "cpu",
     batch_size: BatchOpt = 128,
     workers: Annotated[
         int | None, typer.Option(help="Data-loader processes (default: one per core).")
@@ -144,7 +146,7 @@ def profile_command(
             data_root = stack.enter_context(root)
         spec = spec_from_options(
             strategy, stream, backbone, 0, assignments, data_root, device, batch_size,
-            num_workers=workers, precision=precision, compile=compile_models,
+            num_workers=workers, precision=precision, compile=compile_models, decode=decode,
         )  # fmt: skip
         figures = profile(spec)
     if as_json:

@@ -19,6 +19,7 @@ from cilbench.cli.options import (
     BatchOpt,
     CompileOpt,
     DataRootOpt,
+    DecodeOpt,
     DeviceOpt,
     LogOpt,
     PrecisionOpt,
@@ -56,6 +57,7 @@ def run_command(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     compile_models: CompileOpt = False,
+    decode: DecodeOpt = "cpu",
     batch_size: BatchOpt = 128,
     workers: Annotated[
         int | None,
@@ -79,7 +81,7 @@ def run_command(
     spec = spec_from_options(
         strategy, stream, backbone, seed, assignments, data_root, device, batch_size,
         out_dir=out, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
-        num_workers=workers, precision=precision, compile=compile_models,
+        num_workers=workers, precision=precision, compile=compile_models, decode=decode,
     )  # fmt: skip
     if replay is not None:
         stored, spec = _replayspec_from_options(context, replay, spec)
@@ -107,6 +109,7 @@ def _replayspec_from_options(context: typer.Context, path: Path, given: Any) -> 
 
     fixed = (
         "--strategy", "--stream", "--backbone", "--seed", "--set", "--batch-size", "--precision",
+        "--decode",
     )  # fmt: skip
     console.refuse_given(context, fixed, "with --from (the result file fixes them)")
     stored = load_result(path)

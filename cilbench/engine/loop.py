@@ -171,6 +171,7 @@ def run(
         batch_size=spec.batch_size,
         num_workers=spec.num_workers,
         progress=progress,
+        decode=prepared.config["decode"],
     )
     strategy, stream = prepared.strategy, prepared.stream
     strategy.setup(prepared.context(store, progress))

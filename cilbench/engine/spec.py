@@ -40,6 +40,7 @@ from cilbench.core.devices import PRECISIONS, resolve_precision
 from cilbench.core.errors import ConfigError
 from cilbench.core.paths import default_cache_dir
 from cilbench.data.augment import Augmentation, resolve_augmentation
+from cilbench.data.jpeg_decode import DECODERS, resolve_decode
 from cilbench.data.streams import Stream, StreamBuilder
 from cilbench.engine.recipes import RECIPE_KEY, ChosenRecipe, choose, follow_seed
 
@@ -72,6 +73,8 @@ class RunSpec:
     """Compute precision of the models (autocast); auto: bf16 on CUDA, fp32 elsewhere."""
     compile: bool = False
     """`torch.compile` the frozen extraction and the training forward (results equal eager)."""
+    decode: Annotated[str, OneOf(*DECODERS)] = "cpu"
+    """Where frozen extraction decodes JPEG files: 'gpu' (batched, on CUDA; else the CPU)."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], **options: Any) -> RunSpec:
@@ -96,6 +99,7 @@ class RunSpec:
             overrides=overrides,
             batch_size=record["eval_batch_size"],
             precision=record.get("precision", LATER_KEYS["precision"]),
+            decode=record.get("decode", LATER_KEYS["decode"]),
             **options,
         )
 
@@ -122,6 +126,8 @@ class RunSettings:
     """The resolved device ('cpu', 'cuda', 'cuda:1', ...): the spec's, or a Backbone object's."""
     precision: str
     """The resolved precision (`core.devices.resolve_precision` on `device`)."""
+    decode: str
+    """The resolved JPEG decoder (`data.jpeg_decode.resolve_decode` on `device`)."""
 
 
 def resolve_run(spec: RunSpec) -> RunSettings:
@@ -150,6 +156,7 @@ def resolve_run(spec: RunSpec) -> RunSettings:
         augmentation=resolve_augmentation(layers["augment"], sections["augment"]),
         device=device,
         precision=_precision_of(spec, backbone, device),
+        decode=resolve_decode(spec.decode, device),
     )
 
 
@@ -277,6 +284,7 @@ def run_record(
         "eval_batch_size": spec.batch_size,
         "device": settings.device,
         "precision": settings.precision,
+        "decode": settings.decode,
         "compile": spec.compile,
     }
     return dict(json.loads(json.dumps(record)))
@@ -285,11 +293,11 @@ def run_record(
 RECORDED_ONLY = frozenset({"device", "compile"})
 """Record keys the run id never hashes: where and how a run computed, not what it computed
 (compiled and eager results are equal; another device's result is guarded in `engine.loop`)."""
-LATER_KEYS: dict[str, Any] = {"precision": "fp32"}
+LATER_KEYS: dict[str, Any] = {"precision": "fp32", "decode": "cpu"}
 """Record keys added after result schema v2, each with the value every older result implicitly
-had (they all ran in float32 on the CPU). The run id hashes such a key only when it differs from
-that value, so every older result keeps its run id; `RunSpec.from_record` replays a record
-without the key at that value."""
+had (they all ran in float32 on the CPU and decoded images on the CPU). The run id hashes such
+a key only when it differs from that value, so every older result keeps its run id;
+`RunSpec.from_record` replays a record without the key at that value."""
 
 
 def identity_of(record: Mapping[str, Any]) -> dict[str, Any]:
