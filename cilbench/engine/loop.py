@@ -30,7 +30,7 @@ from cilbench.core.devices import autocast
 from cilbench.core.errors import CilbenchError, CorruptFileError
 from cilbench.core.files import check_writable, remove_stale_temps, write_atomic
 from cilbench.core.metrics import summarize
-from cilbench.core.results import RunResult, environment, load_result, save_result
+from cilbench.core.results import RunResult, environment, save_result
 from cilbench.data.augment import Augmentation
 from cilbench.data.sources import (
     DatasetView,
@@ -44,7 +44,6 @@ from cilbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from cilbench.engine.plugin_checks import check_scores
 from cilbench.engine.recipes import ChosenRecipe
 from cilbench.engine.spec import (
-    LATER_KEYS,
     RunSettings,
     RunSpec,
     data_fingerprints,
@@ -52,6 +51,7 @@ from cilbench.engine.spec import (
     run_id_of,
     run_record,
 )
+from cilbench.engine.stored_results import nothing_to_resume, refuse_replacing_another_device
 from cilbench.features import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,9 @@ def run(
         raise CilbenchError("--resume continues a run and --overwrite starts it over; pick one.")
     prepared = prepare(spec)
     if resume and not prepared.checkpoint_path.exists():
-        raise _nothing_to_resume(prepared)
+        raise nothing_to_resume(prepared.result_path, prepared.checkpoint_path, prepared.config)
     if not overwrite:
-        _refuse_replacing_another_device(prepared)
+        refuse_replacing_another_device(prepared.result_path, prepared.config)
     check_writable(spec.out_dir, "output folder (--out)")
     remove_stale_temps(prepared.run_dir)
     progress = progress or SilentProgress()
@@ -374,7 +374,7 @@ def _resume_or_start(prepared: PreparedRun, resume: bool, overwrite: bool) -> Ru
         path.unlink(missing_ok=True)
         return _new_result(prepared)
     if not path.exists():
-        raise _nothing_to_resume(prepared)
+        raise nothing_to_resume(prepared.result_path, path, prepared.config)
     tensors, result_json = load_checkpoint(path)
     try:
         result = RunResult.from_dict(json.loads(result_json), source=str(path))
@@ -393,55 +393,3 @@ def _resume_or_start(prepared: PreparedRun, resume: bool, overwrite: bool) -> Ru
             "start over with --overwrite."
         ) from error
     return result
-
-
-def computed_on(config: dict[str, Any]) -> tuple[str, str]:
-    """(device type, precision) a record was computed with; older records ran fp32 on the CPU."""
-    device = str(config.get("device", "cpu")).partition(":")[0]
-    return device, str(config.get("precision", LATER_KEYS["precision"]))
-
-
-def _refuse_replacing_another_device(prepared: PreparedRun) -> None:
-    """Refuse to overwrite a finished result whose device type or precision differs from ours.
-
-    The run id hashes neither the device nor the default precision, so the same command on a CPU
-    would otherwise silently replace a GPU's result.
-    """
-    try:
-        stored = load_result(prepared.result_path) if prepared.result_path.exists() else None
-    except CorruptFileError:
-        return  # a damaged file is no result to protect
-    if stored is None or not stored.complete:
-        return
-    theirs, ours = computed_on(stored.config), computed_on(prepared.config)
-    if theirs != ours:
-        raise CilbenchError(
-            f"{prepared.result_path} holds a finished result computed on {theirs[0]} at "
-            f"{theirs[1]}; this run computes on {ours[0]} at {ours[1]}. Pass --overwrite to "
-            "replace it, or --out another folder to keep both."
-        )
-
-
-def _nothing_to_resume(prepared: PreparedRun) -> CilbenchError:
-    """The error for --resume without a checkpoint: finished, damaged result, or never started."""
-    path = prepared.result_path
-    if not path.exists():
-        return CilbenchError(
-            f"Nothing to resume: no checkpoint at {prepared.checkpoint_path}. "
-            "Run without --resume to start."
-        )
-    try:
-        result = load_result(path)
-    except CorruptFileError as error:
-        return CorruptFileError(
-            f"Nothing to resume: no checkpoint, and the result file is damaged ({error}). "
-            "Run without --resume to repeat the run."
-        )
-    if not result.complete or result.config != prepared.config:
-        return CorruptFileError(
-            f"Nothing to resume: no checkpoint, and {path} is not the finished result of this "
-            "run. Run without --resume to repeat the run."
-        )
-    return CilbenchError(
-        f"Run {prepared.run_id} already finished: {path}. Run without --resume to repeat it."
-    )

@@ -42,10 +42,11 @@ def forward_seconds(backbone: Backbone, batches: list[torch.Tensor]) -> float:
 
 def training_rate(backbone: Backbone, view: DatasetView, settings: TrainSettings) -> float:
     """Images/s of plain training (fresh model + linear head, `settings`' optimiser and batch
-    size, `settings.epochs` epochs) on batches augmented beforehand, as cilbench augments them."""
-    from cilbench.data.augment import training_data
+    size, `settings.epochs` epochs) on batches augmented beforehand, as cilbench augments them
+    by default."""
+    from cilbench.data.augment import Augmentation, training_data
 
-    data, prepare = training_data(backbone, [view])
+    data, prepare = training_data(backbone, [view], Augmentation())
     loader = DataLoader(data, **batching(data, _sampler(data), settings.batch_size))
     batches = [(prepare(x), y.to(backbone.device)) for x, y in loader]
     model = backbone.build_model()
