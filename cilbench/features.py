@@ -5,9 +5,9 @@ compute precision, source fingerprint) and stored as a safetensors file, written
 verified by a checksum on every read. A damaged file is reported and rebuilt, never used; a changed
 key simply names another file, so stale features cannot be returned. A cache folder that cannot be
 written (read-only, full disk) costs speed, not the run: features stay in memory, with one warning.
-On CUDA the backbone runs in bf16 (`cilbench.core.devices`); `cilbench profile gpu` reports how far
-those features are from float32 ones. Images are decoded in worker processes
-(`cilbench.data.sources.loader_workers`).
+The backbone runs at the run's precision (`cilbench.core.devices`: bf16 by default on CUDA, any
+precision on request); `cilbench profile gpu` reports how far bf16 features are from float32 ones.
+Images are decoded in worker processes (`cilbench.data.sources.loader_workers`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock
@@ -30,6 +31,13 @@ from cilbench.core.callbacks import Progress, SilentProgress
 from cilbench.core.devices import autocast, compute_dtype
 from cilbench.core.errors import CilbenchError
 from cilbench.core.files import atomic_path, remove_stale_temps, writable_problem
+from cilbench.data.jpeg_decode import (
+    EncodedImages,
+    collate_encoded,
+    decode_batch,
+    decodes_on_gpu,
+    resolve_decode,
+)
 from cilbench.data.sources import (
     DatasetView,
     ImageSource,
@@ -40,7 +48,7 @@ from cilbench.data.sources import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "2"  # 2: the key names the compute precision
+FORMAT_VERSION = "2"  # 2: the key names the compute precision; a GPU decoder's key names it too
 
 
 def extract_features(
@@ -55,7 +63,7 @@ def extract_features(
 ) -> torch.Tensor:
     """Run `forward` over `dataset` (uint8 images, prepared by `backbone`); float32 on the CPU.
 
-    `forward` runs under the device's autocast (bf16 on CUDA); `num_workers` processes decode.
+    `forward` runs under autocast at the backbone's precision; `num_workers` processes decode.
     """
     progress = progress or SilentProgress()
     device = backbone.device
@@ -65,7 +73,7 @@ def extract_features(
     with (
         progress.task(description, total=total) as advance,
         torch.inference_mode(),
-        autocast(device),
+        autocast(device, backbone.precision),
         threads_beside_workers(num_workers),
     ):
         for images, _ in loader:
@@ -74,12 +82,43 @@ def extract_features(
     return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 
+def extract_decoded_on_device(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    backbone: Backbone,
+    source: ImageSource,
+    *,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    progress: Progress | None = None,
+    description: str = "extracting features",
+) -> torch.Tensor:
+    """`extract_features` of every image file of `source`, the JPEGs decoded on the backbone's
+    device in batches (`--decode gpu`, `cilbench.data.jpeg_decode`); workers only read bytes."""
+    progress = progress or SilentProgress()
+    device = backbone.device
+    transform = backbone.preprocessing.sample_transform()
+    dataset = EncodedImages(source, range(len(source)))
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_encoded
+    )
+    chunks = []
+    with progress.task(description, total=len(source)) as advance, torch.inference_mode():
+        for encoded, positions in loader:
+            images = decode_batch(encoded, positions, source, transform, device)
+            with autocast(device, backbone.precision):
+                chunks.append(forward(backbone.prepare(images)).float().cpu())
+            advance(len(positions))
+    return torch.cat(chunks) if chunks else torch.empty(0, 0)
+
+
 class FeatureStore:
     """Frozen features of the runner's backbone, from the cache or computed once.
 
     Strategies call `get(view)` for an experience's training set; the runner calls it for test
     sets when a strategy predicts from frozen features. `images_forwarded` counts backbone work.
-    `num_workers`: decoding processes (None: `loader_workers` picks per source).
+    `num_workers`: decoding processes (None: `loader_workers` picks per source). `decode`:
+    'gpu' decodes the JPEGs of image files on the backbone's CUDA device (resolved by
+    `data.jpeg_decode.resolve_decode`: 'cpu' without CUDA).
     """
 
     def __init__(
@@ -91,9 +130,11 @@ class FeatureStore:
         num_workers: int | None = None,
         progress: Progress | None = None,
         user: str = "",
+        decode: str = "cpu",
     ):
         self.backbone = backbone
         self.user = user
+        self.decode = resolve_decode(decode, backbone.device)
         self.cache_dir = cache_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -157,17 +198,17 @@ class FeatureStore:
 
     def cache_key(self, source: ImageSource) -> tuple[str, str]:
         """(hex key, the JSON it hashes): everything the features depend on."""
-        description = json.dumps(
-            {
-                "format": FORMAT_VERSION,
-                "backbone": self.backbone.tag,
-                "weights": self.backbone.weight_digest,
-                "preprocessing": self.backbone.preprocessing.describe(),
-                "precision": str(compute_dtype(self.backbone.device)),
-                "source": source.fingerprint,
-            },
-            sort_keys=True,
-        )
+        key = {
+            "format": FORMAT_VERSION,
+            "backbone": self.backbone.tag,
+            "weights": self.backbone.weight_digest,
+            "preprocessing": self.backbone.preprocessing.describe(),
+            "precision": str(compute_dtype(self.backbone.device, self.backbone.precision)),
+            "source": source.fingerprint,
+        }
+        if decodes_on_gpu(source, self.decode):  # another decoder, other pixels
+            key["decoder"] = "gpu"
+        description = json.dumps(key, sort_keys=True)
         return hashlib.sha256(description.encode()).hexdigest()[:40], description
 
     def _check_cache(self, folder: Path) -> bool:
@@ -205,16 +246,18 @@ class FeatureStore:
 
         start = time.perf_counter()
         view = DatasetView(source, np.arange(len(source)), np.zeros(len(source), dtype=np.int64))
-        dataset = view.with_transform(self.backbone.preprocessing.sample_transform())
-        features = extract_features(
-            self.backbone.forward_features,
-            self.backbone,
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=loader_workers(self.num_workers, [source], self.backbone.device),
-            progress=self.progress,
-            description=f"features {getattr(source, 'name', '')}".strip(),
-        )
+        options: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "num_workers": loader_workers(self.num_workers, [source], self.backbone.device),
+            "progress": self.progress,
+            "description": f"features {getattr(source, 'name', '')}".strip(),
+        }
+        forward = self.backbone.forward_features
+        if decodes_on_gpu(source, self.decode):
+            features = extract_decoded_on_device(forward, self.backbone, source, **options)
+        else:
+            dataset = view.with_transform(self.backbone.preprocessing.sample_transform())
+            features = extract_features(forward, self.backbone, dataset, **options)
         self.images_forwarded += len(source)
         self.extract_seconds += time.perf_counter() - start
         return features

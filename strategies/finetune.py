@@ -191,6 +191,8 @@ class Finetune(BaseStrategy):
             progress=self.progress,
             description=f"{type(self).__name__.lower()}: experience {index}",
             num_workers=workers,
+            precision=self.backbone.precision,
+            compile=self.backbone.compile,
         )
         network.eval()
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cilbench.api import register_strategy
+from cilbench.core.devices import float32_section
 from cilbench.engine.recipes import JANSON, Recipe
 from cilbench.learn.prototypes import PrototypeStrategy
 
@@ -48,5 +49,7 @@ class NMC(PrototypeStrategy):
         return F.normalize(features, dim=1)
 
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Negative Euclidean distances to the class means, in float32 at any precision."""
         means = self.prototypes().to(features.device)
-        return -torch.cdist(self.embed(features), means)
+        with float32_section(features.device):
+            return -torch.cdist(self.embed(features.float()), means)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from cilbench.api import RunContext, register_strategy
 from cilbench.core.config import NonEmpty, Positive, Range
+from cilbench.core.devices import float32_section
 from cilbench.core.memory import check_fits
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, RANPAC, Recipe, pilot_adapter_recipe
@@ -169,18 +170,21 @@ class RanPAC(FirstSessionFeatures):
         """Add one experience's features to G and Q, choose lambda, and solve for the head."""
         if self.projection.numel() == 0:
             self._start(features.shape[1], generator)
-        projected = self.project(features.to(self.device))
-        onehot = F.one_hot(labels.to(self.device), num_seen_classes).float()
-        self._accumulate(projected, onehot)
-        self.ridge = self._choose_ridge(projected, onehot, generator)
-        self.weights = solve_ridge(self.gram, self.targets, self.ridge)
+        with float32_section(self.device):  # G and Q in float32, the solve in float64
+            projected = self.project(features.to(self.device))
+            onehot = F.one_hot(labels.to(self.device), num_seen_classes).float()
+            self._accumulate(projected, onehot)
+            self.ridge = self._choose_ridge(projected, onehot, generator)
+            self.weights = solve_ridge(self.gram, self.targets, self.ridge)
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """h = ReLU(f W): the fixed random projection of features (B, D) -> (B, M)."""
-        return torch.relu(features @ self.projection.to(features.device))
+        """h = ReLU(f W): the fixed random projection of features (B, D) -> (B, M), float32."""
+        with float32_section(features.device):
+            return torch.relu(features.float() @ self.projection.to(features.device))
 
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
-        return self.project(features.float()) @ self.weights.to(features.device)
+        with float32_section(features.device):
+            return self.project(features) @ self.weights.to(features.device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {

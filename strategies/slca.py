@@ -289,6 +289,8 @@ class SLCA(BaseStrategy):
             progress=self.progress,
             description=description,
             num_workers=num_workers,
+            precision=self.backbone.precision,
+            compile=self.backbone.compile,
         )
         network.eval()
 

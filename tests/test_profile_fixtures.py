@@ -49,3 +49,7 @@ def test_pipeline_profile_reports_every_worker_count(tmp_path, monkeypatch):
         assert figures[f"{workers} workers: cold extraction (img/s)"] > 0
         assert figures[f"{workers} workers: decode + preprocess alone (img/s)"] > 0
     assert figures["backbone images forwarded in the warm run"] == 0
+    fixed = figures["cold extraction: fixed cost (s, intercept)"]
+    per_image = figures["cold extraction: per-image cost (ms, slope)"]
+    total = figures["cold extraction of 144 images, 0 workers (s)"]
+    assert fixed + 144 * per_image / 1000 == pytest.approx(total, abs=2e-3)

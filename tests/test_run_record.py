@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
 import pytest
 
 from cilbench.api import STRATEGIES, STREAMS
+from cilbench.core.errors import ConfigError
 from cilbench.core.results import load_result
 from cilbench.data.augment import AUGMENTATION_PRESETS
 from cilbench.engine.recipes import RECIPE_KEY, recipes_of
-from cilbench.engine.spec import RunSpec, resolve_run, run_id_of, run_record
+from cilbench.engine.spec import (
+    RunSpec,
+    identity_of,
+    resolve_run,
+    run_id_of,
+    run_record,
+)
 
 BOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
 BACKBONE_SETTINGS = [{}, {"backbone.image_size": "48", "backbone.normalization": "imagenet"}]
@@ -78,7 +86,30 @@ def test_every_published_result_resolves_to_its_own_run_id(path):
     tag = stored.backbone["tag"]
     record = run_record(spec, settings, stored.config["stream"], tag)
     assert run_id_of(record, stored.stream["sources"], tag) == stored.run_id
-    assert record == {k: v for k, v in stored.config.items() if k != "device"}
+    assert identity_of(record) == identity_of(stored.config)
+    assert record["precision"] == stored.config.get("precision", "fp32") == "fp32"
+
+
+def test_a_key_added_later_changes_the_run_id_only_away_from_its_old_value():
+    """Older results hold no `precision` (they ran at fp32): fp32 keeps their run id, bf16 not."""
+    spec = RunSpec(strategy="nmc", stream="synthetic")
+    record, run_id = _record_and_id(spec)
+    assert record["precision"] == "fp32" and record["device"] == "cpu"
+    older = {k: v for k, v in record.items() if k not in ("precision", "compile")}
+    assert run_id_of(older, FINGERPRINTS, "t") == run_id_of(record, FINGERPRINTS, "t")
+    assert RunSpec.from_record(older).precision == "fp32"
+    bf16, bf16_id = _record_and_id(dataclasses.replace(spec, precision="bf16"))
+    assert bf16["precision"] == "bf16" and bf16_id != run_id
+    assert _record_and_id(RunSpec.from_record(bf16)) == (bf16, bf16_id)
+    compiled, compiled_id = _record_and_id(dataclasses.replace(spec, compile=True))
+    assert compiled["compile"] is True and compiled_id == run_id
+    on_cuda = {**record, "device": "cuda"}
+    assert run_id_of(on_cuda, FINGERPRINTS, "t") == run_id_of(record, FINGERPRINTS, "t")
+
+
+def test_a_wrong_precision_is_refused_naming_what_is_allowed():
+    with pytest.raises(ConfigError, match=r"precision.*'auto', 'fp32', 'bf16', 'fp16'"):
+        resolve_run(RunSpec(stream="synthetic", precision="fp8"))
 
 
 def test_run_from_replays_a_run_with_a_non_default_augmentation(tmp_path):

@@ -32,6 +32,7 @@ from cilbench.backbones.weights import (
     weight_file,
 )
 from cilbench.core.config import resolve_settings
+from cilbench.core.devices import compiled, resolve_precision
 from cilbench.core.errors import (
     DataError,
     RegistryError,
@@ -57,10 +58,16 @@ class Backbone:
         spec: BackboneSpec,
         preprocessing: Preprocessing,
         device: str = "cpu",
+        precision: str = "auto",
+        compile: bool = False,
     ):
         self.spec = spec
         self.preprocessing = preprocessing
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        """The resolved precision its forward passes (and training on it) run at."""
+        self.compile = compile
+        """Whether its frozen forward (and training on it) runs through `torch.compile`."""
 
     @property
     def tag(self) -> str:
@@ -140,8 +147,12 @@ class Backbone:
         return self.preprocessing.normalize(images.contiguous(memory_format=torch.channels_last))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, D) of a prepared batch."""
-        return self.model(images)
+        """Pooled features (B, D) of a prepared batch (compiled with `compile`)."""
+        return self._forward(images)
+
+    @cached_property
+    def _forward(self) -> nn.Module:
+        return compiled(self.model, self.compile)
 
     def derive(self, model: nn.Module, suffix: str) -> Backbone:
         """A frozen backbone around `model` (e.g. an adapted copy) with this preprocessing.
@@ -167,7 +178,7 @@ class DerivedBackbone(Backbone):
 
     def __init__(self, base: Backbone, model: nn.Module, suffix: str):
         spec = dataclasses.replace(base.spec, name=f"{base.tag}+{suffix}")
-        super().__init__(spec, base.preprocessing, str(base.device))
+        super().__init__(spec, base.preprocessing, str(base.device), base.precision, base.compile)
         model.requires_grad_(False)
         self.__dict__["model"] = model.eval()  # fills the `model` cached property
         self._pristine = weights_fingerprint(model)
@@ -192,8 +203,11 @@ def create_backbone(
     normalization: str | None = None,
     interpolation: str | None = None,
     device: str = "cpu",
+    precision: str = "auto",
+    compile: bool = False,
 ) -> Backbone:
-    """The backbone `name` (or spec) with its preprocessing resolved (explicit arguments win)."""
+    """The backbone `name` (or spec) with its preprocessing resolved (explicit arguments win);
+    it runs on `device` at `precision` (auto: bf16 on CUDA, fp32 elsewhere), compiled or not."""
     spec = resolve_backbone_spec(name)
     given = {
         "image_size": image_size,
@@ -215,7 +229,7 @@ def create_backbone(
         mean=tuple(float(v) for v in mean_std[0]),
         std=tuple(float(v) for v in mean_std[1]),
     )
-    return Backbone(spec, preprocessing, device=device)
+    return Backbone(spec, preprocessing, device=device, precision=precision, compile=compile)
 
 
 def _pretrained_cfg(spec: BackboneSpec) -> dict[str, Any]:

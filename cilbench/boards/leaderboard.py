@@ -24,10 +24,11 @@ from cilbench.core import metrics
 from cilbench.core.errors import CilbenchError
 from cilbench.core.result_schema import check_board_result
 from cilbench.core.results import RunResult, load_result, write_atomic
+from cilbench.engine.spec import LATER_KEYS
 
 NOT_PROTOCOL = frozenset({"download", "decoded_size"})
 """Stream options that change how data is read, not what is measured."""
-RUN_ONLY = frozenset({"seed", "device", "eval_batch_size"})
+RUN_ONLY = frozenset({"seed", "device", "eval_batch_size", "compile"})
 """Config keys that differ between the seeds of one row without changing what the row measures."""
 METRICS: dict[str, str] = {
     "final_accuracy": "final acc (sample-weighted)",
@@ -211,6 +212,8 @@ class Row:
     extracted_seeds: list[int] = field(default_factory=list)
     untrained: dict[int, list[str]] = field(default_factory=dict)
     """Seeds of a trained strategy whose result says training changed nothing, and why."""
+    precision: str = LATER_KEYS["precision"]
+    """The compute precision of the row's runs (results older than the setting ran at fp32)."""
 
     @property
     def name(self) -> str:
@@ -241,8 +244,10 @@ def aggregate(results: Sequence[RunResult], references: Sequence[Reference] = ()
 
 
 def config_key(result: RunResult) -> str:
-    config = {k: v for k, v in result.config.items() if k not in RUN_ONLY}
-    return json.dumps(config, sort_keys=True)
+    """What a row groups by: the config but the run-only keys, keys added later at their old
+    value when absent (an fp32 result without `precision` groups with one that names it)."""
+    config = {**LATER_KEYS, **result.config}
+    return json.dumps({k: v for k, v in config.items() if k not in RUN_ONLY}, sort_keys=True)
 
 
 def _row(
@@ -272,6 +277,7 @@ def _row(
         flags={k: first.flags[k] for k in FLAGS if k in first.flags},
         curve=[float(v) for v in np.mean(curves, axis=0)],
         references=matching,
+        precision=str(first.config.get("precision", LATER_KEYS["precision"])),
         convention=(
             matching[0].convention
             if matching

@@ -116,7 +116,8 @@ MAIN_HEADER = [
     "features extracted",
     "published (gap)",
 ]
-"""The main table: what a reader compares, at most 12 columns (a laptop screen)."""
+"""The main table: what a reader compares, at most 12 columns (a laptop screen). A precision other
+than fp32 is named beside the backbone; the details table has it for every row."""
 
 SHORT_CONVENTION = {"sample-weighted": "sample-wt", "task-averaged": "task-avg"}
 DID_NOT_TRAIN = "did not train"
@@ -124,6 +125,7 @@ DID_NOT_TRAIN = "did not train"
 DETAILS_HEADER = [
     "strategy",
     "backbone",
+    "precision",
     *METRICS.values(),
     "wall time / run (s)",
     "extraction s / run",
@@ -172,7 +174,7 @@ def _main_cells(row: Row) -> list[str]:
     )
     return [
         _name(row),
-        row.backbone,
+        row.backbone if row.precision == "fp32" else f"{row.backbone}, {row.precision}",
         row.protocol,
         f"{len(row.seeds)} ({', '.join(map(str, row.seeds))})",
         SHORT_CONVENTION.get(row.convention, row.convention),
@@ -194,6 +196,7 @@ def _details_cells(row: Row) -> list[str]:
     return [
         _name(row),
         row.backbone,
+        row.precision,
         *(_fmt(*row.stats[k]) for k in METRICS),
         f"{row.wall_seconds:.1f}",
         f"{row.extract_seconds:.1f}" if row.extracted_seeds else "0.0",
@@ -263,13 +266,13 @@ def board_csv(rows: Sequence[Row]) -> str:
         "cache_wait_seconds",
         "did_not_train",
     ]
-    names = ["strategy", "backbone", "protocol", "seeds"]
+    names = ["strategy", "backbone", "precision", "protocol", "seeds"]
     writer.writerow([*names, *stats, *costs, *flags, *published, *more])
     for row in rows:
         ref = row.references[0] if row.references else None
         gap = row.gap(ref) if ref else None
         writer.writerow(
-            [row.name, row.backbone, row.protocol, " ".join(map(str, row.seeds))]
+            [row.name, row.backbone, row.precision, row.protocol, " ".join(map(str, row.seeds))]
             + [_raw(v) for k in METRICS for v in row.stats[k]]
             + [row.trainable_parameters, f"{row.wall_seconds:.3f}", f"{row.peak_memory_mib:.1f}"]
             + [_raw(row.flags[k]) if k in row.flags else "n/a" for k in flags]

@@ -14,10 +14,13 @@ from cilbench.cli.options import (
     BackboneOpt,
     BatchOpt,
     CacheOpt,
+    CompileOpt,
     DataRootOpt,
+    DecodeOpt,
     DeviceOpt,
     LogOpt,
     OutOpt,
+    PrecisionOpt,
     SetOpt,
     spec_from_options,
 )
@@ -37,7 +40,14 @@ def sweep_command(
     out: OutOpt = Path("runs"),
     cache_dir: CacheOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    compile_models: CompileOpt = False,
+    decode: DecodeOpt = "cpu",
     batch_size: BatchOpt = 128,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace finished results computed on another device type or precision."),
+    ] = False,
     executor: Annotated[str, typer.Option(help="local, ray or slurm.")] = "local",
     workers: Annotated[int, typer.Option(help="local: worker processes (1 = in-process).")] = 2,
     ray_address: Annotated[
@@ -67,7 +77,8 @@ def sweep_command(
 
     base = spec_from_options(
         "nmc", "synthetic", backbone, 0, assignments, data_root, device, batch_size,
-        out_dir=out, cache_dir=cache_dir or default_cache_dir(),
+        out_dir=out, cache_dir=cache_dir or default_cache_dir(), precision=precision,
+        compile=compile_models, decode=decode,
     )  # fmt: skip
     if grid is not None:
         from cilbench.engine.paper_grid import grid_specs, load_grid
@@ -83,7 +94,7 @@ def sweep_command(
         executor, workers=workers, ray_address=ray_address, slurm_partition=slurm_partition,
         slurm_folder=slurm_folder, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run,
     )  # fmt: skip
-    failed = _show_sweep(sweep(specs, engine, log or []), len(specs))
+    failed = _show_sweep(sweep(specs, engine, log or [], overwrite), len(specs))
     if failed:
         console.stderr.print(f"[bold red]{failed} of {len(specs)} runs failed[/]")
         raise typer.Exit(1)

@@ -36,6 +36,20 @@ DataRootOpt = Annotated[
     typer.Option(envvar="CILBENCH_DATA", help="Where data sets live.", callback=folder_given),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(help="Compute precision: auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16, fp16."),
+]
+DecodeOpt = Annotated[
+    str,
+    typer.Option(help="Where frozen extraction decodes JPEG files: cpu (workers) or gpu (CUDA)."),
+]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile", help="torch.compile frozen extraction and training (same results; opt-in)."
+    ),
+]
 BatchOpt = Annotated[int, typer.Option(help="Batch size for feature extraction and evaluation.")]
 LogOpt = Annotated[
     list[str] | None,

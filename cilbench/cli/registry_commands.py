@@ -13,8 +13,11 @@ from cilbench.cli import console
 from cilbench.cli.options import (
     BackboneOpt,
     BatchOpt,
+    CompileOpt,
     DataRootOpt,
+    DecodeOpt,
     DeviceOpt,
+    PrecisionOpt,
     SetOpt,
     StrategyOpt,
     StreamOpt,
@@ -115,6 +118,9 @@ def profile_command(
     assignments: SetOpt = None,
     data_root: DataRootOpt = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    compile_models: CompileOpt = False,
+    decode: DecodeOpt = "cpu",
     batch_size: BatchOpt = 128,
     workers: Annotated[
         int | None, typer.Option(help="Data-loader processes (default: one per core).")
@@ -140,7 +146,7 @@ def profile_command(
             data_root = stack.enter_context(root)
         spec = spec_from_options(
             strategy, stream, backbone, 0, assignments, data_root, device, batch_size,
-            num_workers=workers,
+            num_workers=workers, precision=precision, compile=compile_models, decode=decode,
         )  # fmt: skip
         figures = profile(spec)
     if as_json:

@@ -18,9 +18,12 @@ from cilbench.cli.options import (
     BackboneOpt,
     BatchOpt,
     CacheOpt,
+    CompileOpt,
     DataRootOpt,
+    DecodeOpt,
     DeviceOpt,
     LogOpt,
+    PrecisionOpt,
     SeedOpt,
     SetOpt,
     StrategyOpt,
@@ -53,9 +56,16 @@ def run_command(
     ] = False,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     overwrite: Annotated[
-        bool, typer.Option(help="Start over, deleting an unfinished run's checkpoint.")
+        bool,
+        typer.Option(
+            help="Start over, deleting an unfinished run's checkpoint or replacing a finished "
+            "result computed on another device type or precision."
+        ),
     ] = False,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    compile_models: CompileOpt = False,
+    decode: DecodeOpt = "cpu",
     batch_size: BatchOpt = 128,
     workers: Annotated[
         int | None,
@@ -79,7 +89,7 @@ def run_command(
     spec = spec_from_options(
         strategy, stream, backbone, seed, assignments, data_root, device, batch_size,
         out_dir=out, cache_dir=None if no_cache else (cache_dir or default_cache_dir()),
-        num_workers=workers,
+        num_workers=workers, precision=precision, compile=compile_models, decode=decode,
     )  # fmt: skip
     if replay is not None:
         stored, spec = _replayspec_from_options(context, replay, spec)
@@ -106,7 +116,10 @@ def _replayspec_from_options(context: typer.Context, path: Path, given: Any) -> 
     from cilbench.core.results import load_result
     from cilbench.engine.spec import RunSpec
 
-    fixed = ("--strategy", "--stream", "--backbone", "--seed", "--set", "--batch-size")
+    fixed = (
+        "--strategy", "--stream", "--backbone", "--seed", "--set", "--batch-size", "--precision",
+        "--decode",
+    )  # fmt: skip
     console.refuse_given(context, fixed, "with --from (the result file fixes them)")
     stored = load_result(path)
     check_replay_config(stored.config, str(path))
@@ -117,6 +130,7 @@ def _replayspec_from_options(context: typer.Context, path: Path, given: Any) -> 
         cache_dir=given.cache_dir,
         device=given.device,
         num_workers=given.num_workers,
+        compile=given.compile,
     )
     return stored, spec
 

@@ -12,16 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from cilbench.backbones.weights import tensor_sha256
-from cilbench.core.errors import CilbenchError, CorruptFileError
+from cilbench.core.errors import CorruptFileError
 from cilbench.core.files import atomic_path
-from cilbench.core.results import load_result
 
 FORMAT_VERSION = "2"
 """Version 1 (before checksums) is refused: it cannot be verified."""
@@ -78,29 +76,3 @@ def _problem(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
     if changed:
         return f"tensor {changed[0]!r} was changed or swapped ({len(changed)} tensors differ)"
     return ""
-
-
-def nothing_to_resume(
-    run_id: str, result_path: Path, checkpoint_path: Path, config: dict[str, Any]
-) -> CilbenchError:
-    """The error for --resume without a checkpoint: finished, damaged result, or never started."""
-    path = result_path
-    if not path.exists():
-        return CilbenchError(
-            f"Nothing to resume: no checkpoint at {checkpoint_path}. Run without --resume to start."
-        )
-    try:
-        result = load_result(path)
-    except CorruptFileError as error:
-        return CorruptFileError(
-            f"Nothing to resume: no checkpoint, and the result file is damaged ({error}). "
-            "Run without --resume to repeat the run."
-        )
-    if not result.complete or result.config != config:
-        return CorruptFileError(
-            f"Nothing to resume: no checkpoint, and {path} is not the finished result of this "
-            "run. Run without --resume to repeat the run."
-        )
-    return CilbenchError(
-        f"Run {run_id} already finished: {path}. Run without --resume to repeat it."
-    )

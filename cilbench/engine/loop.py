@@ -41,18 +41,18 @@ from cilbench.data.sources import (
 )
 from cilbench.data.stream_checks import validate_stream
 from cilbench.data.streams import Stream
-from cilbench.engine.checkpoint import load_checkpoint, nothing_to_resume, save_checkpoint
+from cilbench.engine.checkpoint import load_checkpoint, save_checkpoint
 from cilbench.engine.plugin_checks import check_scores, checked_report, checked_state
 from cilbench.engine.recipes import ChosenRecipe
 from cilbench.engine.spec import (
     RunSettings,
     RunSpec,
     data_fingerprints,
-    resolve_device,
     resolve_run,
     run_id_of,
     run_record,
 )
+from cilbench.engine.stored_results import nothing_to_resume, refuse_replacing_another_device
 from cilbench.features import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -103,18 +103,17 @@ def prepare(spec: RunSpec) -> PreparedRun:
     settings = resolve_run(spec)
     if settings.recipe.fallback:
         log.warning("%s.", settings.recipe.fallback)
-    backbone = _create_backbone(settings, resolve_device(spec.device))
-    device = str(backbone.device)
+    backbone = _create_backbone(settings, spec.compile)
     source = settings.builder
     stream = validate_stream(source if isinstance(source, Stream) else source.build(spec.data_root))
     stream_name = spec.stream if isinstance(spec.stream, str) else stream.info.name
     record = run_record(spec, settings, stream_name, backbone.tag)
     run_id = run_id_of(record, data_fingerprints(stream), backbone.tag)
-    strategy = STRATEGIES.get(spec.strategy)(settings.config, seed=spec.seed, device=device)
-    config_record = {**record, "device": device}
+    strategy = STRATEGIES.get(spec.strategy)(
+        settings.config, seed=spec.seed, device=str(backbone.device)
+    )
     return PreparedRun(
-        spec, stream, backbone, strategy, config_record, run_id, settings.recipe,
-        settings.augmentation,
+        spec, stream, backbone, strategy, record, run_id, settings.recipe, settings.augmentation,
     )  # fmt: skip
 
 
@@ -129,12 +128,18 @@ def unlabelled_images(
     return builder.build(data_root).unlabelled_train()
 
 
-def _create_backbone(settings: RunSettings, device: str) -> Backbone:
-    """The run's backbone on `device` (a `Backbone` object given in the spec, as it is)."""
+def _create_backbone(settings: RunSettings, compile: bool) -> Backbone:
+    """The run's backbone on its device and precision (a `Backbone` object given, as it is)."""
     choice = settings.backbone
     if isinstance(choice, Backbone):
         return choice
-    return create_backbone(choice, device=device, **settings.backbone_settings)
+    return create_backbone(
+        choice,
+        device=settings.device,
+        precision=settings.precision,
+        compile=compile,
+        **settings.backbone_settings,
+    )
 
 
 def run(
@@ -148,7 +153,8 @@ def run(
     """Run a strategy over a stream, write `<out>/<run_id>/result.json`, return the result.
 
     An unfinished run's checkpoint is continued with `resume` or deleted with `overwrite`;
-    with neither, the run refuses to start over it.
+    with neither, the run refuses to start over it. A finished result computed on another device
+    type or at another precision is replaced only with `overwrite`.
     """
     if resume and overwrite:
         raise CilbenchError("--resume continues a run and --overwrite starts it over; pick one.")
@@ -165,7 +171,9 @@ def _run(
 ) -> RunResult:
     prepared = prepare(spec)
     if resume and not prepared.checkpoint_path.exists():
-        raise _nothing_to_resume(prepared)
+        raise nothing_to_resume(prepared.result_path, prepared.checkpoint_path, prepared.config)
+    if not overwrite:
+        refuse_replacing_another_device(prepared.result_path, prepared.config)
     check_writable(spec.out_dir, "output folder (--out)")
     remove_stale_temps(prepared.run_dir)
     progress = progress or SilentProgress()
@@ -176,6 +184,7 @@ def _run(
         num_workers=spec.num_workers,
         progress=progress,
         user=f"strategy {spec.strategy!r}",
+        decode=prepared.config["decode"],
     )
     strategy, stream = prepared.strategy, prepared.stream
     strategy.setup(prepared.context(store, progress))
@@ -293,7 +302,7 @@ def _scored_batches(
         (progress or SilentProgress()).task("evaluating", total=len(view)) as advance,
     ):
         for images, labels in loader:
-            with torch.no_grad(), autocast(backbone.device):
+            with torch.no_grad(), autocast(backbone.device, backbone.precision):
                 prepared = backbone.prepare(images)
                 if frozen is None:
                     scores = strategy.predict(prepared)
@@ -388,7 +397,7 @@ def _resume_or_start(prepared: PreparedRun, resume: bool, overwrite: bool) -> Ru
         path.unlink(missing_ok=True)
         return _new_result(prepared)
     if not path.exists():
-        raise _nothing_to_resume(prepared)
+        raise nothing_to_resume(prepared.result_path, path, prepared.config)
     tensors, result_json = load_checkpoint(path)
     try:
         result = RunResult.from_dict(json.loads(result_json), source=str(path))
@@ -407,9 +416,3 @@ def _resume_or_start(prepared: PreparedRun, resume: bool, overwrite: bool) -> Ru
             "start over with --overwrite."
         ) from error
     return result
-
-
-def _nothing_to_resume(prepared: PreparedRun) -> CilbenchError:
-    return nothing_to_resume(
-        prepared.run_id, prepared.result_path, prepared.checkpoint_path, prepared.config
-    )

@@ -26,6 +26,7 @@ from cilbench.backbones.spec import BackboneSpec
 from cilbench.core.config import (
     AvailableDevice,
     NonNegative,
+    OneOf,
     Positive,
     Range,
     as_dict,
@@ -35,9 +36,11 @@ from cilbench.core.config import (
     settings_schema,
     split_sections,
 )
+from cilbench.core.devices import PRECISIONS, resolve_precision
 from cilbench.core.errors import ConfigError
 from cilbench.core.paths import default_cache_dir
 from cilbench.data.augment import Augmentation, resolve_augmentation
+from cilbench.data.jpeg_decode import DECODERS, resolve_decode
 from cilbench.data.streams import Stream, StreamBuilder
 from cilbench.engine.recipes import RECIPE_KEY, ChosenRecipe, choose, follow_seed
 
@@ -66,6 +69,12 @@ class RunSpec:
     batch_size: Annotated[int, Positive()] = 128
     num_workers: Annotated[int | None, NonNegative()] = None
     """Data-loader processes; None: one per available core for image files, 0 for arrays."""
+    precision: Annotated[str, OneOf(*PRECISIONS)] = "auto"
+    """Compute precision of the models (autocast); auto: bf16 on CUDA, fp32 elsewhere."""
+    compile: bool = False
+    """`torch.compile` the frozen extraction and the training forward (results equal eager)."""
+    decode: Annotated[str, OneOf(*DECODERS)] = "cpu"
+    """Where frozen extraction decodes JPEG files: 'gpu' (batched, on CUDA; else the CPU)."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], **options: Any) -> RunSpec:
@@ -73,7 +82,8 @@ class RunSpec:
 
         Every resolved setting becomes an explicit override, so the replay does not depend on
         today's defaults or recipes; `options` sets what a record does not fix (`out_dir`,
-        `cache_dir`, `data_root`, `device`, `num_workers`).
+        `cache_dir`, `data_root`, `device`, `num_workers`, `compile`). A record older than the
+        precision setting replays at the precision it ran at (see `LATER_KEYS`).
         """
         overrides: dict[str, Any] = dict(record["strategy_config"])
         for section, key in (("stream", "stream_options"), ("backbone", "backbone_settings")):
@@ -88,6 +98,8 @@ class RunSpec:
             seed=record["seed"],
             overrides=overrides,
             batch_size=record["eval_batch_size"],
+            precision=record.get("precision", LATER_KEYS["precision"]),
+            decode=record.get("decode", LATER_KEYS["decode"]),
             **options,
         )
 
@@ -110,6 +122,12 @@ class RunSettings:
     backbone: str | BackboneSpec | Backbone
     backbone_settings: dict[str, Any]
     augmentation: Augmentation
+    device: str
+    """The resolved device ('cpu', 'cuda', 'cuda:1', ...): the spec's, or a Backbone object's."""
+    precision: str
+    """The resolved precision (`core.devices.resolve_precision` on `device`)."""
+    decode: str
+    """The resolved JPEG decoder (`data.jpeg_decode.resolve_decode` on `device`)."""
 
 
 def resolve_run(spec: RunSpec) -> RunSettings:
@@ -128,6 +146,7 @@ def resolve_run(spec: RunSpec) -> RunSettings:
         what=f"strategy {spec.strategy!r} config",
     )
     backbone, settings = _backbone_choice(spec, source, recipe, layers["backbone"], sections)
+    device = str(backbone.device) if isinstance(backbone, Backbone) else resolve_device(spec.device)
     return RunSettings(
         recipe=recipe,
         builder=source,
@@ -135,7 +154,22 @@ def resolve_run(spec: RunSpec) -> RunSettings:
         backbone=backbone,
         backbone_settings=settings,
         augmentation=resolve_augmentation(layers["augment"], sections["augment"]),
+        device=device,
+        precision=_precision_of(spec, backbone, device),
+        decode=resolve_decode(spec.decode, device),
     )
+
+
+def _precision_of(spec: RunSpec, backbone: str | BackboneSpec | Backbone, device: str) -> str:
+    """The run's resolved precision; a Backbone object given keeps its own."""
+    if not isinstance(backbone, Backbone):
+        return resolve_precision(spec.precision, device)
+    if spec.precision not in ("auto", backbone.precision):
+        raise ConfigError(
+            f"run option 'precision' is {spec.precision!r} but the Backbone object given runs at "
+            f"{backbone.precision!r}; pass precision='auto' or a backbone made at that precision."
+        )
+    return backbone.precision
 
 
 def _recipe_name(stream: str | StreamBuilder | Stream) -> str:
@@ -233,7 +267,8 @@ def run_record(
 ) -> dict[str, Any]:
     """The resolved settings that define a run: `config` in result.json, the run id's input.
 
-    JSON-normalised (tuples become lists), as result files and checkpoints store it.
+    It names where and how the run computes (`device`, `precision`, `compile`); `run_id_of` says
+    which of those the id hashes. JSON-normalised (tuples become lists), as result files store it.
     """
     source, choice = settings.builder, settings.backbone
     record = {
@@ -247,13 +282,36 @@ def run_record(
         "recipe": settings.recipe.recipe.name,
         "seed": spec.seed,
         "eval_batch_size": spec.batch_size,
+        "device": settings.device,
+        "precision": settings.precision,
+        "decode": settings.decode,
+        "compile": spec.compile,
     }
     return dict(json.loads(json.dumps(record)))
 
 
+RECORDED_ONLY = frozenset({"device", "compile"})
+"""Record keys the run id never hashes: where and how a run computed, not what it computed
+(compiled and eager results are equal; another device's result is guarded in `engine.loop`)."""
+LATER_KEYS: dict[str, Any] = {"precision": "fp32", "decode": "cpu"}
+"""Record keys added after result schema v2, each with the value every older result implicitly
+had (they all ran in float32 on the CPU and decoded images on the CPU). The run id hashes such
+a key only when it differs from that value, so every older result keeps its run id;
+`RunSpec.from_record` replays a record without the key at that value."""
+
+
+def identity_of(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a record that the run id hashes (see `RECORDED_ONLY` and `LATER_KEYS`)."""
+    return {
+        k: v
+        for k, v in record.items()
+        if k not in RECORDED_ONLY and not (k in LATER_KEYS and v == LATER_KEYS[k])
+    }
+
+
 def run_id_of(record: Mapping[str, Any], fingerprints: list[str], backbone_tag: str) -> str:
-    """`<stream>/<strategy>-<backbone>-seed<N>-<hash of the record and the data fingerprints>`."""
-    record = {k: v for k, v in record.items() if k != "device"}
+    """`<stream>/<strategy>-<backbone>-seed<N>-<hash of the record's identity and the data>`."""
+    record = identity_of(record)
     identity = {"config": record, "data": sorted(fingerprints)}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     label = re.sub(r"[^\w.+@-]", "_", backbone_tag)  # a folder name, whatever the spec's name

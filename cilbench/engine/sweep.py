@@ -77,8 +77,11 @@ def expand_grid(
     ]
 
 
-def run_one(spec: RunSpec, log: Sequence[str] = ()) -> Outcome:
-    """Skip a finished run, resume a checkpointed one, or run it; never raise (failures return)."""
+def run_one(spec: RunSpec, log: Sequence[str] = (), overwrite: bool = False) -> Outcome:
+    """Skip a finished run, resume a checkpointed one, or run it; never raise (failures return).
+
+    A finished result of another device type or precision is replaced only with `overwrite`.
+    """
     try:
         prepared = prepare(spec)
         result = _finished(prepared.result_path, prepared.config)
@@ -86,7 +89,10 @@ def run_one(spec: RunSpec, log: Sequence[str] = ()) -> Outcome:
         if result is None:
             resume = prepared.checkpoint_path.exists()
             status = "resumed" if resume else "ran"
-            result = run(spec, resume=resume, callbacks=make_loggers(log))
+            result = run(
+                spec, resume=resume, overwrite=overwrite and not resume,
+                callbacks=make_loggers(log),
+            )  # fmt: skip
     except Exception as error:  # one broken run must not stop the grid; its message is shown
         return Outcome(spec, "failed", error=f"{type(error).__name__}: {error}")
     return Outcome(
@@ -113,7 +119,9 @@ def _finished(path: Path, config: dict[str, Any]) -> RunResult | None:
 class Executor(Protocol):
     """Runs `run_one` over specs and yields outcomes as runs finish (in any order)."""
 
-    def map(self, specs: Sequence[RunSpec], log: Sequence[str] = ()) -> Iterator[Outcome]: ...
+    def map(
+        self, specs: Sequence[RunSpec], log: Sequence[str] = (), overwrite: bool = False
+    ) -> Iterator[Outcome]: ...
 
 
 @dataclass
@@ -122,9 +130,11 @@ class LocalExecutor:
 
     workers: int = 1
 
-    def map(self, specs: Sequence[RunSpec], log: Sequence[str] = ()) -> Iterator[Outcome]:
+    def map(
+        self, specs: Sequence[RunSpec], log: Sequence[str] = (), overwrite: bool = False
+    ) -> Iterator[Outcome]:
         if self.workers <= 1:
-            yield from (run_one(spec, log) for spec in specs)
+            yield from (run_one(spec, log, overwrite) for spec in specs)
             return
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         with concurrent.futures.ProcessPoolExecutor(
@@ -133,7 +143,7 @@ class LocalExecutor:
             initializer=_start_worker,
             initargs=(threads,),
         ) as pool:
-            futures = [pool.submit(run_one, spec, log) for spec in specs]
+            futures = [pool.submit(run_one, spec, log, overwrite) for spec in specs]
             for future in concurrent.futures.as_completed(futures):
                 yield future.result()
 
@@ -167,12 +177,14 @@ class RayExecutor:
     cpus_per_run: float = 1
     gpus_per_run: float = 0
 
-    def map(self, specs: Sequence[RunSpec], log: Sequence[str] = ()) -> Iterator[Outcome]:
+    def map(
+        self, specs: Sequence[RunSpec], log: Sequence[str] = (), overwrite: bool = False
+    ) -> Iterator[Outcome]:
         ray = optional_import("ray", "ray")
         if not ray.is_initialized():
             ray.init(address=self.address)
         task = ray.remote(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run)(run_one)
-        pending = [task.remote(spec, tuple(log)) for spec in specs]
+        pending = [task.remote(spec, tuple(log), overwrite) for spec in specs]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])
@@ -189,7 +201,9 @@ class SlurmExecutor:
     timeout_min: int = 24 * 60
     cluster: str | None = None
 
-    def map(self, specs: Sequence[RunSpec], log: Sequence[str] = ()) -> Iterator[Outcome]:
+    def map(
+        self, specs: Sequence[RunSpec], log: Sequence[str] = (), overwrite: bool = False
+    ) -> Iterator[Outcome]:
         submitit = optional_import("submitit", "slurm")
         executor = submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
         parameters: dict[str, Any] = {
@@ -200,17 +214,22 @@ class SlurmExecutor:
         if self.partition:
             parameters["slurm_partition"] = self.partition
         executor.update_parameters(**parameters)
-        jobs = [executor.submit(run_one, spec, tuple(log)) for spec in specs]
+        jobs = [executor.submit(run_one, spec, tuple(log), overwrite) for spec in specs]
         for job in submitit.helpers.as_completed(jobs):
             yield job.result()
 
 
 def sweep(
-    specs: Iterable[RunSpec], executor: Executor | None = None, log: Sequence[str] = ()
+    specs: Iterable[RunSpec],
+    executor: Executor | None = None,
+    log: Sequence[str] = (),
+    overwrite: bool = False,
 ) -> Iterator[Outcome]:
-    """Run the grid on `executor` (default: in this process), yielding outcomes as they finish."""
+    """Run the grid on `executor` (default: in this process), yielding outcomes as they finish.
+
+    `overwrite` replaces finished results computed on another device type or precision."""
     make_loggers(log)  # unknown or uninstalled loggers fail here, before any run starts
-    yield from (executor or LocalExecutor()).map(list(specs), log)
+    yield from (executor or LocalExecutor()).map(list(specs), log, overwrite)
 
 
 EXECUTORS = ("local", "ray", "slurm")

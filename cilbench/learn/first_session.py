@@ -144,6 +144,8 @@ class AdaptedBranch:
             progress=self.context.progress,
             description=f"{self.name}: first session ({self.settings.peft})",
             num_workers=self.context.num_workers,
+            precision=self.backbone.precision,
+            compile=self.backbone.compile,
         )
         log.info("%s first-session losses per epoch: %s", self.name, self.losses)
         self._freeze(model)

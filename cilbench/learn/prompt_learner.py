@@ -109,6 +109,8 @@ class PromptLearner(BaseStrategy):
             progress=self.progress,
             description=f"{type(self).__name__.lower()}: experience {experience.index}",
             num_workers=config.num_workers,
+            precision=self.backbone.precision,
+            compile=self.backbone.compile,
         )
         self.prompter.eval()
 

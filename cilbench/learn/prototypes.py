@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cilbench.api import BaseStrategy
+from cilbench.core.devices import float32_section
 from cilbench.data.streams import Experience
 
 
@@ -54,9 +55,11 @@ class ClassMeans:
 
 
 def cosine_scores(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of each feature (B, D) with each prototype (C, D) -> (B, C)."""
-    prototypes = prototypes.to(features.device, features.dtype)
-    return F.normalize(features, dim=1) @ F.normalize(prototypes, dim=1).T
+    """Cosine similarity of each feature (B, D) with each prototype (C, D) -> (B, C), float32
+    whatever the run's precision (bf16 rounding would reorder near-tied classes)."""
+    with float32_section(features.device):
+        prototypes = prototypes.to(features.device, torch.float32)
+        return F.normalize(features.float(), dim=1) @ F.normalize(prototypes, dim=1).T
 
 
 class PrototypeStrategy(BaseStrategy):

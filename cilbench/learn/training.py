@@ -1,12 +1,13 @@
 """The training loop every trained strategy shares.
 
 One place for what each method would otherwise re-write: optimiser with per-group learning rates,
-learning-rate schedule (stepped per epoch, as the reference codebases do), bf16 autocast on GPU,
-optional gradient clipping, a progress bar, a data order fixed by the experience's generator, and a
-clear stop on a non-finite loss (the runner's last checkpoint, from the previous experience, stays
-intact). It makes no extra passes: no train-accuracy pass and no evaluation inside the loop.
-Image files are decoded by worker processes that live for the whole loop (`persistent_workers`);
-the result does not depend on their number (see `cilbench.data.augment.SeededSampler`).
+learning-rate schedule (stepped per epoch, as the reference codebases do), autocast at the run's
+precision, optional gradient clipping, a progress bar, a data order fixed by the experience's
+generator, and a clear stop on a non-finite loss (the runner's last checkpoint, from the previous
+experience, stays intact). It makes no extra passes: no train-accuracy pass and no evaluation
+inside the loop. Image files are decoded by worker processes that live for the whole loop
+(`persistent_workers`); the result does not depend on their number (see
+`cilbench.data.augment.SeededSampler`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, defaul
 
 from cilbench.core.callbacks import Progress, SilentProgress, report_loss
 from cilbench.core.config import NonNegative, Positive, Range
-from cilbench.core.devices import autocast
+from cilbench.core.devices import autocast, compiled
 from cilbench.core.errors import CilbenchError
 from cilbench.data.sources import batching, loader_options, loader_workers
 
@@ -122,13 +123,18 @@ def fit(
     progress: Progress | None = None,
     description: str = "training",
     num_workers: int | None = None,
+    precision: str = "auto",
+    compile: bool = False,
 ) -> list[float]:
     """Minimise `loss_fn(prepare(images), labels)` over `data`; the mean loss of every epoch.
 
+    `precision`: the forward pass's autocast, `compile`: `torch.compile` the loss (forward and
+    backward); pass the backbone's (`core.devices`).
     `num_workers`: loader processes (None: `loader_workers` decides from `device` and from
     `data.sources`, which `augment.training_data` datasets name). A dataset with a
     `sampler(generator)` method (per-image augmentation) supplies its own shuffled keys.
     """
+    loss_fn = compiled(loss_fn, compile)
     optimizer = make_optimizer(groups, settings)
     scheduler = make_scheduler(optimizer, settings)
     parameters = [p for g in optimizer.param_groups for p in g["params"]]
@@ -155,7 +161,7 @@ def fit(
         for epoch in range(settings.epochs):
             total, count = torch.zeros((), device=device), 0
             for step, (images, labels) in enumerate(loader):
-                with autocast(device):
+                with autocast(device, precision):
                     loss = loss_fn(prepare(images), labels.to(device, non_blocking=True))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -2,8 +2,8 @@
 
 Bare means: batches already decoded, augmented or resized, normalised and on the device, and
 nothing in the loop but the model (and, for training, loss, backward and optimiser step), under
-the same autocast as cilbench (bf16 on CUDA). What cilbench does on top (loading, augmentation,
-bookkeeping) is what a ratio against these loops measures.
+the same autocast as cilbench (the backbone's precision). What cilbench does on top (loading,
+augmentation, bookkeeping) is what a ratio against these loops measures.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def prepared_batches(backbone: Backbone, view: DatasetView, batch_size: int) -> 
 def forward_seconds(backbone: Backbone, batches: list[torch.Tensor]) -> float:
     """Wall seconds of the frozen model's forward over `batches` (device work included)."""
     device = backbone.device
-    with torch.inference_mode(), autocast(device):
+    with torch.inference_mode(), autocast(device, backbone.precision):
         backbone.forward_features(batches[0])  # warm-up: allocations, kernel selection
         synchronize(device)
         start = time.perf_counter()
@@ -45,7 +45,8 @@ def training_rate(
     backbone: Backbone, view: DatasetView, settings: TrainSettings, augmentation: Augmentation
 ) -> float:
     """Images/s of plain training (fresh model + linear head, `settings`' optimiser and batch
-    size, `settings.epochs` epochs) on batches augmented beforehand, as cilbench augments them."""
+    size, `settings.epochs` epochs) on batches augmented beforehand, as cilbench augments them
+    by default."""
     from cilbench.data.augment import training_data
 
     data, prepare = training_data(backbone, [view], augmentation)
@@ -61,7 +62,7 @@ def training_rate(
     model.train()
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        with autocast(device):
+        with autocast(device, backbone.precision):
             loss = F.cross_entropy(head(model(images)), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -56,7 +56,7 @@ def profile_gpu(spec: RunSpec) -> Figures:
     figures: Figures = {
         "device": _device_name(device),
         "backbone": backbone.tag,
-        "compute dtype": str(compute_dtype(device)).removeprefix("torch."),
+        "compute dtype": str(compute_dtype(device, spec.precision)).removeprefix("torch."),
     }
     forward_rate = _forward_and_extraction(prepared, figures)
     _precision(prepared, figures)

@@ -9,7 +9,10 @@ generate a photo-like JPEG folder for a file-based stream), with the same backbo
    + checksummed cache write);
 
 decode and cold for each worker count (0, 2 and the default, or `--workers`), then a whole
-frozen-strategy run with an empty cache and again with the filled one. Measurements alternate
+frozen-strategy run with an empty cache and again with the filled one; the fixed and per-image
+cost of cold extraction (a line fitted to two source sizes); with `--compile`, the compiled vs
+eager bare forward; on CUDA with image files, cold extraction with the JPEGs decoded on the GPU
+(`--decode gpu`) beside the CPU workers. Measurements alternate
 for a few rounds and the medians are reported, so that load from other processes hits all alike;
 the load average is printed beside them. Cold extraction cannot beat the slower of decoding and
 the forward pass, so it is compared with min(bare, decode) at the same worker count.
@@ -27,12 +30,14 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from cilbench.backbones.model import Backbone
+from cilbench.data.jpeg_decode import decodes_on_gpu
 from cilbench.data.sources import DatasetView, ImageSource, default_workers, loader_workers
 from cilbench.engine.loop import prepare, run
 from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
 from cilbench.profiles import Figures, register_profile
 from cilbench.profiles.bare import forward_seconds, prepared_batches
+from cilbench.profiles.costs import compile_ratio, fixed_and_per_image_cost
 
 ROUNDS = 3
 
@@ -56,7 +61,6 @@ def profile_pipeline(spec: RunSpec) -> Figures:
         for workers in counts:
             decode[workers].append(_decode_rate(backbone, view, spec.batch_size, workers))
             cold[workers].append(_cold_rate(backbone, source, spec.batch_size, workers))
-    del batches
     figures: Figures = {
         "training images": len(source),
         "source": type(source).__name__,
@@ -69,6 +73,12 @@ def profile_pipeline(spec: RunSpec) -> Figures:
     if 0 in counts and 2 in counts:
         speed_up = float(np.median(cold[2]) / np.median(cold[0]))
         figures["cold extraction, 2 workers / 0 workers"] = round(speed_up, 2)
+    if backbone.device.type == "cuda" and decodes_on_gpu(source, "gpu"):
+        figures.update(_gpu_decoding(backbone, source, spec.batch_size, counts, cold))
+    if spec.compile:
+        figures.update(compile_ratio(backbone, batches, ROUNDS))
+    del batches
+    figures.update(fixed_and_per_image_cost(backbone, source, spec.batch_size, 0, ROUNDS))
     figures.update(_cold_and_warm_runs(spec))
     return figures
 
@@ -86,6 +96,25 @@ def _per_workers(
     }
 
 
+def _gpu_decoding(
+    backbone: Backbone,
+    source: ImageSource,
+    batch_size: int,
+    counts: list[int],
+    cold: dict[int, list[float]],
+) -> Figures:
+    """Cold extraction with JPEGs decoded on the GPU (workers read bytes), beside the best
+    CPU-worker figure."""
+    workers = max(counts)
+    rates = [_cold_rate(backbone, source, batch_size, workers, "gpu") for _ in range(ROUNDS)]
+    best_cpu = max(float(np.median(cold[w])) for w in counts)
+    gpu = float(np.median(rates))
+    return {
+        f"GPU decoding ({workers} byte readers): cold extraction (img/s)": round(gpu, 1),
+        "GPU decoding / best CPU-worker decoding (cold extraction)": round(gpu / best_cpu, 2),
+    }
+
+
 def _decode_rate(backbone: Backbone, view: DatasetView, batch_size: int, workers: int) -> float:
     dataset = view.with_transform(backbone.preprocessing.sample_transform())
     start = time.perf_counter()
@@ -94,9 +123,13 @@ def _decode_rate(backbone: Backbone, view: DatasetView, batch_size: int, workers
     return len(view) / (time.perf_counter() - start)
 
 
-def _cold_rate(backbone: Backbone, source: ImageSource, batch_size: int, workers: int) -> float:
+def _cold_rate(
+    backbone: Backbone, source: ImageSource, batch_size: int, workers: int, decode: str = "cpu"
+) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        store = FeatureStore(backbone, Path(tmp), batch_size=batch_size, num_workers=workers)
+        store = FeatureStore(
+            backbone, Path(tmp), batch_size=batch_size, num_workers=workers, decode=decode
+        )
         start = time.perf_counter()
         store.source_features(source)
         return len(source) / (time.perf_counter() - start)
