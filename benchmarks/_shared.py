@@ -108,3 +108,74 @@ def checksum_rows(folder: Path, files: Sequence[str], record: bool, progress: Pr
     if record:
         record_checksums(folder, files, progress)
     return verify_checksums(folder, progress)
+
+
+def require_classes(tree: ImageFolder, expected: int, what: str, layout: str) -> ImageFolder:
+    """`tree`, if it has `expected` class folders; else an error that shows the layout."""
+    if len(tree.classes) != expected:
+        raise DataError(
+            f"{what} at {tree.root} has {len(tree.classes)} class folders; expected {expected}. "
+            f"The download or unpacking is incomplete. Expected layout:\n{layout}"
+        )
+    return tree
+
+
+def packaged_folders(
+    folder: Path, num_classes: int, what: str, layout: str
+) -> tuple[ImageFolder, ImageFolder] | None:
+    """(train, test) of a packaged `train/<class>/` + `test/<class>/` folder (LAMDA-PILOT's data
+    packages; `val/` is accepted for `test/`, as SLCA's packages name it), or None if absent."""
+    test = next((folder / n for n in ("test", "val") if (folder / n).is_dir()), None)
+    if not (folder / "train").is_dir() or test is None:
+        return None
+    train = require_classes(scan_image_folder(folder / "train"), num_classes, what, layout)
+    return train, scan_image_folder(test, train.classes)
+
+
+def split_rows(
+    layout: str,
+    train: ImageFolder,
+    test: ImageFolder,
+    num_classes: int,
+    counts: tuple[int, int] | None,
+) -> list[CheckRow]:
+    """Check-table rows of a two-split data set: which layout, classes, images per split."""
+    return [
+        CheckRow("layout", layout),
+        CheckRow("classes", str(len(train.classes)), str(num_classes)),
+        *count_rows("train", train, counts[0] if counts else None),
+        *count_rows("test", test, counts[1] if counts else None),
+    ]
+
+
+def relative_files(folder: Path, *parts: ImageFolder) -> list[str]:
+    """The files of `parts`, relative to `folder` (for the checksum manifest), without repeats."""
+    seen: dict[str, None] = {}
+    for part in parts:
+        prefix = part.root.relative_to(folder).as_posix()
+        for name in part.files:
+            seen[name if prefix == "." else f"{prefix}/{name}"] = None
+    return list(seen)
+
+
+def missing_split(
+    what: str, stream: str, folder: Path, split: str, package: str, layout: str
+) -> str:
+    """The error for a raw-or-packaged data set whose `split` layout is not on disk."""
+    root = folder.parent
+    if split == "packaged":
+        how = (
+            f"stream.split=packaged (the default) reads {package}, unpacked so that {folder}/train"
+            f" and {folder}/test hold the class folders. Or download the authors' archive with "
+            f"`cilbench data fetch {stream} --root {root}` and run with --set stream.split=seeded."
+        )
+    else:
+        how = (
+            f"stream.split=seeded reads the authors' archive unpacked as {folder}/<class>/: get "
+            f"it with `cilbench data fetch {stream} --root {root}`. A folder holding train/ and "
+            "test/ is LAMDA-PILOT's package: run it with --set stream.split=packaged."
+        )
+    return (
+        f"{what} not found at {folder} in the layout of split={split}. {how}\n"
+        f"Expected layout:\n{layout}\nThen run with --data-root {root} (or set CILBENCH_DATA)."
+    )

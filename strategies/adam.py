@@ -61,11 +61,30 @@ def _paper(
     published: str = "",
 ) -> Recipe:
     """A RevisitingCIL config: exps/aper_<peft>/<config>_vit-b_<peft>.json (IN-21k ViT)."""
-    dataset = {"cifar224_5_5": "CIFAR-100 B0 Inc5", "imagenetr_5_5": "ImageNet-R B0 Inc5"}
+    dataset = {
+        "cifar224_5_5": "CIFAR-100 B0 Inc5",
+        "imagenetr_5_5": "ImageNet-R B0 Inc5",
+        "cub_10_10": "CUB B0 Inc10",
+        "imageneta_10_10": "ImageNet-A B0 Inc10",
+        "objectnet_10_10": "ObjectNet B0 Inc10",
+        "omni_30_30": "OmniBenchmark B0 Inc30",
+    }
     table = f"APER paper, {dataset.get(config, 'VTAB B0 Inc10')}, APER w/ {peft}"
     table += f": A_last / A_avg {published}" if published else ""
     source = REVISITING_CIL.file(f"exps/aper_{peft}/{config}_vit-b_{peft}.json", table)
     return Recipe(first_session_settings(peft, epochs, lr, batch_size, weight_decay), source)
+
+
+def _aper_rows(config: str, vpt_deep: tuple[int, float, int] = (5, 0.05, 16)) -> list[Recipe]:
+    """RevisitingCIL's five exps/aper_<peft>/<config>_vit-b_<peft>.json for one data set (they
+    differ across data sets only in VPT-deep's epochs, lr and batch size)."""
+    return [
+        _paper("adapter", 20, 0.01, 48, 5e-4, config),
+        _paper("ssf", 20, 0.01, 48, 5e-4, config),
+        _paper("vpt-shallow", 20, 0.01, 48, 5e-4, config),
+        _paper("vpt-deep", *vpt_deep, 5e-4, config),
+        _paper("finetune", 5, 0.01, 128, 5e-4, config),
+    ]
 
 
 def _pilot(
@@ -122,6 +141,10 @@ class Adam(PrototypeStrategy):
             _paper("vpt-deep", 5, 0.05, 16, 5e-4, "vtab_10_10", "83.06 / 86.59"),
             _paper("finetune", 5, 0.01, 128, 5e-4, "vtab_10_10", "80.44 / 87.47"),
         ],
+        "split-cub200": _aper_rows("cub_10_10"),
+        "split-imagenet-a": _aper_rows("imageneta_10_10"),
+        "split-objectnet": _aper_rows("objectnet_10_10", vpt_deep=(20, 0.01, 128)),
+        "split-omnibenchmark": _aper_rows("omni_30_30", vpt_deep=(20, 0.01, 48)),
     }
 
     def setup(self, context: RunContext) -> None:

@@ -25,7 +25,8 @@ from cilbench.learn.prototypes import PrototypeStrategy, cosine_scores
 def _paper(config: str, protocol: str, published: str) -> Recipe:
     source = REVISITING_CIL.file(
         f"exps/simplecil/{config}_vit-b_simplecil.json",
-        f"APER paper, {protocol}, SimpleCIL: A_last / A_avg {published}",
+        f"APER paper, {protocol}, SimpleCIL"
+        + (f": A_last / A_avg {published}" if published else ""),
     )
     return Recipe({}, source)
 
@@ -49,6 +50,10 @@ class SimpleCIL(PrototypeStrategy):
             _pilot("simplecil_inr.json", "IN-R B0 Inc20"),
         ],
         "vtab": [_paper("vtab_10_10", "VTAB B0 Inc10", "84.38 / 85.99")],
+        "split-cub200": [_paper("cub_10_10", "CUB B0 Inc10", "")],
+        "split-imagenet-a": [_paper("imageneta_10_10", "ImageNet-A B0 Inc10", "")],
+        "split-objectnet": [_paper("objectnet_10_10", "ObjectNet B0 Inc10", "")],
+        "split-omnibenchmark": [_paper("omni_30_30", "OmniBenchmark B0 Inc30", "")],
         "synthetic": {},
         "split-fashion-mnist-mini": {},
         "split-fashion-mnist": {},

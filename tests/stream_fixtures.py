@@ -72,9 +72,12 @@ def accept_cifar_fixture(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
     monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": md5["meta"]})
 
 
-def write_imagenet_r(root: Path, layout: str = "raw", per_class: int = 5) -> Path:
-    """`root/imagenet-r/` with 200 wnid folders of tiny JPEGs, raw or pre-split train/ test/."""
-    folder = root / "imagenet-r"
+def write_imagenet_r(
+    root: Path, layout: str = "raw", per_class: int = 5, folder_name: str = "imagenet-r"
+) -> Path:
+    """`root/imagenet-r/` with 200 wnid folders of tiny JPEGs, raw or pre-split train/ test/
+    (`folder_name="imagenet-a"`: ImageNet-A's archive and package have the same two layouts)."""
+    folder = root / folder_name
     rng = np.random.default_rng(1)
     files = []
     for label, wnid in enumerate(WNIDS):
@@ -155,4 +158,63 @@ def write_fashion_mnist(root: Path, per_class: int = 4) -> Path:
                 d.to_bytes(4, "big") for d in array.shape
             )
             (root / FILES[key]).write_bytes(header + array.tobytes())
+    return root
+
+
+def write_imagenet_a(root: Path, layout: str = "raw", per_class: int = 5) -> Path:
+    """`root/imagenet-a/`: raw `<wnid>/` (the authors' tar) or PILOT's `train/` + `test/`."""
+    return write_imagenet_r(root, layout, per_class, folder_name="imagenet-a")
+
+
+CUB_CLASSES = tuple(f"{c:03d}.Bird_{c}" for c in range(1, 201))
+
+
+def write_cub(root: Path, layout: str = "official", train: int = 2, test: int = 1) -> Path:
+    """CUB-200-2011: the authors' `CUB_200_2011/` (images/ and the four id lists, space
+    separated, 1-based ids) or LAMDA-PILOT's packaged `cub/train/` + `cub/test/`."""
+    rng = np.random.default_rng(5)
+    folder = root / ("CUB_200_2011" if layout == "official" else "cub")
+    files, images, labels, split = [], [], [], []
+    for label, name in enumerate(CUB_CLASSES):
+        for i in range(train + test):
+            is_train = i < train
+            base = f"{name}/{name.split('.')[1]}_{i:04d}.jpg"
+            if layout == "official":
+                relative = f"images/{base}"
+                images.append(f"{len(images) + 1} {base}\n")
+                labels.append(f"{len(labels) + 1} {label + 1}\n")
+                split.append(f"{len(split) + 1} {int(is_train)}\n")
+            else:
+                relative = f"{'train' if is_train else 'test'}/{base}"
+            write_image(folder / relative, class_image(rng, label, 14, 18))
+            files.append(relative)
+    if layout == "official":
+        lists = {
+            "images.txt": images,
+            "image_class_labels.txt": labels,
+            "train_test_split.txt": split,
+            "classes.txt": [f"{c + 1} {n}\n" for c, n in enumerate(CUB_CLASSES)],
+        }
+        for name, lines in lists.items():
+            (folder / name).write_text("".join(lines))
+        files += list(lists)
+    record_checksums(folder, sorted(files))
+    return root
+
+
+def write_packaged(
+    root: Path, folder_name: str, num_classes: int, test_name: str = "test", per_class: int = 2
+) -> Path:
+    """A packaged `root/<folder_name>/{train,<test_name>}/<class>/*.jpg` data set (PILOT's
+    OmniBenchmark and ObjectNet subsets, SLCA's Cars-196 with `val/`)."""
+    rng = np.random.default_rng(6)
+    folder = root / folder_name
+    files = []
+    for label in range(num_classes):
+        for i in range(per_class + 1):
+            split = test_name if i == per_class else "train"
+            relative = f"{split}/class_{label:03d}/img_{i}.jpg"
+            write_image(folder / relative, class_image(rng, label, 12, 12))
+            files.append(relative)
+    record_checksums(folder, files)
     return root

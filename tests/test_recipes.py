@@ -74,6 +74,19 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
                 "vpt-shallow": (20, 0.01, 48, 5e-4, 5), "vpt-deep": (5, 0.05, 16, 5e-4, 5),
                 "finetune": (5, 0.01, 128, 5e-4),
             }),
+            *[
+                (stream, config, {
+                    "adapter": (20, 0.01, 48, 5e-4), "ssf": (20, 0.01, 48, 5e-4),
+                    "vpt-shallow": (20, 0.01, 48, 5e-4, 5), "vpt-deep": (*deep, 5e-4, 5),
+                    "finetune": (5, 0.01, 128, 5e-4),
+                })
+                for stream, config, deep in [
+                    ("split-cub200", "cub_10_10", (5, 0.05, 16)),
+                    ("split-imagenet-a", "imageneta_10_10", (5, 0.05, 16)),
+                    ("split-objectnet", "objectnet_10_10", (20, 0.01, 128)),
+                    ("split-omnibenchmark", "omni_30_30", (20, 0.01, 48)),
+                ]
+            ],
         ]
         for peft, values in rows.items()
     ],
@@ -214,6 +227,10 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
             ("split-imagenet-r", {}, IN21K, f"{RC}simplecil/imagenetr_5_5_vit-b_simplecil.json"),
             ("split-imagenet-r", {"recipe": "pilot"}, IN1K, f"{PILOT}simplecil_inr.json"),
             ("vtab", {}, IN21K, f"{RC}simplecil/vtab_10_10_vit-b_simplecil.json"),
+            ("split-cub200", {}, IN21K, f"{RC}simplecil/cub_10_10_vit-b_simplecil.json"),
+            ("split-imagenet-a", {}, IN21K, f"{RC}simplecil/imageneta_10_10_vit-b_simplecil.json"),
+            ("split-objectnet", {}, IN21K, f"{RC}simplecil/objectnet_10_10_vit-b_simplecil.json"),
+            ("split-omnibenchmark", {}, IN21K, f"{RC}simplecil/omni_30_30_vit-b_simplecil.json"),
         ]
     ],
     ("dkvb", "split-cifar100", {}, {

@@ -16,8 +16,11 @@ from stream_fixtures import (
     accept_cifar_fixture,
     write_cifar100,
     write_core50,
+    write_cub,
     write_fashion_mnist,
+    write_imagenet_a,
     write_imagenet_r,
+    write_packaged,
     write_vtab,
 )
 from typer.testing import CliRunner
@@ -38,6 +41,11 @@ WRITERS = {
     "core50": write_core50,
     "vtab": write_vtab,
     "split-fashion-mnist": write_fashion_mnist,
+    "split-cub200": lambda root: write_cub(root, layout="packaged"),
+    "split-imagenet-a": lambda root: write_imagenet_a(root, layout="split"),
+    "split-omnibenchmark": lambda root: write_packaged(root, "omnibenchmark", 300),
+    "split-objectnet": lambda root: write_packaged(root, "objectnet", 200),
+    "split-cars196": lambda root: write_packaged(root, "cars196", 196, test_name="val"),
 }
 
 
@@ -47,6 +55,8 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("data")
     found = {name: write(base / name) for name, write in WRITERS.items()}
     found["imagenet-r-split"] = write_imagenet_r(base / "imagenet-r-split", layout="split")
+    found["imagenet-a-raw"] = write_imagenet_a(base / "imagenet-a-raw")
+    found["cub-official"] = write_cub(base / "cub-official")
     return found
 
 
@@ -68,7 +78,10 @@ def _text(output: str) -> str:
 # --- conformance over the registry ------------------------------------------------------------
 
 
-FIXTURE_OPTIONS = {"split-cifar100": {"verify_md5": False}}  # fixtures are not the official files
+FIXTURE_OPTIONS = {
+    "split-cifar100": {"verify_md5": False},  # fixtures are not the official files
+    "split-imagenet-r": {"split": "seeded"},  # the raw fixture; packaged: imagenet-r-split
+}
 
 
 @pytest.mark.parametrize("name", STREAMS.names())
@@ -98,7 +111,7 @@ def test_pycil_orders_match_the_published_first_classes() -> None:
 
 
 def test_imagenet_r_order_is_pycil_over_sorted_wnids(roots) -> None:  # type: ignore[no-untyped-def]
-    stream = _builder("split-imagenet-r").build(roots["split-imagenet-r"])
+    stream = _builder("split-imagenet-r", split="seeded").build(roots["split-imagenet-r"])
     assert stream.info.class_order[:5] == (168, 136, 51, 9, 183)
     assert stream.info.class_names[:2] == (WNIDS[168], WNIDS[136])
     first = stream.experiences[0]
@@ -128,7 +141,7 @@ def test_cifar_icarl_order_and_pixels_match_the_pickles(roots) -> None:  # type:
 
 def test_raw_split_is_stratified_and_counts_match_the_manifest(roots) -> None:  # type: ignore[no-untyped-def]
     root = roots["split-imagenet-r"]
-    _builder("split-imagenet-r").build(root)
+    _builder("split-imagenet-r", split="seeded").build(root)
     manifest = json.loads((root / "imagenet-r-split-v1-seed1993.json").read_text())
     assert manifest["version"] == 1 and len(manifest["sha256"]) == 64
     train, test = set(manifest["train"]), set(manifest["test"])
@@ -136,14 +149,14 @@ def test_raw_split_is_stratified_and_counts_match_the_manifest(roots) -> None:  
     per_class = {w: sum(f.startswith(w + "/") for f in test) for w in WNIDS}
     assert set(per_class.values()) == {1}  # round(0.2 * 5) per class
     counts = {"train": len(train), "test": len(test)}
-    check_stream("split-imagenet-r", root, counts=counts)
+    check_stream("split-imagenet-r", root, split="seeded", counts=counts)
 
 
 def test_split_is_the_same_on_another_machine(roots, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     other = tmp_path / "elsewhere"
     shutil.copytree(roots["split-imagenet-r"] / "imagenet-r", other / "imagenet-r")
-    _builder("split-imagenet-r").build(roots["split-imagenet-r"])
-    _builder("split-imagenet-r").build(other)
+    _builder("split-imagenet-r", split="seeded").build(roots["split-imagenet-r"])
+    _builder("split-imagenet-r", split="seeded").build(other)
     name = "imagenet-r-split-v1-seed1993.json"
     mine = json.loads((roots["split-imagenet-r"] / name).read_text())
     theirs = json.loads((other / name).read_text())
@@ -154,7 +167,7 @@ def test_split_is_the_same_on_another_machine(roots, tmp_path: Path) -> None:  #
 
 def test_split_manifest_guards_against_edits_and_changed_folders(tmp_path: Path) -> None:
     root = write_imagenet_r(tmp_path / "d")
-    builder = _builder("split-imagenet-r")
+    builder = _builder("split-imagenet-r", split="seeded")
     builder.build(root)
     path = root / "imagenet-r-split-v1-seed1993.json"
     manifest = json.loads(path.read_text())
@@ -299,11 +312,21 @@ def test_damaged_cifar_pickle_is_reported(tmp_path: Path) -> None:
 # --- cilbench data check ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["split-cifar100", "split-imagenet-r", "core50", "vtab"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "split-cifar100", "split-imagenet-r", "imagenet-r-split", "core50", "vtab",
+        "split-cub200", "cub-official", "split-imagenet-a", "imagenet-a-raw",
+        "split-omnibenchmark", "split-objectnet", "split-cars196",
+    ],
+)  # fmt: skip
 def test_data_check_passes_on_fixtures(name: str, roots, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     if name == "split-cifar100":
         accept_cifar_fixture(monkeypatch, roots[name])
-    result = CliRunner().invoke(app, ["data", "check", name, "--root", str(roots[name])])
+    stream = {"imagenet-r-split": "split-imagenet-r", "cub-official": "split-cub200"}.get(
+        name, "split-imagenet-a" if name == "imagenet-a-raw" else name
+    )
+    result = CliRunner().invoke(app, ["data", "check", stream, "--root", str(roots[name])])
     assert result.exit_code == 0, result.output
     assert "all checks passed" in result.output
     assert "FAIL" not in result.output

@@ -76,14 +76,17 @@ def protocol(result: RunResult) -> dict[str, Any]:
 
 
 def protocol_label(result: RunResult) -> str:
-    """Short human form: 'B0-Inc2, pycil-1993, 5 tasks' (class-incremental) or the scenario."""
+    """Short human form: 'B0-Inc2, pycil-1993, 5 tasks' (class-incremental) or the scenario, and
+    the train/test split where the stream has more than one ('..., split=packaged')."""
     sizes = [len(c) for c in result.stream["experience_classes"]]
-    order = result.config.get("stream_options", {}).get("class_order")
+    options = result.config.get("stream_options", {})
+    order = options.get("class_order")
+    split = f"split={options['split']}" if "split" in options else ""
     if result.stream.get("scenario") != "class-incremental":
         return f"{result.stream.get('scenario')}, {len(sizes)} experiences"
     later = sizes[1:] or sizes
     base = 0 if sizes[0] == later[0] else sizes[0]
-    parts = [f"B{base}-Inc{later[0]}", order, f"{len(sizes)} tasks"]
+    parts = [f"B{base}-Inc{later[0]}", order, f"{len(sizes)} tasks", split]
     return ", ".join(str(p) for p in parts if p)
 
 

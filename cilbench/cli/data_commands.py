@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from cilbench.cli.options import CacheOpt, folder_given
+from cilbench.cli.options import CacheOpt, SetOpt, folder_given
 from cilbench.core.errors import DataError
 from cilbench.core.paths import default_data_root
 from cilbench.data.downloads import DataSet
@@ -111,17 +111,23 @@ def decode_command(
     size: Annotated[int, typer.Option(help="Side of the stored centre squares, in pixels.")] = 256,
     root: RootOpt = None,
     cache_dir: CacheOpt = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Build a stream's decoded-image cache now, with a progress bar (runs then reuse it)."""
+    """Build a stream's decoded-image cache now, with a progress bar (runs then reuse it).
+    `--set stream.<option>=v` picks the images as a run with the same setting would
+    (`stream.split=seeded`)."""
     from cilbench.api import STREAMS
     from cilbench.cli.console import stderr, stdout
     from cilbench.core.callbacks import RichProgress
-    from cilbench.core.config import Positive, check_value
+    from cilbench.core.config import Positive, check_value, parse_assignments, resolve
     from cilbench.core.paths import default_cache_dir
     from cilbench.data.decoded_cache import DecodedSource
 
     check_value(size, Positive(), key="--size", what="data decode option")
-    builder = STREAMS.get(stream)()
+    options = parse_assignments(set_ or [])
+    if wrong := [k for k in options if not k.startswith("stream.")]:
+        raise DataError(f"data decode takes only stream.<option> settings; got {', '.join(wrong)}.")
+    builder = resolve(STREAMS.get(stream), {k[len("stream.") :]: v for k, v in options.items()})
     if "decoded_size" not in builder.options():
         raise DataError(f"Stream {stream!r} has no decoded cache (no option decoded_size).")
     folder = cache_dir or default_cache_dir()

@@ -138,8 +138,11 @@ def class_order(
     )
 
 
-def task_classes(num_classes: int, init_classes: int, increment: int) -> list[range]:
-    """Stream labels per task: `init_classes` first (0 means `increment`), then `increment` each."""
+def task_classes(
+    num_classes: int, init_classes: int, increment: int, short_last: bool = False
+) -> list[range]:
+    """Stream labels per task: `init_classes` first (0 means `increment`), then `increment` each
+    (`short_last`: the classes left over form a shorter last task, as Mammoth's seq-cars196)."""
     first = init_classes or increment
     if increment <= 0 or first <= 0 or first > num_classes:
         raise ConfigError(
@@ -147,13 +150,14 @@ def task_classes(num_classes: int, init_classes: int, increment: int) -> list[ra
             f"{num_classes} classes."
         )
     rest = num_classes - first
-    if rest % increment:
+    if rest % increment and not short_last:
         raise ConfigError(
             f"{num_classes} classes do not split into {first} initial classes plus tasks of "
             f"{increment}: {rest} classes would be left for a shorter last task. Choose "
             "init_classes and increment so that they divide evenly."
         )
     bounds = [0, first, *range(first + increment, num_classes + 1, increment)]
+    bounds += [num_classes] if bounds[-1] != num_classes else []
     return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
 
@@ -174,8 +178,10 @@ def class_incremental_stream(
     class_names: Sequence[str],
     options: ClassIncrementalOptions,
     named_orders: Mapping[str, Sequence[int]] | None = None,
+    short_last: bool = False,
 ) -> Stream:
-    """Split two sources into a class-incremental stream with one test set per experience."""
+    """Split two sources into a class-incremental stream with one test set per experience
+    (`short_last`: a last task with the classes left over is allowed)."""
     num_classes = len(class_names)
     for source in (train, test):
         where = f"Stream {name!r}, source {getattr(source, 'name', source.fingerprint)!r}"
@@ -183,7 +189,7 @@ def class_incremental_stream(
     order = class_order(options.class_order, num_classes, named_orders)
     to_stream_label = np.empty(num_classes, dtype=np.int64)
     to_stream_label[order] = np.arange(num_classes)
-    tasks = task_classes(num_classes, options.init_classes, options.increment)
+    tasks = task_classes(num_classes, options.init_classes, options.increment, short_last)
 
     def view(source: ImageSource, labels: range) -> DatasetView:
         mapped = to_stream_label[source.targets]
