@@ -34,6 +34,7 @@ from cilbench.backbones.weights import (
 from cilbench.core.config import resolve_settings
 from cilbench.core.devices import compiled, resolve_precision
 from cilbench.core.errors import (
+    ConfigError,
     DataError,
     RegistryError,
 )
@@ -139,6 +140,7 @@ class Backbone:
                 ) from None
             if num_classes != model.num_classes:
                 model.reset_classifier(num_classes)
+        _check_input_size(model, self.preprocessing.image_size, self.tag)
         return model.to(self.device).to(memory_format=torch.channels_last)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -193,6 +195,24 @@ class DerivedBackbone(Backbone):
         if num_classes:
             model.reset_classifier(num_classes)
         return model
+
+
+def _check_input_size(model: nn.Module, size: int, tag: str) -> None:
+    """A ViT built for one input size (no `dynamic_img_size`) takes only that size: say so, instead
+    of timm's assertion at the first forward pass."""
+    embed = getattr(model, "patch_embed", None)
+    fixed = getattr(embed, "img_size", None)
+    if (
+        fixed is None
+        or not getattr(embed, "strict_img_size", False)
+        or tuple(fixed) == (size, size)
+    ):
+        return
+    raise ConfigError(
+        f"backbone {tag!r} takes {fixed[0]} x {fixed[1]} px inputs; backbone.image_size={size} "
+        f"does not fit it. Use backbone.image_size={fixed[0]}, or a model built with "
+        "dynamic_img_size=True."
+    )
 
 
 def create_backbone(

@@ -135,9 +135,11 @@ def profile_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print figures as JSON.")] = False,
 ) -> None:
     """Measure costs side by side in one run (default: bare forward vs cold vs warm cache)."""
+    from cilbench.core.config import NonNegative, check_value
     from cilbench.profiles import IGNORED_OPTIONS, PROFILES
     from cilbench.profiles.fixtures import synthetic_data_root
 
+    check_value(synthetic_jpegs, NonNegative(), key="--synthetic-jpegs", what="profile option")
     profile = PROFILES.get(name)
     console.refuse_given(context, IGNORED_OPTIONS[name], f"by `profile {name}`")
     with contextlib.ExitStack() as stack:

@@ -67,6 +67,17 @@ class CsvLogger(_Logger):
         if not self.path.exists():
             self._append([self.FIELDS])
 
+    def on_experience_start(self, experience: Any) -> None:
+        """Drop rows of this and later experiences: a repeated run writes them again (a resumed
+        run keeps the rows of the experiences it does not repeat)."""
+        super().on_experience_start(experience)
+        with self.path.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+        kept = [rows[0], *(row for row in rows[1:] if int(row[1]) < experience.index)]
+        if len(kept) < len(rows):
+            with self.path.open("w", newline="") as handle:
+                csv.writer(handle).writerows(kept)
+
     def _append(self, rows: Sequence[Sequence[Any]]) -> None:
         with self.path.open("a", newline="") as handle:
             csv.writer(handle).writerows(rows)

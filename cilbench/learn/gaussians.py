@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import torch
 
+from cilbench.core.errors import DataError
+
 
 class ClassGaussians:
     """Mean (C, D) and covariance (C, D, D) of each class's features, float64."""
@@ -35,7 +37,10 @@ class ClassGaussians:
         for c in classes:
             own = features[labels == c]
             if len(own) < 2:
-                raise ValueError(f"class {c} has {len(own)} feature(s); a covariance needs 2")
+                raise DataError(
+                    f"class {c} has {len(own)} training image(s) in this experience; its "
+                    "covariance needs at least 2 (SLCA's classifier alignment)."
+                )
             means.append(own.mean(0))
             covariances.append(torch.cov(own.T) + self.ridge * eye)
         if len(self) == 0:
