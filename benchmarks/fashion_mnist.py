@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,9 @@ class SplitFashionMnist(ClassIncrementalOptions):
     default_backbone_settings = BACKBONE_SETTINGS
 
     def build(self, data_root: Path | None = None) -> Stream:
-        arrays = load_idx_arrays(self._locate(data_root))
+        folder = self._locate(data_root)
+        arrays = load_idx_arrays(folder)
+        check_arrays(arrays, folder)
         return self._stream("split-fashion-mnist", arrays)
 
     def _stream(self, name: str, arrays: dict[str, np.ndarray]) -> Stream:
@@ -112,12 +115,36 @@ def load_idx_arrays(folder: Path) -> dict[str, np.ndarray]:
     return {key: read_idx(_find(folder, name)) for key, name in FILES.items()}  # type: ignore[arg-type]
 
 
+def check_arrays(arrays: dict[str, np.ndarray], folder: Path) -> None:
+    """Refuse IDX files that do not make a Fashion-MNIST split: 28x28 images, one label per image,
+    labels 0..9, every class in both splits (a damaged download otherwise crashes later)."""
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        where = f"Fashion-MNIST under {folder}, {split} split"
+        if images.ndim != 3 or labels.ndim != 1:
+            raise DataError(
+                f"{where}: images have shape {images.shape} and labels {labels.shape}; expected "
+                "(N, 28, 28) images and (N,) labels."
+            )
+        if len(images) != len(labels):
+            raise DataError(f"{where}: {len(images)} images but {len(labels)} labels.")
+        missing = sorted(set(range(len(CLASS_NAMES))) - set(np.unique(labels).tolist()))
+        if labels.max(initial=0) >= len(CLASS_NAMES) or missing:
+            raise DataError(
+                f"{where}: labels must cover 0..{len(CLASS_NAMES) - 1}; found labels up to "
+                f"{int(labels.max(initial=0))}, none of class(es) {missing}."
+            )
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file of unsigned bytes (the MNIST format), gzipped or not."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path} cannot be read ({type(error).__name__}: {error}).") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] == 0:
         raise DataError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))

@@ -53,3 +53,53 @@ def test_a_repeated_run_writes_its_csv_events_once(tmp_path: Path) -> None:
     rows = events.read_text().splitlines()
     assert rows[0] == "kind,experience,step,name,value"
     assert len(rows) == len(set(rows)), "a repeated run duplicated its rows"
+
+
+def _write_idx(path: Path, array) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def _damage(root: Path, case: str) -> None:
+    """One kind of damage to the train split of a Fashion-MNIST fixture."""
+    import numpy as np
+
+    from cilbench.benchmarks.fashion_mnist import FILES
+
+    labels, images = root / FILES["train_labels"], root / FILES["train_images"]
+    if case == "counts":
+        _write_idx(labels, np.zeros(3, np.uint8))
+    elif case == "label 200":
+        _write_idx(labels, np.full(40, 200, np.uint8))
+    elif case == "2-d images":
+        _write_idx(images, np.zeros((40, 784), np.uint8))
+    elif case == "a class with no image":
+        _write_idx(labels, np.repeat(np.arange(9, dtype=np.uint8), 5)[:40])
+    elif case == "0-d file":
+        labels.write_bytes(bytes([0, 0, 8, 0]))
+    elif case == "corrupt gz":
+        labels.unlink()
+        (root / (FILES["train_labels"] + ".gz")).write_bytes(b"\x1f\x8b\x08\x00garbage")
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("counts", "40 images but 3 labels"),
+        ("label 200", "found labels up to 200"),
+        ("2-d images", "expected (N, 28, 28) images"),
+        ("a class with no image", "none of class(es) [8, 9]"),
+        ("0-d file", "is not an IDX file of unsigned bytes"),
+        ("corrupt gz", "cannot be read"),
+    ],
+)
+def test_damaged_fashion_mnist_files_are_named(tmp_path: Path, case: str, message: str) -> None:
+    """Before: tracebacks, and only "Aborted." for a corrupt .gz (click's reading of EOFError)."""
+    from stream_fixtures import write_fashion_mnist
+
+    root = write_fashion_mnist(tmp_path / "fm")
+    _damage(root, case)
+    args = [*RUN[:1], "--stream", "split-fashion-mnist", "--data-root", str(root)]
+    result = CliRunner().invoke(app, [*args, "--backbone", "tiny-vit-random", "--no-cache"])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.stderr.split())
