@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from cilbench.api import BaseStrategy, RunContext, register_strategy
-from cilbench.core.config import NonNegative, Positive
+from cilbench.core.config import NonNegative
 from cilbench.core.errors import CilbenchError
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
@@ -78,7 +78,8 @@ class EaseConfig(FirstSessionConfig):
     """EASE hyper-parameters (defaults: the authors' exps/ease_cifar.json)."""
 
     peft: Literal["adapter"] = "adapter"
-    lr: Annotated[float, Positive()] = 0.025
+    lr: Annotated[float, NonNegative()] = 0.025
+    """0 keeps every adapter at its zero output (the parity harness's deterministic check)."""
     alpha: Annotated[float, NonNegative()] = 0.1
     beta: Annotated[float, NonNegative()] = 0.0
     use_init_ptm: bool = False
