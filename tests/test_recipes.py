@@ -41,6 +41,15 @@ FECAM_PILOT = {
 """LAMDA-PILOT models/fecam.py: cov + 100 I, torch.corrcoef, unit-norm feature and mean."""
 
 
+EASE = "sun-hailong/CVPR24-Ease exps/"
+EASE_DEFAULTS = {
+    "alpha": 0.1, "beta": 0.0, "use_init_ptm": False, "recompute_similarity": True,
+    "reweight": True, "optimizer": "sgd", "min_lr": 0.0,
+}  # fmt: skip
+"""Every EASE config cilbench has a stream for: alpha 0.1, beta 0, use_init_ptm false, recalc_sim
+and use_reweight true, SGD, cosine to min_lr 0 (models/ease.py get_optimizer/get_scheduler)."""
+
+
 def first(
     epochs: int, lr: float, batch: int, wd: float, tokens: int | None = None
 ) -> dict[str, Any]:
@@ -138,6 +147,33 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
     ("ranpac", "vtab", {"peft": "none"}, {"peft": "none", "backbone": IN1K},
      f"{RANPAC}vtab_publish.csv ID 4"),
     # FeCAM: the authors' ViT scripts (frozen IN-21k ViT, ToTensor only) and LAMDA-PILOT
+    # EASE: the authors' exps/ease_<data>[_in21k].json (= LAMDA-PILOT exps/ease*.json for IN-1k).
+    *[
+        (
+            "ease", stream, sets,
+            {**first(*values), **EASE_DEFAULTS, **extra, "backbone": backbone,
+             "stream.increment": increment, "stream.init_classes": 0, **LAMDA, **NO_NORM},
+            f"{EASE}{config}{suffix}.json",
+        )
+        for stream, config, values, increment, extra in [
+            ("split-cifar100", "ease_cifar", (20, 0.025, 48, 5e-4), 5, {}),
+            ("split-imagenet-r", "ease_inr", (20, 0.05, 16, 5e-3), 20, {}),
+            ("vtab", "ease_vtab", (45, 0.03, 16, 5e-3), 10, {"adapter_bottleneck": 16}),
+        ]
+        for sets, backbone, suffix in [({}, IN21K, "_in21k"), ({"recipe": "paper-in1k"}, IN1K, "")]
+    ],
+    *[
+        (
+            "ease", stream, {"recipe": "pilot"},
+            {**first(20, lr, batch, wd), **EASE_DEFAULTS, "backbone": IN1K,
+             "stream.increment": increment, **LAMDA, **NO_NORM},
+            f"{PILOT}{config}",
+        )
+        for stream, config, lr, batch, wd, increment in [
+            ("split-cifar100", "ease.json", 0.025, 48, 5e-4, 5),
+            ("split-imagenet-r", "ease_inr.json", 0.05, 16, 5e-3, 20),
+        ]
+    ],
     ("fecam", "split-cifar100", {}, {
         "peft": "none", **FECAM_PAPER, "shrink1": 1.0, "shrink2": 0.0, "backbone": IN21K,
         "backbone.crop_pct": 1.0, "backbone.normalization": "none", "stream.class_order": "natural",

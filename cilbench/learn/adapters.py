@@ -18,6 +18,10 @@ share it. The variants, following the APER reference code (LAMDA-PILOT `backbone
 - `lora`: low-rank updates of the attention projections (`attn.qkv`, `attn.proj`) through the `peft`
   library; B starts at zero, so the model starts equal to the pre-trained one.
 - `finetune`: every parameter trains (any backbone, not only ViTs).
+
+Per-task adapter sets (EASE: one adapter set per task on one frozen ViT): `share_parameters`
+makes a freshly built copy use the very parameter tensors of the frozen model before `apply_peft`
+adds that task's adapters, so every task's model holds only its own adapters in memory.
 """
 
 from __future__ import annotations
@@ -183,6 +187,25 @@ def apply_peft(model: Any, settings: PeftSettings) -> list[str]:
     device = next(model.parameters()).device
     model.to(device)
     return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def share_parameters(model: nn.Module, base: nn.Module) -> int:
+    """Make `model` use `base`'s parameter tensors (same names, same shapes); returns how many.
+
+    For per-task adapter sets: build a copy of the frozen model, share its parameters with the
+    frozen one, then `apply_peft` the task's adapters; the copies then differ only in those.
+    A parameter `base` lacks, or one of another shape, raises.
+    """
+    modules = dict(model.named_modules())
+    own = dict(model.named_parameters())
+    count = 0
+    for name, parameter in base.named_parameters():
+        if name not in own or own[name].shape != parameter.shape:
+            raise ValueError(f"cannot share parameter {name!r}: the model has no such tensor")
+        owner, _, leaf = name.rpartition(".")
+        setattr(modules[owner], leaf, parameter)
+        count += 1
+    return count
 
 
 def _add_adapters(model: Any, settings: PeftSettings) -> None:

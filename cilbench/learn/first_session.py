@@ -26,7 +26,13 @@ from cilbench.data.augment import training_data
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.features import FeatureStore
-from cilbench.learn.adapters import VIT_ONLY, PeftSettings, apply_peft, require_vit
+from cilbench.learn.adapters import (
+    VIT_ONLY,
+    PeftSettings,
+    apply_peft,
+    require_vit,
+    share_parameters,
+)
 from cilbench.learn.training import OptimizerName, TrainSettings, fit
 
 log = logging.getLogger(__name__)
@@ -93,7 +99,17 @@ class CosineHead(nn.Module):
 class AdaptedBranch:
     """The backbone adapted on the first experience, frozen afterwards, with its feature store."""
 
-    def __init__(self, context: RunContext, settings: PeftSettings, name: str):
+    def __init__(
+        self,
+        context: RunContext,
+        settings: PeftSettings,
+        name: str,
+        *,
+        share_frozen: bool = False,
+    ):
+        """`share_frozen`: the adapted model uses the frozen backbone's parameter tensors for
+        everything the PEFT variant leaves frozen (EASE's per-task adapter sets on one ViT)."""
+        self.share_frozen = share_frozen
         self.context = context
         self.backbone = context.backbone
         self.frozen_store = context.features
@@ -122,15 +138,23 @@ class AdaptedBranch:
         require_vit(self.settings.peft, probe, self.backbone.tag)
 
     def train(
-        self, experience: Experience, settings: TrainSettings, generator: torch.Generator
+        self,
+        experience: Experience,
+        settings: TrainSettings,
+        generator: torch.Generator,
+        known: int = 0,
     ) -> None:
-        """Fit the PEFT parameters and a cosine head on `experience`, then freeze the model."""
-        model, head = self._build(experience.num_seen_classes, generator)
+        """Fit the PEFT parameters and a cosine head on `experience`, then freeze the model.
+
+        `known`: the head covers classes known.. only (labels shifted by `known`): EASE trains
+        each task's adapter with a head over that task's classes; ADAM, RanPAC and FeCAM train
+        the first session with 0."""
+        model, head = self._build(experience.num_seen_classes - known, generator)
         model.train()
         head.train()
 
         def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(head(model(images)), labels)
+            return F.cross_entropy(head(model(images)), labels - known)
 
         data, prepare = training_data(self.backbone, [experience.train], self.context.augmentation)
         self.losses = fit(
@@ -173,7 +197,7 @@ class AdaptedBranch:
         """Rebuild the adapted model from `state_dict`'s tensors (nothing to do if untrained)."""
         if f"{prefix}trained_parameters" not in state:
             return
-        model = self.backbone.build_model()
+        model = self._new_model()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # initial values are overwritten below
             self._kept = _kept_names(model, apply_peft(model, self.settings))
@@ -182,7 +206,7 @@ class AdaptedBranch:
         self._freeze(model)
 
     def _build(self, num_classes: int, generator: torch.Generator) -> tuple[nn.Module, CosineHead]:
-        model: Any = self.backbone.build_model()
+        model = self._new_model()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
             trainable = apply_peft(model, self.settings)
@@ -192,6 +216,12 @@ class AdaptedBranch:
             p.numel() for m in (model, head) for p in m.parameters() if p.requires_grad
         )
         return model, head
+
+    def _new_model(self) -> Any:
+        model = self.backbone.build_model()
+        if self.share_frozen:
+            share_parameters(model, self.backbone.model)
+        return model
 
     def _freeze(self, model: nn.Module) -> None:
         derived = self.backbone.derive(model, f"{self.name}-{self.settings.peft}")

@@ -94,3 +94,29 @@ class PrototypeStrategy(BaseStrategy):
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.class_means.load_state_dict(state)
         self.num_seen = int(state["num_seen"])
+
+
+def class_means_of(
+    features: torch.Tensor, labels: torch.Tensor, classes: list[int]
+) -> torch.Tensor:
+    """(len(classes), D) float32 mean feature of each class in `classes` (each must occur)."""
+    means = ClassMeans()
+    means.update(features, labels)
+    rows = torch.as_tensor(classes, dtype=torch.long)
+    if bool((means.counts[rows] == 0).any()):
+        raise ValueError(f"some of the classes {classes} have no features")
+    return (means.sums[rows] / means.counts[rows, None]).float()
+
+
+def transfer_prototypes(
+    old_here: torch.Tensor, anchors_here: torch.Tensor, anchors_there: torch.Tensor
+) -> torch.Tensor:
+    """Prototypes of old classes in a subspace where they have none, from semantic similarity.
+
+    EASE (Zhou et al., CVPR 2024, Eq. 8-9): in a subspace both share (`here`), the cosine
+    similarity of each old class's prototype (O, D) with each anchor class's prototype (A, D),
+    softmax over the anchors (no temperature), weights the anchors' prototypes in the other
+    subspace (`there`, (A, D')): returns (O, D'), each row a convex combination of those.
+    """
+    similarity = F.normalize(old_here, dim=1) @ F.normalize(anchors_here, dim=1).T
+    return torch.softmax(similarity, dim=1) @ anchors_there

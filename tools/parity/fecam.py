@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -58,6 +58,29 @@ def make_inputs(out: Path, seed: int = 0) -> None:
 
 def _accuracies(pred_per_task: list[np.ndarray], true_per_task: list[np.ndarray]) -> list[float]:
     return [float((p == t).mean() * 100) for p, t in zip(pred_per_task, true_per_task)]
+
+
+def load_pilot_vit(model: Any, inputs: Path, adapter_key: str) -> Any:
+    """vit.pt into one of PILOT's adapter ViT classes, as PILOT's loader does: fused qkv split
+    into q/k/v, mlp.fc* renamed fc*; only the (missing) adapter parameters stay trainable."""
+    import torch
+
+    state = torch.load(inputs / "vit.pt", map_location="cpu")
+    dim = VIT["embed_dim"]
+    for key in list(state):
+        if "qkv." in key:
+            fused = state.pop(key)
+            for i, name in enumerate("qkv"):
+                state[key.replace("qkv.", f"{name}_proj.")] = fused[i * dim : (i + 1) * dim]
+    for key in list(state):
+        if "mlp.fc" in key:
+            state[key.replace("mlp.", "")] = state.pop(key)
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    assert all(adapter_key in k for k in missing), missing
+    for name, p in model.named_parameters():
+        p.requires_grad = name in missing
+    model.out_dim = dim
+    return model.eval()
 
 
 def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, seed: int) -> dict:
@@ -98,22 +121,7 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
             depth=VIT["depth"], num_heads=VIT["num_heads"], mlp_ratio=4, qkv_bias=True,
             num_classes=0, global_pool=False, drop_path_rate=0.0, tuning_config=config,
         )  # fmt: skip
-        state = torch.load(inputs / "vit.pt", map_location="cpu")
-        dim = VIT["embed_dim"]
-        for key in list(state):  # fused qkv -> q/k/v, mlp.fc* -> fc*, as PILOT's loader does
-            if "qkv." in key:
-                fused = state.pop(key)
-                for i, name in enumerate("qkv"):
-                    state[key.replace("qkv.", f"{name}_proj.")] = fused[i * dim : (i + 1) * dim]
-        for key in list(state):
-            if "mlp.fc" in key:
-                state[key.replace("mlp.", "")] = state.pop(key)
-        missing = model.load_state_dict(state, strict=False).missing_keys
-        assert all("adaptmlp" in k for k in missing), missing
-        for name, p in model.named_parameters():
-            p.requires_grad = name in missing
-        model.out_dim = dim
-        return model.eval()
+        return load_pilot_vit(model, inputs, "adaptmlp")
 
     inc_net.get_backbone = get_backbone
     data_manager._get_idata = lambda name, args=None: HarnessData()
@@ -147,6 +155,23 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
 
 def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int, peft: str) -> dict:
     """cilbench's fecam through cilbench.run on the same npz stream and weights."""
+    overrides = {
+        "peft": peft, "epochs": max(epochs, 1), "lr": lr, "batch_size": batch,
+        "weight_decay": 5e-4, "min_lr": 0.0, "adapter_bottleneck": 16, "augment.preset": "none",
+        # PILOT's covariance steps (the Config defaults; spelled out so no recipe changes them)
+        "recipe": "pilot", "shrink1": 100.0, "shrink2": 0.0, "shrink_mode": "absolute",
+        "normalise": "corrcoef", "feature_norm": "distance", "tukey_beta": 1.0,
+    }  # fmt: skip
+    return {
+        "side": "cilbench",
+        "seed": seed,
+        "accuracy": run_strategy(inputs, "fecam", overrides, seed),
+    }
+
+
+def run_strategy(inputs: Path, strategy: str, overrides: dict, seed: int) -> list[float]:
+    """A cilbench strategy through cilbench.run on the npz stream and weights: accuracy (%) over
+    the classes seen so far after each task."""
     from cilbench.backbones.spec import BackboneSpec
     from cilbench.data.sources import ArraySource
     from cilbench.data.streams import ClassIncrementalOptions, class_incremental_stream
@@ -167,16 +192,9 @@ def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int, pe
         name="parity-vit", architecture=ARCH, weights=f"file:{inputs / 'vit.pt'}",
         model_kwargs=VIT, image_size=32, crop_pct=1.0, normalization="inception",
     )  # fmt: skip
-    overrides = {
-        "peft": peft, "epochs": max(epochs, 1), "lr": lr, "batch_size": batch,
-        "weight_decay": 5e-4, "min_lr": 0.0, "adapter_bottleneck": 16, "augment.preset": "none",
-        # PILOT's covariance steps (the Config defaults; spelled out so no recipe changes them)
-        "recipe": "pilot", "shrink1": 100.0, "shrink2": 0.0, "shrink_mode": "absolute",
-        "normalise": "corrcoef", "feature_norm": "distance", "tukey_beta": 1.0,
-    }  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         spec = RunSpec(
-            strategy="fecam", stream=stream, backbone=backbone, seed=seed, overrides=overrides,
+            strategy=strategy, stream=stream, backbone=backbone, seed=seed, overrides=overrides,
             out_dir=Path(scratch) / "runs", cache_dir=None, device="cpu", num_workers=0,
         )  # fmt: skip
         result = run(spec)
@@ -184,7 +202,7 @@ def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int, pe
     # equal test sets per task: accuracy over seen classes = mean of the row's seen entries
     accuracy = [float(np.mean(matrix[t, : t + 1])) for t in range(len(matrix))]
     scale = 100.0 if max(accuracy) <= 1.0 else 1.0
-    return {"side": "cilbench", "seed": seed, "accuracy": [a * scale for a in accuracy]}
+    return [a * scale for a in accuracy]
 
 
 def compare(args: argparse.Namespace) -> None:
