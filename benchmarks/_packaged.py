@@ -57,7 +57,9 @@ class Package:
             )
         return found
 
-    def sources(self, root: Path, decoded_size: int) -> tuple[ImageSource, ImageSource, tuple]:
+    def sources(
+        self, root: Path, decoded_size: int
+    ) -> tuple[ImageSource, ImageSource, tuple[str, ...]]:
         """(train source, test source, class names) for `class_incremental_stream`."""
         train, test = self.splits(root)
         return (

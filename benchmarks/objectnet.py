@@ -63,8 +63,8 @@ class SplitObjectnet(ClassIncrementalOptions):
     """0: decode images on every read; N: read N x N centre squares from a decoded cache."""
 
     def build(self, data_root: Path | None = None) -> Stream:
-        sources = PACKAGE.sources(data_root_or_default(data_root), self.decoded_size)
-        return class_incremental_stream(NAME, self.version, *sources, self)
+        train, test, names = PACKAGE.sources(data_root_or_default(data_root), self.decoded_size)
+        return class_incremental_stream(NAME, self.version, train, test, names, self)
 
     def fetch(self, root: Path, progress: Progress) -> list[str]:
         """No public URL: the licence, what to get and where to put it."""
