@@ -100,6 +100,8 @@ class BaseStrategy:
     the frozen backbone's cached features of the same images (e.g. a prompt method's query), so
     evaluation never runs the frozen model a second time."""
     uses_exemplars: ClassVar[bool] = False
+    class_incremental_only: ClassVar[bool] = False
+    """True: every experience must bring only new classes (the runner refuses other streams)."""
     accuracy_convention: ClassVar[str] = "sample-weighted"
     """How the method's papers average accuracy: `sample-weighted` (PyCIL, PILOT, APER, SLCA) or
     `task-averaged` (L2P, DualPrompt, CODA-Prompt, RanPAC); a board's main table shows it."""

@@ -21,7 +21,8 @@ from cilbench.backbones.model import Backbone, create_backbone
 from cilbench.core.config import resolve
 from cilbench.data.augment import Augmentation
 from cilbench.data.streams import Stream
-from cilbench.engine.loop import evaluate, unlabelled_images
+from cilbench.engine.evaluation import evaluate
+from cilbench.engine.loop import unlabelled_images
 from cilbench.engine.recipes import recipes_of
 from cilbench.features import FeatureStore
 

@@ -113,6 +113,7 @@ class EASE(BaseStrategy):
     Config = EaseConfig
     predicts_from_features = True
     frozen_backbone = True
+    class_incremental_only = True
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16},
         "split-cifar100": _recipe(

@@ -11,7 +11,8 @@ import torch
 
 from cilbench.data.augment import Augmentation, training_data
 from cilbench.data.sources import DatasetView, FileSource
-from cilbench.engine.loop import evaluate, run
+from cilbench.engine.evaluation import evaluate
+from cilbench.engine.loop import run
 from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
 from cilbench.learn.prompts import (

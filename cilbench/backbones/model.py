@@ -76,8 +76,13 @@ class Backbone:
 
     @cached_property
     def model(self) -> nn.Module:
-        """The frozen feature extractor, in eval mode on `device`."""
-        model = self.build_model()
+        """The frozen feature extractor, in eval mode on `device`.
+
+        Built outside inference mode even when first needed inside it (a feature store's
+        extraction), so that strategies sharing its weights with a trainable model can train.
+        """
+        with torch.inference_mode(False):
+            model = self.build_model()
         model.requires_grad_(False)
         self._pristine = weights_fingerprint(model)
         return model.eval()

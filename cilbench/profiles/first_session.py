@@ -28,7 +28,8 @@ import torch
 
 from cilbench.api import STRATEGIES
 from cilbench.core.errors import ConfigError, did_you_mean
-from cilbench.engine.loop import PreparedRun, evaluate, prepare
+from cilbench.engine.evaluation import evaluate
+from cilbench.engine.loop import PreparedRun, prepare
 from cilbench.engine.spec import RunSpec, resolve_device
 from cilbench.features import FeatureStore
 from cilbench.profiles import Figures, register_profile

@@ -33,7 +33,8 @@ from cilbench.backbones.model import Backbone
 from cilbench.core.callbacks import Advance
 from cilbench.core.devices import compute_dtype, synchronize
 from cilbench.data.sources import DatasetView
-from cilbench.engine.loop import PreparedRun, evaluate, prepare
+from cilbench.engine.evaluation import evaluate
+from cilbench.engine.loop import PreparedRun, prepare
 from cilbench.engine.spec import RunSpec, resolve_device
 from cilbench.features import FeatureStore, extract_features
 from cilbench.learn.training import TrainSettings

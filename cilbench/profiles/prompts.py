@@ -28,7 +28,8 @@ import torch
 
 from cilbench.api import BaseStrategy
 from cilbench.data.streams import Stream
-from cilbench.engine.loop import predictions, prepare
+from cilbench.engine.evaluation import predictions
+from cilbench.engine.loop import prepare
 from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
 from cilbench.profiles import Figures, register_profile
