@@ -103,3 +103,33 @@ def test_damaged_fashion_mnist_files_are_named(tmp_path: Path, case: str, messag
     result = CliRunner().invoke(app, [*args, "--backbone", "tiny-vit-random", "--no-cache"])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.stderr.split())
+
+
+def test_a_folder_where_the_result_file_belongs_is_named(tmp_path: Path) -> None:
+    """Before: IsADirectoryError from os.replace, a traceback after the whole run."""
+    args = [*RUN, "--out", str(tmp_path), "--no-cache"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    (result,) = tmp_path.rglob("result.json")
+    result.unlink()
+    result.mkdir()
+    outcome = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert outcome.exit_code == 2
+    assert "is a folder, where cilbench writes a file" in " ".join(outcome.stderr.split())
+
+
+def test_an_ascii_terminal_prints_a_unicode_path(tmp_path: Path) -> None:
+    """Before: UnicodeEncodeError once the run had finished (PYTHONIOENCODING=ascii)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "résultats"
+    code = "from cilbench.cli.app import app; app()"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *RUN, "--out", str(out), "--no-cache"],
+        capture_output=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-500:]
+    assert b"r\\xe9sultats" in done.stdout

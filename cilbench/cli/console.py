@@ -8,7 +8,9 @@ refused, not dropped.
 from __future__ import annotations
 
 import functools
+import io
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,6 +32,9 @@ def user_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for stream in (sys.stdout, sys.stderr):  # PYTHONIOENCODING=ascii and a unicode path
+            if isinstance(stream, io.TextIOWrapper):
+                stream.reconfigure(errors="backslashreplace")
         logging.basicConfig(
             level=logging.WARNING, handlers=[RichHandler(console=stderr)], format="%(message)s"
         )

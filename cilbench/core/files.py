@@ -83,7 +83,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, file_mode())
-        os.replace(tmp, target)
+        _replace(tmp, target)
     except Exception as error:  # safetensors raises SafetensorError, not OSError
         full = disk_full_error(target, error)
         if full is not None:
@@ -91,6 +91,16 @@ def atomic_path(target: Path) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Rename `tmp` over `target`; a folder where the file belongs is one clear error."""
+    try:
+        os.replace(tmp, target)
+    except IsADirectoryError:
+        raise CilbenchError(
+            f"{target} is a folder, where cilbench writes a file; move it away and run again."
+        ) from None
 
 
 def write_atomic(path: Path, text: str) -> None:
