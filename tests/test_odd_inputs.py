@@ -133,3 +133,18 @@ def test_an_ascii_terminal_prints_a_unicode_path(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr.decode()[-500:]
     assert b"r\\xe9sultats" in done.stdout
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".lock"])
+def test_a_folder_in_place_of_a_cache_file_is_named(tmp_path: Path, suffix: str) -> None:
+    """Before: IsADirectoryError tracebacks from the feature cache and from filelock."""
+    args = [*RUN, "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    damaged = next((tmp_path / "cache").rglob(f"*{suffix}"))
+    damaged.with_suffix(".safetensors").unlink()  # a cache miss, so the lock is needed too
+    if suffix == ".lock":
+        damaged.unlink()
+    damaged.mkdir()
+    outcome = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert outcome.exit_code == 2
+    assert "A folder stands where cilbench keeps a file" in " ".join(outcome.stderr.split())

@@ -43,6 +43,13 @@ def user_errors(command: F) -> F:
         except CilbenchError as error:
             stderr.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(2) from None
+        except (IsADirectoryError, NotADirectoryError) as error:  # a cache or run folder's damage
+            message = (
+                f"{error.filename}: {error.strerror}. A folder stands where cilbench keeps a "
+                "file, or a file where it keeps a folder; move it away and run again."
+            )
+            stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
