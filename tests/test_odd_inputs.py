@@ -148,3 +148,20 @@ def test_a_folder_in_place_of_a_cache_file_is_named(tmp_path: Path, suffix: str)
     outcome = CliRunner().invoke(app, [*args, "--overwrite"])
     assert outcome.exit_code == 2
     assert "A folder stands where cilbench keeps a file" in " ".join(outcome.stderr.split())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"out_dir": Path("/tmp/a\x00b")}, "'out_dir' holds a NUL byte"),
+        ({"overrides": {1: "2"}}, "overrides keys are --set keys (text); got [1]"),
+    ],
+)
+def test_python_api_values_the_command_line_cannot_pass(options: dict, message: str) -> None:
+    """Before: ValueError('embedded null byte') and AttributeError on `int.partition`."""
+    from cilbench.core.errors import ConfigError
+    from cilbench.engine.spec import RunSpec, resolve_run
+
+    with pytest.raises(ConfigError) as caught:
+        resolve_run(RunSpec(stream="synthetic", **options))
+    assert message in str(caught.value)

@@ -133,6 +133,7 @@ class RunSettings:
 def resolve_run(spec: RunSpec) -> RunSettings:
     """Layer defaults <- recipe <- `--set` for the strategy, stream, backbone and augmentation."""
     check(spec, what="run option")
+    _check_python_values(spec)
     sections = split_sections(spec.overrides)
     strategy_cls = STRATEGIES.get(spec.strategy)
     recipe = choose(spec.strategy, strategy_cls, _recipe_name(spec.stream), sections["strategy"])
@@ -170,6 +171,17 @@ def _precision_of(spec: RunSpec, backbone: str | BackboneSpec | Backbone, device
             f"{backbone.precision!r}; pass precision='auto' or a backbone made at that precision."
         )
     return backbone.precision
+
+
+def _check_python_values(spec: RunSpec) -> None:
+    """What only the Python API can pass: NUL bytes in paths, keys that are not text."""
+    for name in ("data_root", "out_dir", "cache_dir"):
+        value = getattr(spec, name)
+        if value is not None and "\x00" in str(value):
+            raise ConfigError(f"run option {name!r} holds a NUL byte: {str(value)!r}.")
+    keys = [key for key in spec.overrides if not isinstance(key, str)]
+    if keys:
+        raise ConfigError(f"RunSpec.overrides keys are --set keys (text); got {keys!r}.")
 
 
 def _recipe_name(stream: str | StreamBuilder | Stream) -> str:
