@@ -23,12 +23,19 @@ CASES = [
         "is given twice ('1', then '2')",
     ),
     (["--set", "backbone.image_size=4"], "takes 32 x 32 px inputs; backbone.image_size=4"),
+    (["--set", "backbone.image_size=2048"], "backbone.image_size=2048 at batch size 128"),
     (
         ["--strategy", "slca", "--set", "stream.train_per_class=1"],
         "has 1 training image(s) in this experience; its covariance needs at least 2",
     ),
 ]
-IDS = ["empty ridges", "repeated --set key", "image size of a fixed-size ViT", "one image a class"]
+IDS = [
+    "empty ridges",
+    "repeated --set key",
+    "image size of a fixed-size ViT",
+    "attention memory of a huge image size",
+    "one image a class",
+]
 
 
 @pytest.mark.parametrize(("args", "message"), CASES, ids=IDS)

@@ -87,6 +87,23 @@ class Backbone:
         self._pristine = weights_fingerprint(model)
         return model.eval()
 
+    def attention_bytes(self, batch_size: int) -> int:
+        """Bytes of one block's attention scores for a batch at this input size: the activation
+        that grows fastest with `image_size` (ViTs; 0 for models without attention blocks).
+        Read off the architecture on the meta device, so nothing is built or loaded."""
+        import timm
+
+        with torch.device("meta"):
+            probe: Any = timm.create_model(self.spec.architecture, **self.spec.model_kwargs)
+        blocks = getattr(probe, "blocks", None)
+        embed = getattr(probe, "patch_embed", None)
+        if not blocks or embed is None or not hasattr(blocks[0], "attn"):
+            return 0
+        patch = embed.patch_size[0]
+        prefix = int(getattr(probe, "num_prefix_tokens", 1))
+        tokens = (self.preprocessing.image_size // patch) ** 2 + prefix
+        return batch_size * int(blocks[0].attn.num_heads) * tokens * tokens * 4
+
     def unchanged(self) -> bool:
         """Whether the frozen model still has the weights (and buffers) it was built with.
 

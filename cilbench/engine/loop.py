@@ -27,6 +27,7 @@ from cilbench.core.callbacks import Progress, RunCallback, SilentProgress, obser
 from cilbench.core.config import resolve
 from cilbench.core.errors import CilbenchError, ConfigError, CorruptFileError
 from cilbench.core.files import check_writable, remove_stale_temps, write_atomic
+from cilbench.core.memory import check_fits
 from cilbench.core.metrics import summarize
 from cilbench.core.paths import using_cache_dir
 from cilbench.core.results import RunResult, environment, save_result
@@ -100,6 +101,13 @@ def prepare(spec: RunSpec) -> PreparedRun:
     if settings.recipe.fallback:
         log.warning("%s.", settings.recipe.fallback)
     backbone = _create_backbone(settings, spec.compile)
+    size = backbone.preprocessing.image_size
+    check_fits(
+        backbone.attention_bytes(spec.batch_size),
+        f"backbone.image_size={size} at batch size {spec.batch_size} (attention scores)",
+        backbone.device,
+        "Choose a smaller backbone.image_size or --batch-size.",
+    )
     source = settings.builder
     stream = validate_stream(source if isinstance(source, Stream) else source.build(spec.data_root))
     stream_name = spec.stream if isinstance(spec.stream, str) else stream.info.name
