@@ -21,7 +21,6 @@ import torch
 from stream_fixtures import write_cifar100, write_core50, write_imagenet_r
 from torchvision.transforms import v2
 
-from cilbench.benchmarks import imagenet_r
 from cilbench.benchmarks.cifar100 import SplitCifar100
 from cilbench.benchmarks.core50 import Core50
 from cilbench.benchmarks.imagenet_r import SplitImagenetR
@@ -199,7 +198,7 @@ def test_imagenet_r_fetch_end_to_end(server: _Server, tmp_path, monkeypatch) -> 
     source = write_imagenet_r(tmp_path / "src") / "imagenet-r"
     (source / "cilbench-checksums.json").unlink()
     monkeypatch.setattr(
-        imagenet_r, "REMOTE", _archive(server, source, "imagenet-r.tar", "imagenet-r")
+        SplitImagenetR, "remote", _archive(server, source, "imagenet-r.tar", "imagenet-r")
     )
     root = tmp_path / "data"
     SplitImagenetR().fetch(root, SilentProgress())

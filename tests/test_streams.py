@@ -26,7 +26,7 @@ from stream_fixtures import (
 from typer.testing import CliRunner
 
 from cilbench.api import STRATEGIES, STREAMS
-from cilbench.benchmarks import core50, imagenet_r, vtab
+from cilbench.benchmarks import _splits, core50, imagenet_r, vtab
 from cilbench.cli.app import app
 from cilbench.core.config import resolve
 from cilbench.core.errors import DataError
@@ -161,7 +161,8 @@ def test_split_is_the_same_on_another_machine(roots, tmp_path: Path) -> None:  #
     mine = json.loads((roots["split-imagenet-r"] / name).read_text())
     theirs = json.loads((other / name).read_text())
     assert mine["sha256"] == theirs["sha256"] and mine["test"] == theirs["test"]
-    reseeded = imagenet_r.make_split(imagenet_r._scan(other / "imagenet-r"), seed=7)
+    tree = imagenet_r.SplitImagenetR().scan(other / "imagenet-r")
+    reseeded = _splits.make_split(tree, "imagenet-r", 7, 0.2)
     assert reseeded["test"] != mine["test"]
 
 
