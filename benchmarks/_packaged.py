@@ -10,19 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, ClassVar
 
 from cilbench.benchmarks._shared import (
+    REFERENCE_BACKBONE,
+    REFERENCE_PREPROCESSING,
     ImageFolder,
     checksum_rows,
+    data_root_or_default,
     file_source,
     packaged_folders,
     relative_files,
     split_rows,
 )
 from cilbench.core.callbacks import Progress
+from cilbench.core.config import NonNegative
 from cilbench.core.errors import DataError
 from cilbench.data.downloads import CheckRow
 from cilbench.data.sources import ImageSource
+from cilbench.data.streams import ClassIncrementalOptions, Stream, class_incremental_stream
 
 
 @dataclass(frozen=True)
@@ -82,3 +88,33 @@ class Package:
         rows = split_rows("train/ + test/", train, test, self.num_classes, self.counts)
         folder = root / self.folder
         return rows + checksum_rows(folder, relative_files(folder, train, test), record, progress)
+
+
+@dataclass(frozen=True)
+class PackagedStream(ClassIncrementalOptions):
+    """A class-incremental stream read from one `Package` (`package`), with the decoded cache."""
+
+    package: ClassVar[Package]
+    short_last: ClassVar[bool] = False
+    """True: the last task may hold fewer classes than `increment` (Cars-196: 9 x 20 + 16)."""
+    default_backbone = REFERENCE_BACKBONE
+    default_backbone_settings = REFERENCE_PREPROCESSING
+
+    increment: int = 20
+    decoded_size: Annotated[int, NonNegative()] = 0
+    """0: decode images on every read; N: read N x N centre squares from a decoded cache."""
+
+    def build(self, data_root: Path | None = None) -> Stream:
+        package = self.package
+        train, test, names = package.sources(data_root_or_default(data_root), self.decoded_size)
+        return class_incremental_stream(
+            package.stream, self.version, train, test, names, self, short_last=self.short_last
+        )
+
+    def fetch(self, root: Path, progress: Progress) -> list[str]:
+        """No public URL: what to get (and its terms) and where to put it."""
+        return self.package.fetch(root)
+
+    def check(self, root: Path, progress: Progress, record: bool = False) -> list[CheckRow]:
+        """Layout, classes, images per split, checksums."""
+        return self.package.check(root, progress, record)

@@ -14,20 +14,9 @@ Class order: pycil-1993 over the sorted class folders (SLCA's `shuffle` with see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated
 
 from cilbench.api import register_stream
-from cilbench.benchmarks._packaged import Package
-from cilbench.benchmarks._shared import (
-    REFERENCE_BACKBONE,
-    REFERENCE_PREPROCESSING,
-    data_root_or_default,
-)
-from cilbench.core.callbacks import Progress
-from cilbench.core.config import NonNegative
-from cilbench.data.downloads import CheckRow
-from cilbench.data.streams import ClassIncrementalOptions, Stream, class_incremental_stream
+from cilbench.benchmarks._packaged import Package, PackagedStream
 
 NAME = "split-cars196"
 PACKAGE = Package(
@@ -47,26 +36,8 @@ PACKAGE = Package(
 
 @register_stream(NAME)
 @dataclass(frozen=True)
-class SplitCars196(ClassIncrementalOptions):
+class SplitCars196(PackagedStream):
     """Stanford Cars, 196 classes, default 10 tasks (9 x 20 + 16), pycil-1993 order."""
 
-    default_backbone = REFERENCE_BACKBONE
-    default_backbone_settings = REFERENCE_PREPROCESSING
-
-    increment: int = 20
-    decoded_size: Annotated[int, NonNegative()] = 0
-    """0: decode images on every read; N: read N x N centre squares from a decoded cache."""
-
-    def build(self, data_root: Path | None = None) -> Stream:
-        train, test, names = PACKAGE.sources(data_root_or_default(data_root), self.decoded_size)
-        return class_incremental_stream(
-            NAME, self.version, train, test, names, self, short_last=True
-        )
-
-    def fetch(self, root: Path, progress: Progress) -> list[str]:
-        """No public URL: say what to get and where to put it."""
-        return PACKAGE.fetch(root)
-
-    def check(self, root: Path, progress: Progress, record: bool = False) -> list[CheckRow]:
-        """Layout, 196 classes, images per split, checksums."""
-        return PACKAGE.check(root, progress, record)
+    package = PACKAGE
+    short_last = True

@@ -15,20 +15,9 @@ stream's training tasks do. LAMDA-PILOT's README says it has no right to redistr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated
 
 from cilbench.api import register_stream
-from cilbench.benchmarks._packaged import Package
-from cilbench.benchmarks._shared import (
-    REFERENCE_BACKBONE,
-    REFERENCE_PREPROCESSING,
-    data_root_or_default,
-)
-from cilbench.core.callbacks import Progress
-from cilbench.core.config import NonNegative
-from cilbench.data.downloads import CheckRow
-from cilbench.data.streams import ClassIncrementalOptions, Stream, class_incremental_stream
+from cilbench.benchmarks._packaged import Package, PackagedStream
 
 NAME = "split-objectnet"
 LICENCE = (
@@ -52,24 +41,7 @@ PACKAGE = Package(
 
 @register_stream(NAME)
 @dataclass(frozen=True)
-class SplitObjectnet(ClassIncrementalOptions):
+class SplitObjectnet(PackagedStream):
     """ObjectNet (PILOT's subset), 200 classes, default 10 tasks x 20, pycil-1993 order."""
 
-    default_backbone = REFERENCE_BACKBONE
-    default_backbone_settings = REFERENCE_PREPROCESSING
-
-    increment: int = 20
-    decoded_size: Annotated[int, NonNegative()] = 0
-    """0: decode images on every read; N: read N x N centre squares from a decoded cache."""
-
-    def build(self, data_root: Path | None = None) -> Stream:
-        train, test, names = PACKAGE.sources(data_root_or_default(data_root), self.decoded_size)
-        return class_incremental_stream(NAME, self.version, train, test, names, self)
-
-    def fetch(self, root: Path, progress: Progress) -> list[str]:
-        """No public URL: the licence, what to get and where to put it."""
-        return PACKAGE.fetch(root)
-
-    def check(self, root: Path, progress: Progress, record: bool = False) -> list[CheckRow]:
-        """Layout, 200 classes, images per split, checksums."""
-        return PACKAGE.check(root, progress, record)
+    package = PACKAGE
