@@ -57,8 +57,12 @@ def write_jpeg_classes(
 
 
 def _imagenet_r(root: Path, count: int) -> None:
-    """The raw layout `imagenet-r/<wnid>/*.jpg` (200 classes; the builder splits 80/20)."""
-    write_jpeg_classes(root / "imagenet-r", 200, max(2, count // 200))
+    """The packaged layout `imagenet-r/{train,test}/<wnid>/*.jpg` that the default
+    `stream.split=packaged` reads (200 classes, about 4 train images per test image)."""
+    per_class = max(2, count // 200)
+    test = max(1, per_class // 5)
+    write_jpeg_classes(root / "imagenet-r" / "train", 200, per_class - test, 0)
+    write_jpeg_classes(root / "imagenet-r" / "test", 200, test, 1)
 
 
 def _vtab(root: Path, count: int) -> None:
