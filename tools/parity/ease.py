@@ -27,10 +27,17 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
-from fecam import CLASSES, INCREMENT, MEAN, STD, VIT, _accuracies, load_pilot_vit, run_strategy
+from fecam import (
+    INCREMENT,
+    VIT,
+    _accuracies,
+    harness_idata,
+    load_pilot_vit,
+    run_strategy,
+)
 
 BOTTLENECK = 16
 
@@ -46,20 +53,8 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
     import utils.inc_net as inc_net
     from backbone import linears, vit_ease
     from easydict import EasyDict
-    from torchvision import transforms
 
-    data = np.load(inputs / "images.npz")
-
-    class HarnessData:  # the iData interface PILOT's DataManager reads
-        use_path = False
-        train_trsf: ClassVar[list] = []
-        test_trsf: ClassVar[list] = []
-        common_trsf: ClassVar[list] = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
-        class_order: ClassVar[list] = list(range(CLASSES))
-
-        def download_data(self) -> None:
-            self.train_data, self.train_targets = data["train_x"], data["train_y"]
-            self.test_data, self.test_targets = data["test_x"], data["test_y"]
+    HarnessData = harness_idata(inputs)
 
     def get_backbone(args: dict, pretrained: bool = False) -> Any:
         """PILOT's EASE ViT at the small size (its tuning config from utils/inc_net.py)."""

@@ -83,6 +83,26 @@ def load_pilot_vit(model: Any, inputs: Path, adapter_key: str) -> Any:
     return model.eval()
 
 
+def harness_idata(inputs: Path) -> type:
+    """The iData class PILOT's DataManager reads, serving the npz stream (shared with ease.py)."""
+    from torchvision import transforms
+
+    data = np.load(inputs / "images.npz")
+
+    class HarnessData:
+        use_path = False
+        train_trsf: ClassVar[list] = []
+        test_trsf: ClassVar[list] = []
+        common_trsf: ClassVar[list] = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+        class_order: ClassVar[list] = list(range(CLASSES))
+
+        def download_data(self) -> None:
+            self.train_data, self.train_targets = data["train_x"], data["train_y"]
+            self.test_data, self.test_targets = data["test_x"], data["test_y"]
+
+    return HarnessData
+
+
 def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, seed: int) -> dict:
     """PILOT's FeCAM learner on the npz stream; accuracy over seen classes after each task."""
     import torch
@@ -94,20 +114,8 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
     import utils.inc_net as inc_net
     from backbone import vit_adapter
     from easydict import EasyDict
-    from torchvision import transforms
 
-    data = np.load(inputs / "images.npz")
-
-    class HarnessData:  # the iData interface PILOT's DataManager reads
-        use_path = False
-        train_trsf: ClassVar[list] = []
-        test_trsf: ClassVar[list] = []
-        common_trsf: ClassVar[list] = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
-        class_order: ClassVar[list] = list(range(CLASSES))
-
-        def download_data(self) -> None:
-            self.train_data, self.train_targets = data["train_x"], data["train_y"]
-            self.test_data, self.test_targets = data["test_x"], data["test_y"]
+    HarnessData = harness_idata(inputs)
 
     def get_backbone(args: dict, pretrained: bool = False) -> torch.nn.Module:
         """PILOT's adapter ViT at the small size, loaded from vit.pt as PILOT loads timm weights."""
