@@ -48,6 +48,7 @@ from cilbench.engine.spec import (
     resolve_run,
     run_id_of,
     run_record,
+    same_run,
 )
 from cilbench.engine.stored_results import nothing_to_resume, refuse_replacing_another_device
 from cilbench.features import FeatureStore
@@ -330,7 +331,7 @@ def _resume_or_start(prepared: PreparedRun, resume: bool, overwrite: bool) -> Ru
         result = RunResult.from_dict(json.loads(result_json), source=str(path))
     except ValueError as error:  # verified by checksum, so written this way by cilbench
         raise CorruptFileError(f"Checkpoint {path} holds no valid result ({error}).") from error
-    if result.config != prepared.config:
+    if not same_run(result.config, prepared.config):
         raise CilbenchError(
             f"Checkpoint {path} was made with a different configuration; run with --overwrite "
             "to start over."
@@ -342,4 +343,5 @@ def _resume_or_start(prepared: PreparedRun, resume: bool, overwrite: bool) -> Ru
             f"Checkpoint {path} does not fit strategy {prepared.spec.strategy!r} ({error}); "
             "start over with --overwrite."
         ) from error
+    result.config = prepared.config  # how this part computes (e.g. `compile`) is what it records
     return result

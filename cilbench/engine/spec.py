@@ -321,6 +321,21 @@ def identity_of(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+EQUAL_RESULT_KEYS = frozenset({"compile"})
+"""Record keys whose values give equal results (compiled and eager runs agree within float
+tolerance, tested): a finished result or a checkpoint of the same run under another value of
+these is the same run, so `sweep` keeps it and `--resume` continues it."""
+
+
+def same_run(record: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether two records describe the same computation (equal except `EQUAL_RESULT_KEYS`)."""
+
+    def compared(r: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in r.items() if k not in EQUAL_RESULT_KEYS}
+
+    return compared(record) == compared(other)
+
+
 def run_id_of(record: Mapping[str, Any], fingerprints: list[str], backbone_tag: str) -> str:
     """`<stream>/<strategy>-<backbone>-seed<N>-<hash of the record's identity and the data>`."""
     record = identity_of(record)

@@ -13,7 +13,7 @@ from typing import Any
 
 from cilbench.core.errors import CilbenchError, CorruptFileError
 from cilbench.core.results import load_result
-from cilbench.engine.spec import LATER_KEYS
+from cilbench.engine.spec import LATER_KEYS, same_run
 
 
 def computed_on(config: dict[str, Any]) -> tuple[str, str]:
@@ -55,7 +55,7 @@ def nothing_to_resume(
             f"Nothing to resume: no checkpoint, and the result file is damaged ({error}). "
             "Run without --resume to repeat the run."
         )
-    if not result.complete or result.config != config:
+    if not result.complete or not same_run(result.config, config):
         return CorruptFileError(
             f"Nothing to resume: no checkpoint, and {result_path} is not the finished result of "
             "this run. Run without --resume to repeat the run."

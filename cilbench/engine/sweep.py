@@ -28,7 +28,7 @@ from cilbench.core.errors import ConfigError, CorruptFileError, did_you_mean
 from cilbench.core.results import RunResult, load_result
 from cilbench.engine.loggers import make_loggers, optional_import
 from cilbench.engine.loop import prepare, run
-from cilbench.engine.spec import RunSpec
+from cilbench.engine.spec import RunSpec, same_run
 
 Status = Literal["skipped", "resumed", "ran", "failed"]
 
@@ -113,7 +113,7 @@ def _finished(path: Path, config: dict[str, Any]) -> RunResult | None:
         result = load_result(path)
     except CorruptFileError:
         return None
-    return result if result.complete and result.config == config else None
+    return result if result.complete and same_run(result.config, config) else None
 
 
 class Executor(Protocol):

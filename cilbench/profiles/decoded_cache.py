@@ -35,7 +35,10 @@ TRAIN_SIZE = 224
 
 @register_profile(
     "decoded-cache",
-    ignores=("--strategy", "--stream", "--backbone", "--set", "--data-root", "--device"),
+    ignores=(
+        "--strategy", "--stream", "--backbone", "--set", "--data-root", "--device",
+        "--precision", "--compile", "--decode",
+    ),  # fmt: skip
 )
 def profile_decoded_cache(spec: RunSpec) -> Figures:
     """Time epoch 2 of the training data pipeline on JPEG files vs the decoded cache."""

@@ -39,7 +39,7 @@ UPDATE_DIM = 768
 UPDATE_CLASSES = 10
 
 
-@register_profile("first-session", ignores=("--strategy",))
+@register_profile("first-session", ignores=("--strategy", "--decode"))
 def profile_first_session(spec: RunSpec) -> Figures:
     """Count forward passes per branch for adam and ranpac; measure RanPAC's update peak memory."""
     names = ("adam", "ranpac")

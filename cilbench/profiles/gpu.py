@@ -46,7 +46,7 @@ CPU_BACKBONE = "tiny-vit-random"
 TRAINED = {"slca": "slow learner", "adam": "first session", "finetune": "experience 0"}
 
 
-@register_profile("gpu", ignores=("--strategy",))
+@register_profile("gpu", ignores=("--strategy", "--decode"))  # it measures both decoders
 def profile_gpu(spec: RunSpec) -> Figures:
     """Forward, extraction, precision and training figures of one GPU (or the CPU)."""
     device = torch.device(resolve_device(spec.device))

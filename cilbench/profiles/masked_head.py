@@ -29,7 +29,7 @@ LEARNING_RATES = (0.03 * 16 / 256, 0.01, 0.05)
 EPOCHS = (1, 5, 20)
 
 
-@register_profile("masked-head", ignores=("--strategy",))
+@register_profile("masked-head", ignores=("--strategy", "--decode"))
 def profile_masked_head(spec: RunSpec) -> Figures:
     """Final accuracy of a masked per-task linear head on frozen features, per (lr, epochs)."""
     prepared = prepare(spec)

@@ -42,7 +42,7 @@ from cilbench.profiles.costs import compile_ratio, fixed_and_per_image_cost
 ROUNDS = 3
 
 
-@register_profile("pipeline")
+@register_profile("pipeline", ignores=("--decode",))  # it measures both decoders
 def profile_pipeline(spec: RunSpec) -> Figures:
     """Decode, bare forward and cold extraction per worker count; cold vs warm runs."""
     prepared = prepare(spec)

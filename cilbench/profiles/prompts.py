@@ -37,7 +37,7 @@ from cilbench.profiles import Figures, register_profile
 STRATEGIES = ("l2p", "coda-prompt")
 
 
-@register_profile("prompts")
+@register_profile("prompts", ignores=("--decode",))
 def profile_prompts(spec: RunSpec) -> Figures:
     """Evaluation and training images/s with cached vs computed queries; accuracy difference."""
     figures: Figures = {}

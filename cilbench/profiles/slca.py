@@ -30,7 +30,7 @@ from cilbench.strategies.slca import SLCA
 ROUNDS = 3
 
 
-@register_profile("slca", ignores=("--strategy",))
+@register_profile("slca", ignores=("--strategy", "--decode"))
 def profile_slca(spec: RunSpec) -> Figures:
     """Stage-1 images/s vs a bare forward+backward loop, and each stage's share of the time."""
     prepared = prepare(dataclasses.replace(spec, strategy="slca"))

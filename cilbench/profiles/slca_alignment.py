@@ -30,7 +30,7 @@ from cilbench.profiles import Figures, register_profile
 from cilbench.strategies.slca import SLCA
 
 
-@register_profile("slca-alignment", ignores=("--strategy",))
+@register_profile("slca-alignment", ignores=("--strategy", "--decode"))
 def profile_slca_alignment(spec: RunSpec) -> Figures:
     """Final accuracy before / after alignment, per (features as they are or centred, CA epochs)."""
     prepared = prepare(dataclasses.replace(spec, strategy="slca"))
