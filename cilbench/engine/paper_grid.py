@@ -45,9 +45,16 @@ STREAM_SIZES: dict[str, tuple[int, int, int]] = {
     "vtab": (1_796, 8_619, 5),
     "core50": (119_894, 44_972, 8),
 }
-"""Stream -> (training images, test images, tasks of the default protocol): CIFAR-100's official
-split; ImageNet-R's 30,000 images split 80/20 (PILOT, APER); APER's VTAB subset (50 classes);
-CORe50 NI, sessions 3, 7 and 10 held out for test."""
+"""Stream -> (training images, test images, tasks of the default protocol); where each count comes
+from is `SIZE_SOURCES`."""
+SIZE_SOURCES: dict[str, str] = {
+    "split-cifar100": "the official split",
+    "split-imagenet-r": "30,000 images split 80/20 as PILOT and APER do",
+    "vtab": "APER's 50-class subset; no source publishes its counts, so an estimate "
+    "(`cilbench data check vtab` counts a download)",
+    "core50": "164,866 images, sessions 3, 7 and 10 held out for test (official per-session "
+    "counts)",
+}
 
 
 @dataclass(frozen=True)
@@ -197,7 +204,8 @@ def assumptions() -> list[str]:
         f"{BACKWARD_FACTOR:g} x forward",
         "images: "
         + "; ".join(
-            f"{s} {tr:,} train / {te:,} test, {t} tasks" for s, (tr, te, t) in STREAM_SIZES.items()
+            f"{s} {tr:,} train / {te:,} test, {t} tasks ({SIZE_SOURCES[s]})"
+            for s, (tr, te, t) in STREAM_SIZES.items()
         ),
         "passes: frozen features once per run (shared cache: an upper bound); first-session PEFT "
         "trains `epochs` on the first task, then forwards every image once more; trained "
