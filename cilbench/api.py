@@ -172,7 +172,7 @@ class BaseStrategy:
         """Strategy-specific figures for the result file (JSON-serialisable), e.g. key usage."""
         return {}
 
-    def leaderboard_flags(self) -> dict[str, bool | None]:
+    def leaderboard_flags(self) -> dict[str, bool | str | None]:
         """Facts a leaderboard prints beside the numbers (None: not declared).
 
         Override to add config-dependent ones; prompt strategies add `batchwise_prompt_vote`.
@@ -182,14 +182,25 @@ class BaseStrategy:
             frozen = not self.config.train_backbone
         if frozen is None and self.predicts_from_features:
             frozen = True
+        budget = self.exemplar_budget()
         return {
-            "uses_exemplars": self.uses_exemplars,
+            "uses_exemplars": self.uses_exemplars or budget is not None,
+            "exemplar_budget": budget,
             "frozen_backbone": frozen,
             "key_init_on_future_inputs": type(self).before_stream is not BaseStrategy.before_stream,
         }
 
     def trainable_parameters(self) -> int:
         """Number of parameters this strategy trains (a cost figure)."""
+        return 0
+
+    def exemplar_budget(self) -> str | None:
+        """The exemplar budget a rehearsal strategy keeps to, as a board prints it ('2000 total,
+        herding'; `cilbench.learn.exemplars.describe`); None: it keeps no training images."""
+        return None
+
+    def exemplar_images(self) -> int:
+        """Training images held in exemplar memory now (the cost counts their bytes)."""
         return 0
 
     def generator(self, experience_index: int) -> torch.Generator:

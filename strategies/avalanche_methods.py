@@ -186,6 +186,22 @@ class AvalancheStrategy(BaseStrategy):
         """The method's own keyword arguments for its avalanche template."""
         return {}
 
+    memory_selection: ClassVar[str] = ""
+    """How the method's avalanche buffer picks images (rehearsal methods only)."""
+
+    def exemplar_budget(self) -> str | None:
+        if not self.memory_selection:
+            return None
+        return f"{self.config.mem_size} total, {self.memory_selection}"
+
+    def exemplar_images(self) -> int:
+        """Images in the avalanche buffer (the template's or a plugin's storage policy)."""
+        if self.template is None:
+            return 0
+        holders = [self.template, *self.template.plugins]
+        policies = [h.storage_policy for h in holders if hasattr(h, "storage_policy")]
+        return sum(len(p.buffer) for p in policies)
+
     def _make_template(self) -> Any:
         import avalanche.training as templates
         from avalanche.training.plugins import EvaluationPlugin, LRSchedulerPlugin
@@ -326,6 +342,7 @@ class AvalancheReplay(AvalancheStrategy):
     Config = ReplayConfig
     template_name = "Replay"
     uses_exemplars = True
+    memory_selection = "random, balanced over experiences"
 
     def template_arguments(self) -> dict[str, Any]:
         return {"mem_size": self.config.mem_size}
@@ -338,6 +355,7 @@ class AvalancheDER(AvalancheStrategy):
     Config = DERConfig
     template_name = "DER"
     uses_exemplars = True
+    memory_selection = "reservoir sampling, balanced over classes"
 
     def template_arguments(self) -> dict[str, Any]:
         config = self.config

@@ -276,7 +276,7 @@ class DKVB(BaseStrategy):
     }
     predicts_from_features = True
 
-    def leaderboard_flags(self) -> dict[str, bool | None]:
+    def leaderboard_flags(self) -> dict[str, bool | str | None]:
         """Keys come from the stream's own future inputs unless `key_init_stream` names another."""
         flags = super().leaderboard_flags()
         return {**flags, "key_init_on_future_inputs": not self.config.key_init_stream}

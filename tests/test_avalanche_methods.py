@@ -57,6 +57,10 @@ def test_replay_result_records_exemplars_and_cost(tmp_path: Path):
     )
     result = run(spec)
     assert result.flags["uses_exemplars"] is True
+    assert result.flags["exemplar_budget"] == "20 total, random, balanced over experiences"
+    size = tiny_backbone().preprocessing.image_size
+    assert result.cost["exemplar_images"] == 20  # the buffer filled up after the first task
+    assert result.cost["exemplar_bytes"] == 20 * 3 * size * size
     assert (
         result.cost["trainable_parameters"]
         == sum(p.numel() for p in tiny_backbone().model.parameters())
@@ -71,7 +75,7 @@ def test_der_buffer_keeps_old_classes_with_logits_of_test_preprocessed_images(st
     for experience in stream.experiences[:2]:
         strategy.train_experience(experience)
     buffer = strategy.template.storage_policy.buffer
-    assert len(buffer) == 12
+    assert len(buffer) == 12 == strategy.exemplar_images()
     assert sorted({int(y) for y in buffer.targets}) == [0, 1, 2, 3]
     # Logits of experience 1's classes were stored after training on it, from eval-group
     # (test-preprocessed) images: the current model must reproduce them from the same images.

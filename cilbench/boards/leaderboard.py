@@ -196,7 +196,7 @@ class Row:
     wall_seconds: float
     peak_memory_mib: float
     trainable_parameters: int
-    flags: dict[str, bool | None]
+    flags: dict[str, bool | str | None]
     """The flags the strategy reports (None: undeclared); a missing one does not apply to it."""
     curve: list[float]
     """Mean sample-weighted accuracy after each experience (for the plot)."""
@@ -277,7 +277,7 @@ def _row(
         wall_seconds=float(np.mean([r.cost.get("total_seconds", 0.0) for r in group])),
         peak_memory_mib=float(np.mean([r.cost.get("peak_memory_mib", 0.0) for r in group])),
         trainable_parameters=max(int(r.cost.get("trainable_parameters", 0)) for r in group),
-        flags={k: first.flags[k] for k in FLAGS if k in first.flags},
+        flags={k: first.flags[k] for k in (*FLAGS, "exemplar_budget") if k in first.flags},
         curve=[float(v) for v in np.mean(curves, axis=0)],
         references=matching,
         precision=str(first.config.get("precision", LATER_KEYS["precision"])),

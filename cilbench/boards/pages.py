@@ -78,12 +78,15 @@ def _fmt(mean: float | None, std: float | None) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
-def _flag(flags: dict[str, bool | None], key: str) -> str:
+def _flag(flags: dict[str, bool | str | None], key: str) -> str:
     """yes / no; ? when the strategy leaves it undeclared (None); n/a when it does not apply
     (a strategy reports only the flags that concern it, e.g. no prompt vote without prompts)."""
     if key not in flags:
         return "n/a"
-    return {True: "yes", False: "no", None: "?"}[flags[key]]
+    if key == "uses_exemplars" and flags[key] and flags.get("exemplar_budget"):
+        return str(flags["exemplar_budget"])  # the budget, e.g. '2000 total, herding'
+    value = flags[key]
+    return value if isinstance(value, str) else {True: "yes", False: "no", None: "?"}[value]
 
 
 def _published(row: Row) -> list[str]:
@@ -265,6 +268,7 @@ def board_csv(rows: Sequence[Row]) -> str:
         "extracted_seeds",
         "cache_wait_seconds",
         "did_not_train",
+        "exemplar_budget",
     ]
     names = ["strategy", "backbone", "precision", "protocol", "seeds"]
     writer.writerow([*names, *stats, *costs, *flags, *published, *more])
@@ -284,14 +288,17 @@ def board_csv(rows: Sequence[Row]) -> str:
                 " ".join(map(str, row.extracted_seeds)),
                 _raw(row.cache_wait_seconds),
                 _raw(bool(row.untrained)),
+                row.flags.get("exemplar_budget") or "",
             ]
         )
     return out.getvalue()
 
 
-def _raw(value: float | bool | None) -> str:
+def _raw(value: float | bool | str | None) -> str:
     if value is None:
         return ""
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return str(value).lower()
     return f"{value:.4f}"

@@ -288,6 +288,7 @@ def _update_cost(
         cost["trainable_parameters"], strategy.trainable_parameters()
     )
     cost["peak_memory_mib"] = max(cost["peak_memory_mib"], _peak_memory_mib(strategy.device))
+    _count_exemplars(cost, strategy)
     cost["cache_wait_seconds"] = before["cache_wait_seconds"] + store.wait_seconds
     cost["total_seconds"] = (
         cost.get("before_stream_seconds", 0.0)
@@ -299,6 +300,16 @@ def _update_cost(
     cost["train_eval_seconds"] = max(
         0.0, cost["total_seconds"] - cost["extract_seconds"] - cost["cache_wait_seconds"]
     )
+
+
+def _count_exemplars(cost: dict[str, Any], strategy: BaseStrategy) -> None:
+    """The most exemplar images held after any experience, and their bytes as the backbone reads
+    them (uint8, 3 x input size x input size): what a deployed memory of the method keeps."""
+    if strategy.exemplar_budget() is None:
+        return
+    size = strategy.backbone.preprocessing.image_size
+    cost["exemplar_images"] = max(cost.get("exemplar_images", 0), strategy.exemplar_images())
+    cost["exemplar_bytes"] = cost["exemplar_images"] * 3 * size * size
 
 
 def _peak_memory_mib(device: torch.device) -> float:

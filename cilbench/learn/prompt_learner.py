@@ -147,7 +147,7 @@ class PromptLearner(BaseStrategy):
         self.num_seen = int(state["num_seen"])
         self.task = int(state["task"])
 
-    def leaderboard_flags(self) -> dict[str, bool | None]:
+    def leaderboard_flags(self) -> dict[str, bool | str | None]:
         """The reference codes' per-batch prompt vote makes a prediction depend on its batch."""
         flags = super().leaderboard_flags()
         return {**flags, "batchwise_prompt_vote": self.config.batchwise_prompt}

@@ -36,9 +36,16 @@ TRAIN_SIZE = 224
 @register_profile(
     "decoded-cache",
     ignores=(
-        "--strategy", "--stream", "--backbone", "--set", "--data-root", "--device",
-        "--precision", "--compile", "--decode",
-    ),  # fmt: skip
+        "--strategy",
+        "--stream",
+        "--backbone",
+        "--set",
+        "--data-root",
+        "--device",
+        "--precision",
+        "--compile",
+        "--decode",
+    ),
 )
 def profile_decoded_cache(spec: RunSpec) -> Figures:
     """Time epoch 2 of the training data pipeline on JPEG files vs the decoded cache."""
