@@ -573,3 +573,19 @@ def test_run_from_a_board_on_another_machine_compares_with_the_seed_spread(tmp_p
     assert "cpu_capability: AVX2 -> " in result.stderr
     assert "cpu_model: Other CPU -> " in result.stderr
     print(result.stderr)
+
+
+def test_rows_written_before_a_result_change_are_marked_until_rerun() -> None:
+    from cilbench.boards.stale_rows import RESULT_CHANGES, written_before
+
+    stored = {load_result(p).run_id: load_result(p) for p in REPO_BOARDS.glob("*/*.json")}
+    change = RESULT_CHANGES[0]
+    assert change.run_ids <= set(stored), "a listed run id is not on the board"
+    result = stored[min(change.run_ids)]
+    result.environment.pop("git_commit", None)  # as every file written before the change
+    assert written_before(result) == [f"written before {change.commit} ({change.what}): rerun"]
+    result.environment["git_commit"] = "0" * 40  # what a rerun records
+    assert written_before(result) == []
+    still_stale = [r for i, r in stored.items() if i in change.run_ids and written_before(r)]
+    board = (REPO_BOARDS / "split-fashion-mnist-mini.md").read_text()
+    assert ("written before a change: rerun" in board) == bool(still_stale)

@@ -215,6 +215,8 @@ class Row:
     extracted_seeds: list[int] = field(default_factory=list)
     untrained: dict[int, list[str]] = field(default_factory=dict)
     """Seeds of a trained strategy whose result says training changed nothing, and why."""
+    stale: dict[int, list[str]] = field(default_factory=dict)
+    """Seeds whose result predates a code change that alters it (`boards.stale_rows`)."""
     precision: str = LATER_KEYS["precision"]
     """The compute precision of the row's runs (results older than the setting ran at fp32)."""
 
@@ -257,6 +259,7 @@ def _row(
     group: Sequence[RunResult], references: Sequence[Reference], board: Sequence[RunResult]
 ) -> Row:
     from cilbench.api import STRATEGIES
+    from cilbench.boards.stale_rows import written_before
     from cilbench.boards.training_checks import row_warning
 
     group = sorted(group, key=lambda r: r.config["seed"])
@@ -296,6 +299,7 @@ def _row(
         extract_seconds=float(np.mean([r.cost["extract_seconds"] for r in extracted] or [0.0])),
         extracted_seeds=[r.config["seed"] for r in extracted],
         untrained=row_warning(group, board),
+        stale={r.config["seed"]: why for r in group if (why := written_before(r))},
     )
 
 

@@ -124,6 +124,7 @@ than fp32 is named beside the backbone; the details table has it for every row."
 
 SHORT_CONVENTION = {"sample-weighted": "sample-wt", "task-averaged": "task-avg"}
 DID_NOT_TRAIN = "did not train"
+STALE = "written before a change: rerun"
 
 DETAILS_HEADER = [
     "strategy",
@@ -138,11 +139,17 @@ DETAILS_HEADER = [
     "published source",
     "published convention",
     "did not train (seeds: why)",
+    "written before a change (seeds: which)",
 ]
 
 
 def _name(row: Row) -> str:
-    return f"{row.name} ({DID_NOT_TRAIN})" if row.untrained else row.name
+    marks = [DID_NOT_TRAIN] * bool(row.untrained) + [STALE] * bool(row.stale)
+    return f"{row.name} ({', '.join(marks)})" if marks else row.name
+
+
+def _per_seed(reasons: dict[int, list[str]]) -> str:
+    return "; ".join(f"{seed}: {', '.join(why)}" for seed, why in reasons.items()) or "–"
 
 
 def _seconds(value: float | None) -> str:
@@ -193,9 +200,6 @@ def _main_cells(row: Row) -> list[str]:
 
 def _details_cells(row: Row) -> list[str]:
     published = _published(row)
-    untrained = "; ".join(
-        f"{seed}: {', '.join(reasons)}" for seed, reasons in row.untrained.items()
-    )
     return [
         _name(row),
         row.backbone,
@@ -208,7 +212,8 @@ def _details_cells(row: Row) -> list[str]:
         *(_flag(row.flags, k) for k in FLAGS),
         published[1],
         published[2],
-        untrained or "–",
+        _per_seed(row.untrained),
+        _per_seed(row.stale),
     ]
 
 
@@ -269,6 +274,7 @@ def board_csv(rows: Sequence[Row]) -> str:
         "cache_wait_seconds",
         "did_not_train",
         "exemplar_budget",
+        "written_before_a_change",
     ]
     names = ["strategy", "backbone", "precision", "protocol", "seeds"]
     writer.writerow([*names, *stats, *costs, *flags, *published, *more])
@@ -289,6 +295,7 @@ def board_csv(rows: Sequence[Row]) -> str:
                 _raw(row.cache_wait_seconds),
                 _raw(bool(row.untrained)),
                 row.flags.get("exemplar_budget") or "",
+                _raw(bool(row.stale)),
             ]
         )
     return out.getvalue()
@@ -325,7 +332,9 @@ CSV. Times and peak memory are per run, on the machine in each result's `environ
 `features extracted` names the seeds that paid for the shared feature cache; the details table
 keeps the total wall time. A row marked "did not train" records trainable parameters, but its
 first-session loss stayed at chance or its accuracy matrix equals a frozen baseline's (NMC,
-SimpleCIL) of the same seed and backbone (`cilbench/boards/training_checks.py`). Flags: `?`
+SimpleCIL) of the same seed and backbone (`cilbench/boards/training_checks.py`). A row marked
+"written before a change" holds results computed before a code change that alters them without
+changing their settings (`cilbench/boards/stale_rows.py` names the change); rerun it. Flags: `?`
 means the strategy does not declare it, `n/a` that it does not apply (no prompt vote without
 prompts). The published number is the first entry of `reference.json` for the same strategy,
 stream, protocol and backbone; the gap is our mean minus it, in its accuracy convention.
