@@ -68,7 +68,6 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from cilbench.api import BaseStrategy, RunContext, register_strategy
 from cilbench.core.config import NonNegative, Positive, Range
@@ -78,6 +77,13 @@ from cilbench.data.augment import training_data
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, IN21K, PILOT, Recipe, Repository
+from cilbench.learn.adapter_sets import (
+    LinearHead,
+    orthogonality_loss,
+    prefix_mean,
+    pull_toward,
+    retrieve,
+)
 from cilbench.learn.adapters import AdaptedBlock, apply_peft, share_parameters
 from cilbench.learn.first_session import AdaptedBranch, FirstSessionConfig
 from cilbench.learn.gaussians import ClassGaussians
@@ -85,8 +91,6 @@ from cilbench.learn.prototypes import class_means_of
 from cilbench.learn.training import TrainSettings, fit, make_optimizer, make_scheduler
 
 MOS_CODE = Repository("sun-hailong/AAAI25-MOS", "8d5e07c1535176ca2fa0c36881f6fd630418ccbc")
-ORTH_TEMPERATURE = 0.8
-"""The orthogonality term's similarity scale (a constant in the reference)."""
 
 
 @dataclass(frozen=True)
@@ -181,7 +185,7 @@ class MOS(BaseStrategy):
     # -- the model and its adapter merge ------------------------------------------------------
 
     def _build_model(self, generator: torch.Generator | None) -> None:
-        model = self.backbone.build_model()
+        model: Any = self.backbone.build_model()
         share_parameters(model, self.backbone.model)
         seed = int(torch.randint(2**62, (1,), generator=generator)) if generator else 0
         with torch.random.fork_rng(devices=[]):
@@ -202,9 +206,7 @@ class MOS(BaseStrategy):
         on `.data` (so backward sees the pulled values, as the reference's does)."""
         if self._pull_target is None:
             return
-        m = self.config.adapter_momentum
-        for parameter, target in zip(self.adapter_tensors(), self._pull_target):
-            parameter.data.mul_(1 - m).add_(target, alpha=m)
+        pull_toward(self.adapter_tensors(), self._pull_target, self.config.adapter_momentum)
 
     def _merge_target(self) -> list[torch.Tensor] | None:
         """mu_t, the mean of the snapshots so far (None at task 0 or without merging)."""
@@ -402,64 +404,3 @@ class MOS(BaseStrategy):
 
     def report(self) -> dict[str, Any]:
         return {"adapter_losses": self.losses}
-
-
-class LinearHead(nn.Module):
-    """`x W^T + b` over the seen classes; grows by rebuilding from the old rows."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone().float())
-        self.bias = nn.Parameter(bias.detach().clone().float())
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.linear(features, self.weight, self.bias)
-
-
-def prefix_mean(
-    snapshots: list[dict[str, torch.Tensor]], names: list[str], count: int
-) -> list[torch.Tensor]:
-    """Per tensor, the mean of the first `count` snapshots (the reference's prefix sum / count)."""
-    means = []
-    for name in names:
-        total = snapshots[0][name].clone()
-        for snapshot in snapshots[1:count]:
-            total = total + snapshot[name]
-        means.append(total / count)
-    return means
-
-
-def orthogonality_loss(features: torch.Tensor, old_means: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of `M M^T / 0.8` against the identity, M = [old class means; features]."""
-    rows = torch.cat([old_means.to(features), features]) if len(old_means) else features
-    similarity = rows @ rows.T / ORTH_TEMPERATURE
-    return F.cross_entropy(similarity, torch.arange(len(rows), device=rows.device))
-
-
-def retrieve(
-    features: torch.Tensor,
-    head: nn.Module,
-    prototypes: torch.Tensor,
-    task_of: torch.Tensor,
-    steps: int,
-    ensemble: bool,
-) -> torch.Tensor:
-    """Self-refined adapter retrieval, per sample.
-
-    `features` (B, T, D): each sample under every task's test adapter. The cosine logits on
-    adapter 0's features pick the first adapter (the task of their top class); the head on the
-    chosen adapter's features picks the next, `steps - 1` times (a fixed point stays fixed, so
-    this equals the reference's stop-at-repeat loop); the head logits there are the answer,
-    with `ensemble` softmax(them) + softmax(T x cosine logits) (T: number of tasks).
-    """
-    batch, tasks, _ = features.shape
-    cosine = F.normalize(features[:, 0], dim=1) @ F.normalize(prototypes, dim=1).T
-    logits = head(features)  # (B, T, C)
-    rows = torch.arange(batch, device=features.device)
-    chosen = task_of[cosine.argmax(dim=1)]
-    for _ in range(steps - 1):
-        chosen = task_of[logits[rows, chosen].argmax(dim=1)]
-    final = logits[rows, chosen]
-    if not ensemble:
-        return final
-    return F.softmax(final, dim=1) + F.softmax(cosine * tasks, dim=1)

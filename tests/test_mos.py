@@ -13,7 +13,8 @@ from cilbench.core.config import resolve
 from cilbench.core.errors import ConfigError
 from cilbench.engine.loop import run
 from cilbench.engine.spec import RunSpec
-from cilbench.strategies.mos import LinearHead, MosConfig, orthogonality_loss, retrieve
+from cilbench.learn.adapter_sets import LinearHead, orthogonality_loss, retrieve
+from cilbench.strategies.mos import MosConfig
 from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
 
 
