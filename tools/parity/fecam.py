@@ -60,9 +60,10 @@ def _accuracies(pred_per_task: list[np.ndarray], true_per_task: list[np.ndarray]
     return [float((p == t).mean() * 100) for p, t in zip(pred_per_task, true_per_task)]
 
 
-def load_pilot_vit(model: Any, inputs: Path, adapter_key: str) -> Any:
+def load_pilot_vit(model: Any, inputs: Path, adapter_key: str | tuple[str, ...]) -> Any:
     """vit.pt into one of PILOT's adapter ViT classes, as PILOT's loader does: fused qkv split
-    into q/k/v, mlp.fc* renamed fc*; only the (missing) adapter parameters stay trainable."""
+    into q/k/v, mlp.fc* renamed fc*; only the (missing) parameters named by `adapter_key` (one
+    or several name parts: the adapters, MOS's head) stay trainable."""
     import torch
 
     state = torch.load(inputs / "vit.pt", map_location="cpu")
@@ -76,7 +77,8 @@ def load_pilot_vit(model: Any, inputs: Path, adapter_key: str) -> Any:
         if "mlp.fc" in key:
             state[key.replace("mlp.", "")] = state.pop(key)
     missing = model.load_state_dict(state, strict=False).missing_keys
-    assert all(adapter_key in k for k in missing), missing
+    keys = (adapter_key,) if isinstance(adapter_key, str) else adapter_key
+    assert all(any(key in k for key in keys) for k in missing), missing
     for name, p in model.named_parameters():
         p.requires_grad = name in missing
     model.out_dim = dim
