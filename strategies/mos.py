@@ -41,13 +41,13 @@ recipes mos`): `paper` from the authors' IN-21k configs, `paper-in1k` from their
 
 Where cilbench differs, and why:
 - Test adapters. The reference pulls the *stored* adapter of task t >= 1 toward mu_t in place,
-  `depth` times in every test forward (the same reweighting call, not undone), so after its first
-  few test batches that adapter is mu_t to float precision and stays so: at test time adapter t
-  is the mean of snapshots 0..t-1 (adapter 1 equals adapter 0). cilbench uses that limit
-  (`test_adapters="prefix-mean"`, default) from the first test image on, so a prediction does not
-  depend on batch order; only the reference's first few test batches after a task differ.
-  `test_adapters="own"` keeps each task's own snapshot (what the paper's text describes). With
-  m = 0 both are the own snapshot, as in the reference.
+  `depth` times in every test forward (the same reweighting call, never undone), so after a few
+  test batches it is mu_t to float precision: at test time adapter t is the mean of snapshots
+  0..t-1 (adapter 1 equals adapter 0; measured on PILOT's learner: `mos-results.md`). cilbench
+  uses that limit from the first test image on (`test_adapters="prefix-mean"`, default), so a
+  prediction does not depend on batch order. `"own"`: each task's own snapshot (the paper's
+  text); with m = 0 both are the own snapshot, as in the reference. Retrieval is per sample in
+  both (the reference loops over a batch's samples one by one).
 - The head grows by the new classes' rows each task (nn.Linear's uniform initialisation from the
   experience's generator); the reference allocates all rows at once, so rows of future classes
   decay (weight decay) before their task. Older rows train with weight decay only, as there.
@@ -76,7 +76,7 @@ from cilbench.core.errors import CilbenchError
 from cilbench.data.augment import training_data
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
-from cilbench.engine.recipes import IN1K, IN21K, PILOT, Recipe, Repository
+from cilbench.engine.recipes import Recipe, Repository, lamda_recipes
 from cilbench.learn.adapter_sets import (
     LinearHead,
     orthogonality_loss,
@@ -116,22 +116,20 @@ class MosConfig(FirstSessionConfig):
 
 
 def _recipe(
-    config: str, epochs: int, lr: float, batch: int, decay: float, protocol: str, **extra: Any
+    config: str,
+    epochs: int,
+    lr: float,
+    batch: int,
+    decay: float,
+    protocol: str,
+    notes: str = "",
+    **extra: Any,
 ) -> list[Recipe]:
     """The authors' IN-21k and IN-1k configs for one data set, and PILOT's IN-1k twin if any."""
     settings = {"epochs": epochs, "lr": lr, "batch_size": batch, "weight_decay": decay, **extra}
-    table = f"MOS (AAAI 2025) Table 1 / repository log, {protocol}"
-    recipes = [
-        Recipe(settings, MOS_CODE.file(f"exps/{config}_in21k.json", f"{table}, IN-21k"),
-               backbone=IN21K),
-        Recipe(settings, MOS_CODE.file(f"exps/{config}.json", f"{table}, IN-1k"),
-               name="paper-in1k", backbone=IN1K),
-    ]  # fmt: skip
-    pilot = {"mos_cifar": "exps/mos.json", "mos_inr": "exps/mos_inr.json"}.get(config)
-    if pilot:
-        source = PILOT.file(pilot, f"LAMDA-PILOT README curve, {protocol}, IN-1k")
-        recipes.append(Recipe(settings, source, name="pilot", backbone=IN1K))
-    return recipes
+    pilot = {"mos_cifar": "mos.json", "mos_inr": "mos_inr.json"}.get(config, "")
+    paper = "MOS (AAAI 2025) Table 1 / repository log"
+    return lamda_recipes(MOS_CODE, config, settings, paper, protocol, pilot, notes)
 
 
 def _stream(init: int, increment: int) -> dict[str, int]:
@@ -157,8 +155,11 @@ class MOS(BaseStrategy):
         "split-cub200": _recipe("mos_cub", 10, 0.01, 32, 5e-4, "CUB B0 Inc10", **_stream(0, 10)),
         "split-objectnet": _recipe("mos_obj", 10, 0.05, 48, 5e-3, "ObjectNet B0 Inc20",
                                    **_stream(0, 20)),
-        "split-omnibenchmark": _recipe("mos_omni", 10, 0.01, 16, 5e-4, "OmniBenchmark B0 Inc20",
-                                       **_stream(0, 20)),
+        "split-omnibenchmark": _recipe(
+            "mos_omni", 10, 0.01, 16, 5e-4, "OmniBenchmark B0 Inc20", **_stream(0, 20),
+            notes="the config file says increment 20; Table 1 and the IN-21k log are B0 Inc30 "
+            "(init_cls and increment 30 in the log's header): --set stream.increment=30",
+        ),
         "vtab": _recipe("mos_vtab", 20, 0.03, 32, 5e-3, "VTAB B0 Inc10", **_stream(0, 10)),
     }  # fmt: skip
 

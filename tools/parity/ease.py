@@ -37,6 +37,7 @@ from fecam import (
     harness_idata,
     load_pilot_vit,
     run_strategy,
+    welch_table,
 )
 
 BOTTLENECK = 16
@@ -122,7 +123,6 @@ def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int) ->
 
 
 def compare(args: argparse.Namespace) -> None:
-    from scipy import stats
 
     here = Path(__file__).resolve()
     common = ["--inputs", str(args.inputs), "--batch", str(args.batch)]
@@ -156,19 +156,7 @@ def compare(args: argparse.Namespace) -> None:
         f"{args.batch}, seeds 0..{args.seeds - 1} a side"
     )
     pairs = [both(s, args.lr) for s in range(args.seeds)]
-    ref, cil = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-    print("| task | PILOT mean ± sd | cilbench mean ± sd | Welch p |\n|---|---|---|---|")
-    for t in range(ref.shape[1]):
-        a, b = ref[:, t], cil[:, t]
-        if a.std() == 0 and b.std() == 0:  # no spread on either side: the t-test is undefined
-            p = 1.0 if a[0] == b[0] else 0.0
-        else:
-            p = stats.ttest_ind(a, b, equal_var=False).pvalue
-        print(
-            f"| {t} | {a.mean():.2f} ± {a.std(ddof=1):.2f} | "
-            f"{b.mean():.2f} ± {b.std(ddof=1):.2f} | {p:.3f} |"
-        )
-    print("\nper seed PILOT:", ref.round(2).tolist(), "\nper seed cilbench:", cil.round(2).tolist())
+    welch_table(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
 
 
 def main() -> None:

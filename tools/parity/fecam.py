@@ -216,7 +216,6 @@ def run_strategy(inputs: Path, strategy: str, overrides: dict, seed: int) -> lis
 
 
 def compare(args: argparse.Namespace) -> None:
-    from scipy import stats
 
     here = Path(__file__).resolve()
     pilot_args = ["--pilot", str(args.pilot)]
@@ -250,7 +249,14 @@ def compare(args: argparse.Namespace) -> None:
         f"{args.batch}, seeds 0..{args.seeds - 1} a side"
     )
     pairs = [both(s, args.epochs, [], ["--peft", "adapter"]) for s in range(args.seeds)]
-    ref, cil = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    welch_table(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+
+
+def welch_table(ref: np.ndarray, cil: np.ndarray) -> None:
+    """Per task (columns of the seeds x tasks arrays): mean ± sd a side and Welch's two-sided
+    t-test (unequal variances); then the per-seed rows. Shared by the harnesses."""
+    from scipy import stats
+
     print("| task | PILOT mean ± sd | cilbench mean ± sd | Welch p |\n|---|---|---|---|")
     for t in range(ref.shape[1]):
         a, b = ref[:, t], cil[:, t]
@@ -259,8 +265,8 @@ def compare(args: argparse.Namespace) -> None:
         else:
             p = stats.ttest_ind(a, b, equal_var=False).pvalue
         print(
-            f"| {t} | {ref[:, t].mean():.2f} ± {ref[:, t].std(ddof=1):.2f} | "
-            f"{cil[:, t].mean():.2f} ± {cil[:, t].std(ddof=1):.2f} | {p:.3f} |"
+            f"| {t} | {a.mean():.2f} ± {a.std(ddof=1):.2f} | "
+            f"{b.mean():.2f} ± {b.std(ddof=1):.2f} | {p:.3f} |"
         )
     print("\nper seed PILOT:", ref.round(2).tolist(), "\nper seed cilbench:", cil.round(2).tolist())
 

@@ -39,6 +39,7 @@ from fecam import (
     harness_idata,
     load_pilot_vit,
     run_strategy,
+    welch_table,
 )
 
 BOTTLENECK = 16
@@ -112,6 +113,9 @@ def run_pilot(pilot: Path, inputs: Path, args: argparse.Namespace) -> dict:
         with torch.no_grad():
             learner._network.backbone.head.weight.copy_(weight)
             learner._network.backbone.head.bias.copy_(bias)
+    drift: list = []
+    if args.report_drift:
+        watch_test_adapters(mos.Learner, drift)
     preds, trues = [], []
     with tempfile.TemporaryDirectory() as scratch:  # keep anything written out of the cwd
         cwd = os.getcwd()
@@ -125,7 +129,28 @@ def run_pilot(pilot: Path, inputs: Path, args: argparse.Namespace) -> dict:
                 learner.after_task()
         finally:
             os.chdir(cwd)
-    return {"side": "pilot", "seed": args.seed, "accuracy": _accuracies(preds, trues)}
+    result = {"side": "pilot", "seed": args.seed, "accuracy": _accuracies(preds, trues)}
+    return {**result, "drift": drift} if args.report_drift else result
+
+
+def watch_test_adapters(learner_class: Any, drift: list) -> None:
+    """Wrap the learner's `_eval_cnn` to record, for every stored adapter t >= 1 after each
+    evaluation: how far the evaluation moved it and its distance to the mean of snapshots
+    0..t-1 before and after (max |difference| over layer 0's down-projection weight)."""
+    evaluate = learner_class._eval_cnn
+
+    def watched(self: Any, loader: Any) -> Any:
+        backbone = self._network.backbone
+        weights = [a[0].down_proj.weight.detach().clone() for a in backbone.adapter_list]
+        out = evaluate(self, loader)
+        for t, before in enumerate(weights[1:], start=1):
+            after = backbone.adapter_list[t][0].down_proj.weight.detach()
+            mean = backbone.down_weight_sum[0][t - 1] / t
+            gaps = [(after - before), (before - mean), (after - mean)]
+            drift.append([self._cur_task, t, *(float(g.abs().max()) for g in gaps)])
+        return out
+
+    learner_class._eval_cnn = watched
 
 
 def run_cilbench(inputs: Path, args: argparse.Namespace) -> dict:
@@ -149,23 +174,6 @@ def run_cilbench(inputs: Path, args: argparse.Namespace) -> dict:
     }  # fmt: skip
     accuracy = run_strategy(inputs, "mos", overrides, args.seed)
     return {"side": "cilbench", "seed": args.seed, "accuracy": accuracy}
-
-
-def _table(ref: np.ndarray, cil: np.ndarray) -> None:
-    from scipy import stats
-
-    print("| task | PILOT mean ± sd | cilbench mean ± sd | Welch p |\n|---|---|---|---|")
-    for t in range(ref.shape[1]):
-        a, b = ref[:, t], cil[:, t]
-        if a.std() == 0 and b.std() == 0:  # no spread on either side: the t-test is undefined
-            p = 1.0 if a[0] == b[0] else 0.0
-        else:
-            p = stats.ttest_ind(a, b, equal_var=False).pvalue
-        print(
-            f"| {t} | {a.mean():.2f} ± {a.std(ddof=1):.2f} | "
-            f"{b.mean():.2f} ± {b.std(ddof=1):.2f} | {p:.3f} |"
-        )
-    print("\nper seed PILOT:", ref.round(2).tolist(), "\nper seed cilbench:", cil.round(2).tolist())
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -212,7 +220,7 @@ def compare(args: argparse.Namespace) -> None:
             f"{args.ca_lr}, seeds 0..{args.seeds - 1} a side"
         )
         pairs = [both(s, trained) for s in range(args.seeds)]
-        _table(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+        welch_table(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
 
 
 def main() -> None:
@@ -232,6 +240,8 @@ def main() -> None:
         p.add_argument("--fixed-head", action="store_true")
         if name in ("pilot", "compare"):
             p.add_argument("--pilot", type=Path, required=True, help="LAMDA-PILOT checkout")
+        if name == "pilot":
+            p.add_argument("--report-drift", action="store_true", help=watch_test_adapters.__doc__)
         if name == "compare":
             p.add_argument("--pilot-python", default="/tmp/pilot-venv/bin/python")
             p.add_argument("--seeds", type=int, default=3)
