@@ -132,7 +132,7 @@ def _recipe(
     return lamda_recipes(MOS_CODE, config, settings, paper, protocol, pilot, notes)
 
 
-def _stream(init: int, increment: int) -> dict[str, int]:
+def _stream(init: int, increment: int) -> dict[str, Any]:
     return {"stream.init_classes": init, "stream.increment": increment}
 
 

@@ -185,3 +185,22 @@ def test_defaults_are_the_reference_cifar_config():
         0.1,
         0.1,
     )
+
+
+def test_variance_storage_keeps_the_diagonal_and_samples_from_it():
+    from cilbench.learn.gaussians import ClassGaussians
+
+    features = torch.tensor([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0]])
+    labels = torch.tensor([0, 0, 0])
+    full, diagonal = ClassGaussians(1e-4), ClassGaussians(1e-4, diagonal=True)
+    full.add(features, labels, (0,))
+    diagonal.add(features, labels, (0,))
+    # unbiased variances of [0, 2, 4] and [1, 1, 4]: 4 and 3, plus the ridge
+    assert diagonal.covariances.shape == (1, 2)
+    assert torch.allclose(
+        diagonal.covariances[0], torch.tensor([4.0001, 3.0001], dtype=torch.float64)
+    )
+    assert torch.allclose(full.covariances[0].diagonal(), diagonal.covariances[0])
+    draws = diagonal.sample(0, 20000, torch.Generator().manual_seed(0))
+    assert torch.allclose(draws.var(0), torch.tensor([4.0, 3.0]), rtol=0.05)
+    assert torch.allclose(draws.mean(0), torch.tensor([2.0, 2.0]), atol=0.05)
