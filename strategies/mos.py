@@ -74,7 +74,7 @@ from cilbench.core.config import NonNegative, Positive, Range
 from cilbench.core.devices import autocast
 from cilbench.core.errors import CilbenchError
 from cilbench.data.augment import training_data
-from cilbench.data.sources import DatasetView
+from cilbench.data.sources import DatasetView, loader_options, loader_workers
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import Recipe, Repository, lamda_recipes
 from cilbench.learn.adapter_sets import (
@@ -285,19 +285,23 @@ class MOS(BaseStrategy):
 
     def _add_statistics(self, view: DatasetView, new: list[int]) -> None:
         """Each new class's features (the pulls still applied, as the reference), stored as a
-        Gaussian; class by class in batches of 3 x batch_size."""
-        transform = self.backbone.preprocessing.sample_transform()
+        Gaussian; class by class, in batches of 3 x batch_size that never span two classes."""
+        size = 3 * self.config.batch_size
+        batches = []
+        for c in new:
+            rows = np.flatnonzero(view.labels == c).tolist()
+            batches += [rows[i : i + size] for i in range(0, len(rows), size)]
+        workers = loader_workers(self.context.num_workers, [view.source], self.device)
+        loader = torch.utils.data.DataLoader(
+            view.with_transform(self.backbone.preprocessing.sample_transform()),
+            batch_sampler=batches,
+            **loader_options(self.device, workers),
+        )
         features, labels = [], []
         with torch.no_grad(), autocast(self.device, self.backbone.precision):
-            for c in new:
-                rows = np.flatnonzero(view.labels == c)
-                own = DatasetView(view.source, view.indices[rows], view.labels[rows])
-                loader = torch.utils.data.DataLoader(
-                    own.with_transform(transform), batch_size=3 * self.config.batch_size
-                )
-                for images, y in loader:
-                    features.append(self.model(self.backbone.prepare(images)).float().cpu())
-                    labels.append(y)
+            for images, y in loader:
+                features.append(self.model(self.backbone.prepare(images)).float().cpu())
+                labels.append(y)
         self.gaussians.add(torch.cat(features), torch.cat(labels), tuple(new))
 
     def _align(self, generator: torch.Generator) -> None:
