@@ -85,6 +85,26 @@ def load_pilot_vit(model: Any, inputs: Path, adapter_key: str | tuple[str, ...])
     return model.eval()
 
 
+def drive_pilot(learner: Any, manager: Any) -> list[float]:
+    """Drive a PILOT learner as PILOT's trainer.py does (`incremental_train`, evaluation,
+    `after_task`) in a scratch working directory (some learners write checkpoints into it);
+    top-1 accuracy (%) over the classes seen so far after each task, from `_eval_cnn`."""
+    preds, trues = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        cwd = os.getcwd()
+        os.chdir(scratch)
+        try:
+            for _ in range(manager.nb_tasks):
+                learner.incremental_train(manager)
+                y_pred, y_true = learner._eval_cnn(learner.test_loader)
+                preds.append(y_pred[:, 0])
+                trues.append(y_true)
+                learner.after_task()
+        finally:
+            os.chdir(cwd)
+    return _accuracies(preds, trues)
+
+
 def harness_idata(inputs: Path) -> type:
     """The iData class PILOT's DataManager reads, serving the npz stream (shared with ease.py)."""
     from torchvision import transforms
@@ -147,20 +167,7 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
     torch.manual_seed(seed)  # trainer._set_random
     manager = data_manager.DataManager("harness", False, seed, INCREMENT, INCREMENT, args)
     learner = fecam.Learner(args)
-    preds, trues = [], []
-    with tempfile.TemporaryDirectory() as scratch:  # save_checkpoint writes into the cwd
-        cwd = os.getcwd()
-        os.chdir(scratch)
-        try:
-            for _ in range(manager.nb_tasks):
-                learner.incremental_train(manager)
-                y_pred, y_true = learner._eval_cnn(learner.test_loader)
-                preds.append(y_pred[:, 0])
-                trues.append(y_true)
-                learner.after_task()
-        finally:
-            os.chdir(cwd)
-    return {"side": "pilot", "seed": seed, "accuracy": _accuracies(preds, trues)}
+    return {"side": "pilot", "seed": seed, "accuracy": drive_pilot(learner, manager)}
 
 
 def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int, peft: str) -> dict:

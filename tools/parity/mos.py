@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ from fecam import (
     CLASSES,
     INCREMENT,
     VIT,
-    _accuracies,
+    drive_pilot,
     harness_idata,
     load_pilot_vit,
     run_strategy,
@@ -116,20 +114,7 @@ def run_pilot(pilot: Path, inputs: Path, args: argparse.Namespace) -> dict:
     drift: list = []
     if args.report_drift:
         watch_test_adapters(mos.Learner, drift)
-    preds, trues = [], []
-    with tempfile.TemporaryDirectory() as scratch:  # keep anything written out of the cwd
-        cwd = os.getcwd()
-        os.chdir(scratch)
-        try:
-            for _ in range(manager.nb_tasks):
-                learner.incremental_train(manager)
-                y_pred, y_true = learner._eval_cnn(learner.test_loader)
-                preds.append(y_pred[:, 0])
-                trues.append(y_true)
-                learner.after_task()
-        finally:
-            os.chdir(cwd)
-    result = {"side": "pilot", "seed": args.seed, "accuracy": _accuracies(preds, trues)}
+    result = {"side": "pilot", "seed": args.seed, "accuracy": drive_pilot(learner, manager)}
     return {**result, "drift": drift} if args.report_drift else result
 
 
