@@ -66,7 +66,7 @@ from cilbench.core.config import NonNegative
 from cilbench.core.errors import CilbenchError
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
-from cilbench.engine.recipes import IN1K, IN21K, PILOT, Recipe, Repository
+from cilbench.engine.recipes import Recipe, Repository, lamda_recipes
 from cilbench.learn.first_session import AdaptedBranch, FirstSessionConfig
 from cilbench.learn.prototypes import class_means_of, transfer_prototypes
 
@@ -92,18 +92,9 @@ def _recipe(
 ) -> list[Recipe]:
     """The authors' IN-21k and IN-1k configs for one data set, and PILOT's IN-1k twin if any."""
     settings = {"epochs": epochs, "lr": lr, "batch_size": batch, "weight_decay": decay, **extra}
-    table = f"EASE (CVPR 2024) repository log, {protocol}"
-    recipes = [
-        Recipe(settings, EASE_CODE.file(f"exps/{config}_in21k.json", f"{table}, IN-21k"),
-               backbone=IN21K),
-        Recipe(settings, EASE_CODE.file(f"exps/{config}.json", f"{table}, IN-1k"),
-               name="paper-in1k", backbone=IN1K),
-    ]  # fmt: skip
-    pilot = {"ease_cifar": "exps/ease.json", "ease_inr": "exps/ease_inr.json"}.get(config)
-    if pilot:
-        source = PILOT.file(pilot, f"LAMDA-PILOT README curve, {protocol}, IN-1k")
-        recipes.append(Recipe(settings, source, name="pilot", backbone=IN1K))
-    return recipes
+    pilot = {"ease_cifar": "ease.json", "ease_inr": "ease_inr.json"}.get(config, "")
+    paper = "EASE (CVPR 2024) repository log"
+    return lamda_recipes(EASE_CODE, config, settings, paper, protocol, pilot)
 
 
 @register_strategy("ease")

@@ -50,6 +50,16 @@ EASE_DEFAULTS = {
 and use_reweight true, SGD, cosine to min_lr 0 (models/ease.py get_optimizer/get_scheduler)."""
 
 
+MOS = "sun-hailong/AAAI25-MOS exps/"
+MOS_DEFAULTS = {
+    "reg": 0.1, "adapter_momentum": 0.1, "ensemble": True, "ca_epochs": 30, "ca_lr": 0.005,
+    "adapter_bottleneck": 16, "optimizer": "sgd", "min_lr": 0.0, "head_lr_scale": 0.1,
+    "retrieval_steps": 4, "test_adapters": "prefix-mean",
+}  # fmt: skip
+"""Every MOS config: reg 0.1, adapter_momentum 0.1, ensemble, crct_epochs 30, ca_lr 0.005,
+ffn_num 16, SGD, cosine to min_lr 0; the head at init_lr x 0.1 and MAX_ITER 4 (models/mos.py)."""
+
+
 def first(
     epochs: int, lr: float, batch: int, wd: float, tokens: int | None = None
 ) -> dict[str, Any]:
@@ -172,6 +182,37 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
         for stream, config, lr, batch, wd, increment in [
             ("split-cifar100", "ease.json", 0.025, 48, 5e-4, 5),
             ("split-imagenet-r", "ease_inr.json", 0.05, 16, 5e-3, 20),
+        ]
+    ],
+    # MOS: the authors' exps/mos_<data>[_in21k].json (= LAMDA-PILOT exps/mos*.json for IN-1k).
+    *[
+        (
+            "mos", stream, sets,
+            {**first(*values), **MOS_DEFAULTS, "ca_storage": storage, "backbone": backbone,
+             "stream.increment": increment, "stream.init_classes": 0, **LAMDA, **NO_NORM},
+            f"{MOS}{config}{suffix}.json",
+        )
+        for stream, config, values, increment, storage in [
+            ("split-cifar100", "mos_cifar", (20, 0.03, 48, 5e-4), 5, "covariance"),
+            ("split-imagenet-r", "mos_inr", (10, 0.05, 16, 5e-3), 20, "covariance"),
+            ("split-imagenet-a", "mos_ina", (10, 0.05, 32, 5e-3), 20, "variance"),
+            ("split-cub200", "mos_cub", (10, 0.01, 32, 5e-4), 10, "covariance"),
+            ("split-objectnet", "mos_obj", (10, 0.05, 48, 5e-3), 20, "covariance"),
+            ("split-omnibenchmark", "mos_omni", (10, 0.01, 16, 5e-4), 20, "covariance"),
+            ("vtab", "mos_vtab", (20, 0.03, 32, 5e-3), 10, "covariance"),
+        ]
+        for sets, backbone, suffix in [({}, IN21K, "_in21k"), ({"recipe": "paper-in1k"}, IN1K, "")]
+    ],
+    *[
+        (
+            "mos", stream, {"recipe": "pilot"},
+            {**first(epochs, lr, batch, wd), **MOS_DEFAULTS, "backbone": IN1K,
+             "stream.increment": increment, **LAMDA, **NO_NORM},
+            f"{PILOT}{config}",
+        )
+        for stream, config, epochs, lr, batch, wd, increment in [
+            ("split-cifar100", "mos.json", 20, 0.03, 48, 5e-4, 5),
+            ("split-imagenet-r", "mos_inr.json", 10, 0.05, 16, 5e-3, 20),
         ]
     ],
     ("fecam", "split-cifar100", {}, {

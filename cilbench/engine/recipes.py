@@ -162,6 +162,32 @@ def pilot_adapter_recipe(
     return Recipe(settings, PILOT.file(f"exps/{config}", table), name="pilot", backbone=IN1K)
 
 
+def lamda_recipes(
+    code: Repository,
+    config: str,
+    settings: Mapping[str, Any],
+    paper: str,
+    protocol: str,
+    pilot: str = "",
+    notes: str = "",
+) -> list[Recipe]:
+    """The authors' `exps/<config>_in21k.json` (`paper`, IN-21k) and `exps/<config>.json`
+    (`paper-in1k`) of a LAMDA-group repository (EASE, MOS), and LAMDA-PILOT's IN-1k twin
+    `exps/<pilot>` (`pilot`) when there is one. `paper` names the published result, `protocol`
+    the split (e.g. "CIFAR B0 Inc5")."""
+    table = f"{paper}, {protocol}"
+    recipes = [
+        Recipe(settings, code.file(f"exps/{config}_in21k.json", f"{table}, IN-21k"),
+               backbone=IN21K, notes=notes),
+        Recipe(settings, code.file(f"exps/{config}.json", f"{table}, IN-1k"),
+               name="paper-in1k", backbone=IN1K, notes=notes),
+    ]  # fmt: skip
+    if pilot:
+        source = PILOT.file(f"exps/{pilot}", f"LAMDA-PILOT README curve, {protocol}, IN-1k")
+        recipes.append(Recipe(settings, source, name="pilot", backbone=IN1K))
+    return recipes
+
+
 def shared_head_recipe(epochs: int, notes: str) -> Recipe:
     """cilbench's own bound: one head over all seen classes, cross-entropy over all of them."""
     return Recipe(

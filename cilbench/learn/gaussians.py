@@ -3,6 +3,7 @@
 Each class keeps the mean and the full (unbiased) covariance of its features, in float64 with a
 small ridge on the diagonal so the Cholesky factor always exists. Sampling draws from
 N(scale * mean, cov) with an explicit generator, so it is reproducible and touches no global RNG.
+`diagonal=True` keeps only the variances (D per class; MOS's `variance` storage).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from cilbench.core.errors import DataError
 
 
 class ClassGaussians:
-    """Mean (C, D) and covariance (C, D, D) of each class's features, float64."""
+    """Mean (C, D) and covariance (C, D, D) of each class's features, float64; with `diagonal`,
+    the variances (C, D) instead of the covariance."""
 
-    def __init__(self, ridge: float = 1e-4):
+    def __init__(self, ridge: float = 1e-4, diagonal: bool = False):
         self.ridge = ridge
+        self.diagonal = diagonal
         self.means = torch.zeros(0, 0, dtype=torch.float64)
         self.covariances = torch.zeros(0, 0, 0, dtype=torch.float64)
         self._factors: dict[tuple[int, str], torch.Tensor] = {}
@@ -42,10 +45,11 @@ class ClassGaussians:
                     "covariance needs at least 2 (SLCA's classifier alignment)."
                 )
             means.append(own.mean(0))
-            covariances.append(torch.cov(own.T) + self.ridge * eye)
+            covariance = torch.cov(own.T) + self.ridge * eye
+            covariances.append(covariance.diagonal().clone() if self.diagonal else covariance)
         if len(self) == 0:
             self.means = torch.zeros(0, features.shape[1], dtype=torch.float64)
-            self.covariances = torch.zeros(0, features.shape[1], features.shape[1]).double()
+            self.covariances = torch.zeros(0, *covariances[0].shape, dtype=torch.float64)
         self.means = torch.cat([self.means, torch.stack(means)])
         self.covariances = torch.cat([self.covariances, torch.stack(covariances)])
 
@@ -65,7 +69,11 @@ class ClassGaussians:
         device = device or torch.device("cpu")
         key = (c, str(device))
         if key not in self._factors:
-            self._factors[key] = torch.linalg.cholesky(self.covariances[c].to(device))
+            covariance = self.covariances[c].to(device)
+            diagonal = covariance.ndim == 1
+            self._factors[key] = (
+                covariance.sqrt().diag() if diagonal else torch.linalg.cholesky(covariance)
+            )
         factor = self._factors[key]
         noise = torch.randn(count, factor.shape[0], generator=generator, dtype=torch.float64)
         mean = scale * self.means[c].to(device)

@@ -125,6 +125,7 @@ def fit(
     num_workers: int | None = None,
     precision: str = "auto",
     compile: bool = False,
+    after_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Minimise `loss_fn(prepare(images), labels)` over `data`; the mean loss of every epoch.
 
@@ -133,6 +134,7 @@ def fit(
     `num_workers`: loader processes (None: `loader_workers` decides from `device` and from
     `data.sources`, which `augment.training_data` datasets name). A dataset with a
     `sampler(generator)` method (per-image augmentation) supplies its own shuffled keys.
+    `after_step`: called after every optimiser step (MOS merges its adapters there).
     """
     loss_fn = compiled(loss_fn, compile)
     optimizer = make_optimizer(groups, settings)
@@ -168,6 +170,8 @@ def fit(
                 if settings.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
                 optimizer.step()
+                if after_step is not None:
+                    after_step()
                 total += loss.detach().float() * len(labels)
                 count += len(labels)
                 if step % check_every == 0:

@@ -60,9 +60,10 @@ def _accuracies(pred_per_task: list[np.ndarray], true_per_task: list[np.ndarray]
     return [float((p == t).mean() * 100) for p, t in zip(pred_per_task, true_per_task)]
 
 
-def load_pilot_vit(model: Any, inputs: Path, adapter_key: str) -> Any:
+def load_pilot_vit(model: Any, inputs: Path, adapter_key: str | tuple[str, ...]) -> Any:
     """vit.pt into one of PILOT's adapter ViT classes, as PILOT's loader does: fused qkv split
-    into q/k/v, mlp.fc* renamed fc*; only the (missing) adapter parameters stay trainable."""
+    into q/k/v, mlp.fc* renamed fc*; only the (missing) parameters named by `adapter_key` (one
+    or several name parts: the adapters, MOS's head) stay trainable."""
     import torch
 
     state = torch.load(inputs / "vit.pt", map_location="cpu")
@@ -76,11 +77,32 @@ def load_pilot_vit(model: Any, inputs: Path, adapter_key: str) -> Any:
         if "mlp.fc" in key:
             state[key.replace("mlp.", "")] = state.pop(key)
     missing = model.load_state_dict(state, strict=False).missing_keys
-    assert all(adapter_key in k for k in missing), missing
+    keys = (adapter_key,) if isinstance(adapter_key, str) else adapter_key
+    assert all(any(key in k for key in keys) for k in missing), missing
     for name, p in model.named_parameters():
         p.requires_grad = name in missing
     model.out_dim = dim
     return model.eval()
+
+
+def drive_pilot(learner: Any, manager: Any) -> list[float]:
+    """Drive a PILOT learner as PILOT's trainer.py does (`incremental_train`, evaluation,
+    `after_task`) in a scratch working directory (some learners write checkpoints into it);
+    top-1 accuracy (%) over the classes seen so far after each task, from `_eval_cnn`."""
+    preds, trues = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        cwd = os.getcwd()
+        os.chdir(scratch)
+        try:
+            for _ in range(manager.nb_tasks):
+                learner.incremental_train(manager)
+                y_pred, y_true = learner._eval_cnn(learner.test_loader)
+                preds.append(y_pred[:, 0])
+                trues.append(y_true)
+                learner.after_task()
+        finally:
+            os.chdir(cwd)
+    return _accuracies(preds, trues)
 
 
 def harness_idata(inputs: Path) -> type:
@@ -145,20 +167,7 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
     torch.manual_seed(seed)  # trainer._set_random
     manager = data_manager.DataManager("harness", False, seed, INCREMENT, INCREMENT, args)
     learner = fecam.Learner(args)
-    preds, trues = [], []
-    with tempfile.TemporaryDirectory() as scratch:  # save_checkpoint writes into the cwd
-        cwd = os.getcwd()
-        os.chdir(scratch)
-        try:
-            for _ in range(manager.nb_tasks):
-                learner.incremental_train(manager)
-                y_pred, y_true = learner._eval_cnn(learner.test_loader)
-                preds.append(y_pred[:, 0])
-                trues.append(y_true)
-                learner.after_task()
-        finally:
-            os.chdir(cwd)
-    return {"side": "pilot", "seed": seed, "accuracy": _accuracies(preds, trues)}
+    return {"side": "pilot", "seed": seed, "accuracy": drive_pilot(learner, manager)}
 
 
 def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int, peft: str) -> dict:
@@ -214,7 +223,6 @@ def run_strategy(inputs: Path, strategy: str, overrides: dict, seed: int) -> lis
 
 
 def compare(args: argparse.Namespace) -> None:
-    from scipy import stats
 
     here = Path(__file__).resolve()
     pilot_args = ["--pilot", str(args.pilot)]
@@ -248,7 +256,14 @@ def compare(args: argparse.Namespace) -> None:
         f"{args.batch}, seeds 0..{args.seeds - 1} a side"
     )
     pairs = [both(s, args.epochs, [], ["--peft", "adapter"]) for s in range(args.seeds)]
-    ref, cil = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    welch_table(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+
+
+def welch_table(ref: np.ndarray, cil: np.ndarray) -> None:
+    """Per task (columns of the seeds x tasks arrays): mean ± sd a side and Welch's two-sided
+    t-test (unequal variances); then the per-seed rows. Shared by the harnesses."""
+    from scipy import stats
+
     print("| task | PILOT mean ± sd | cilbench mean ± sd | Welch p |\n|---|---|---|---|")
     for t in range(ref.shape[1]):
         a, b = ref[:, t], cil[:, t]
@@ -257,8 +272,8 @@ def compare(args: argparse.Namespace) -> None:
         else:
             p = stats.ttest_ind(a, b, equal_var=False).pvalue
         print(
-            f"| {t} | {ref[:, t].mean():.2f} ± {ref[:, t].std(ddof=1):.2f} | "
-            f"{cil[:, t].mean():.2f} ± {cil[:, t].std(ddof=1):.2f} | {p:.3f} |"
+            f"| {t} | {a.mean():.2f} ± {a.std(ddof=1):.2f} | "
+            f"{b.mean():.2f} ± {b.std(ddof=1):.2f} | {p:.3f} |"
         )
     print("\nper seed PILOT:", ref.round(2).tolist(), "\nper seed cilbench:", cil.round(2).tolist())
 
