@@ -125,6 +125,8 @@ def fit(
     num_workers: int | None = None,
     precision: str = "auto",
     compile: bool = False,
+    before_epoch: Callable[[int], None] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Minimise `loss_fn(prepare(images), labels)` over `data`; the mean loss of every epoch.
 
@@ -133,6 +135,9 @@ def fit(
     `num_workers`: loader processes (None: `loader_workers` decides from `device` and from
     `data.sources`, which `augment.training_data` datasets name). A dataset with a
     `sampler(generator)` method (per-image augmentation) supplies its own shuffled keys.
+    `before_epoch(epoch)` runs before each epoch (LAE freezes its prefixes for the first ones:
+    a parameter the optimiser holds gets no update while it has no gradient), `after_step()`
+    after every optimiser step (LAE's EMA of the prefixes).
     """
     loss_fn = compiled(loss_fn, compile)
     optimizer = make_optimizer(groups, settings)
@@ -159,6 +164,8 @@ def fit(
     ):
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         for epoch in range(settings.epochs):
+            if before_epoch is not None:
+                before_epoch(epoch)
             total, count = torch.zeros((), device=device), 0
             for step, (images, labels) in enumerate(loader):
                 with autocast(device, precision):
@@ -168,6 +175,8 @@ def fit(
                 if settings.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
                 optimizer.step()
+                if after_step is not None:
+                    after_step()
                 total += loss.detach().float() * len(labels)
                 count += len(labels)
                 if step % check_every == 0:

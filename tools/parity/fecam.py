@@ -34,8 +34,9 @@ CLASSES, INCREMENT, TRAIN, TEST = 6, 2, 30, 12
 MEAN = STD = (0.5, 0.5, 0.5)
 
 
-def make_inputs(out: Path, seed: int = 0) -> None:
-    """images.npz (train/test uint8 NHWC + labels) and vit.pt (timm state dict), both seeded."""
+def make_inputs(out: Path, seed: int = 0, depth: int = VIT["depth"]) -> None:
+    """images.npz (train/test uint8 NHWC + labels) and vit.pt (timm state dict), both seeded;
+    vit.json: the ViT's arguments (`depth` blocks; LAE's harness needs at least 5)."""
     import timm
     import torch
 
@@ -52,8 +53,16 @@ def make_inputs(out: Path, seed: int = 0) -> None:
     (train_x, train_y), (test_x, test_y) = sample(TRAIN), sample(TEST)
     np.savez(out / "images.npz", train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
     torch.manual_seed(seed)
-    model = timm.create_model(ARCH, pretrained=False, num_classes=0, **VIT)
+    vit = {**VIT, "depth": depth}
+    model = timm.create_model(ARCH, pretrained=False, num_classes=0, **vit)
     torch.save(model.state_dict(), out / "vit.pt")
+    (out / "vit.json").write_text(json.dumps(vit))
+
+
+def vit_arguments(inputs: Path) -> dict[str, int]:
+    """The saved ViT's timm arguments (`VIT` for inputs written before vit.json existed)."""
+    path = inputs / "vit.json"
+    return json.loads(path.read_text()) if path.exists() else dict(VIT)
 
 
 def _accuracies(pred_per_task: list[np.ndarray], true_per_task: list[np.ndarray]) -> list[float]:
@@ -198,7 +207,7 @@ def run_strategy(inputs: Path, strategy: str, overrides: dict, seed: int) -> lis
     )
     backbone = BackboneSpec(
         name="parity-vit", architecture=ARCH, weights=f"file:{inputs / 'vit.pt'}",
-        model_kwargs=VIT, image_size=32, crop_pct=1.0, normalization="inception",
+        model_kwargs=vit_arguments(inputs), image_size=32, crop_pct=1.0, normalization="inception",
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         spec = RunSpec(
@@ -266,7 +275,9 @@ def compare(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("inputs").add_argument("out", type=Path)
+    inputs = sub.add_parser("inputs")
+    inputs.add_argument("out", type=Path)
+    inputs.add_argument("--depth", type=int, default=VIT["depth"], help="ViT blocks (LAE: 6)")
     for name in ("pilot", "cilbench", "compare"):
         p = sub.add_parser(name)
         p.add_argument("--inputs", type=Path, required=True)
@@ -285,7 +296,7 @@ def main() -> None:
             p.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     if args.command == "inputs":
-        make_inputs(args.out)
+        make_inputs(args.out, depth=args.depth)
     elif args.command == "pilot":
         lr = args.lr if args.lr_override is None else args.lr_override
         result = run_pilot(args.pilot, args.inputs, args.epochs, lr, args.batch, args.seed)
