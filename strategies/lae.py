@@ -45,7 +45,8 @@ Where cilbench differs, and why:
 - Training randomness (prefix and head initialisation, shuffling) comes from the experience's
   generator (the prefixes from `generator(-1)`), not torch's global RNG, so a resumed run equals
   an uninterrupted one. PILOT also evaluates the test set every 5 epochs (no effect on training).
-  Per-task accuracies against PILOT's own learner: `tools/parity/lae.py`, `lae-results.md`.
+  Per-task accuracies equal PILOT's own learner from shared initial values at lr 0, and agree
+  within seed noise when trained (`tools/parity/lae.py`, `tools/parity/lae-results.md`).
 """
 
 from __future__ import annotations

@@ -112,6 +112,26 @@ def harness_idata(inputs: Path) -> type:
     return HarnessData
 
 
+def drive_learner(learner: Any, manager: Any) -> list[float]:
+    """A PILOT learner through every task as PILOT's `trainer.py` drives it (`incremental_train`,
+    its own `_eval_cnn` top-1, `after_task`); accuracy over the seen classes after each task.
+    Runs in a temporary folder: PILOT's `save_checkpoint` and the like write into the cwd."""
+    preds, trues = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        cwd = os.getcwd()
+        os.chdir(scratch)
+        try:
+            for _ in range(manager.nb_tasks):
+                learner.incremental_train(manager)
+                y_pred, y_true = learner._eval_cnn(learner.test_loader)
+                preds.append(y_pred[:, 0])
+                trues.append(y_true)
+                learner.after_task()
+        finally:
+            os.chdir(cwd)
+    return _accuracies(preds, trues)
+
+
 def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, seed: int) -> dict:
     """PILOT's FeCAM learner on the npz stream; accuracy over seen classes after each task."""
     import torch
@@ -154,20 +174,7 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
     torch.manual_seed(seed)  # trainer._set_random
     manager = data_manager.DataManager("harness", False, seed, INCREMENT, INCREMENT, args)
     learner = fecam.Learner(args)
-    preds, trues = [], []
-    with tempfile.TemporaryDirectory() as scratch:  # save_checkpoint writes into the cwd
-        cwd = os.getcwd()
-        os.chdir(scratch)
-        try:
-            for _ in range(manager.nb_tasks):
-                learner.incremental_train(manager)
-                y_pred, y_true = learner._eval_cnn(learner.test_loader)
-                preds.append(y_pred[:, 0])
-                trues.append(y_true)
-                learner.after_task()
-        finally:
-            os.chdir(cwd)
-    return {"side": "pilot", "seed": seed, "accuracy": _accuracies(preds, trues)}
+    return {"side": "pilot", "seed": seed, "accuracy": drive_learner(learner, manager)}
 
 
 def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int, peft: str) -> dict:
@@ -222,41 +229,25 @@ def run_strategy(inputs: Path, strategy: str, overrides: dict, seed: int) -> lis
     return [a * scale for a in accuracy]
 
 
-def compare(args: argparse.Namespace) -> None:
-    from scipy import stats
+def accuracy_of(process: subprocess.Popen) -> list[float]:
+    """The per-task accuracy a side's subprocess printed as its last JSON line."""
+    out, err = process.communicate()
+    if process.returncode:
+        raise SystemExit(f"{process.args[2]} failed:\n{err.decode()[-3000:]}")
+    return json.loads(out.decode().strip().splitlines()[-1])["accuracy"]
 
-    here = Path(__file__).resolve()
-    pilot_args = ["--pilot", str(args.pilot)]
-    common = ["--inputs", str(args.inputs), "--lr", str(args.lr), "--batch", str(args.batch)]
 
-    def start(python: str, name: str, seed: int, epochs: int, extra: list[str]) -> subprocess.Popen:
-        command = [python, str(here), name, *common, "--epochs", str(epochs), "--seed", str(seed)]
-        return subprocess.Popen(command + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def result(process: subprocess.Popen) -> list[float]:
-        out, err = process.communicate()
-        if process.returncode:
-            raise SystemExit(f"{process.args[2]} failed:\n{err.decode()[-3000:]}")
-        return json.loads(out.decode().strip().splitlines()[-1])["accuracy"]
-
-    def both(seed: int, epochs: int, pilot_extra: list[str], ours_extra: list[str]) -> tuple:
-        """Run the two sides of one seed side by side (one process each)."""
-        runs = start(args.pilot_python, "pilot", seed, epochs, pilot_args + pilot_extra)
-        mine = start(sys.executable, "cilbench", seed, epochs, ours_extra)
-        return result(runs), result(mine)
-
-    print("## frozen first session (PILOT: lr 0, 1 epoch; cilbench: peft=none)")
-    reference, ours = both(0, 1, ["--lr-override", "0"], ["--peft", "none"])
+def print_identical_table(reference: list[float], ours: list[float]) -> None:
+    """The deterministic regime's per-task table (the two columns must agree)."""
     print("| task | PILOT | cilbench |\n|---|---|---|")
     for t, (a, b) in enumerate(zip(reference, ours)):
         print(f"| {t} | {a:.2f} | {b:.2f} |")
-    if args.seeds <= 0:
-        return
-    print(
-        f"\n## adapter trained on task 0: {args.epochs} epochs, SGD lr {args.lr}, batch "
-        f"{args.batch}, seeds 0..{args.seeds - 1} a side"
-    )
-    pairs = [both(s, args.epochs, [], ["--peft", "adapter"]) for s in range(args.seeds)]
+
+
+def print_seed_table(pairs: list[tuple[list[float], list[float]]]) -> None:
+    """A trained regime: per task, mean ± sd over seeds a side and Welch's t-test p; per seed."""
+    from scipy import stats
+
     ref, cil = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     print("| task | PILOT mean ± sd | cilbench mean ± sd | Welch p |\n|---|---|---|---|")
     for t in range(ref.shape[1]):
@@ -266,10 +257,38 @@ def compare(args: argparse.Namespace) -> None:
         else:
             p = stats.ttest_ind(a, b, equal_var=False).pvalue
         print(
-            f"| {t} | {ref[:, t].mean():.2f} ± {ref[:, t].std(ddof=1):.2f} | "
-            f"{cil[:, t].mean():.2f} ± {cil[:, t].std(ddof=1):.2f} | {p:.3f} |"
+            f"| {t} | {a.mean():.2f} ± {a.std(ddof=1):.2f} | "
+            f"{b.mean():.2f} ± {b.std(ddof=1):.2f} | {p:.3f} |"
         )
     print("\nper seed PILOT:", ref.round(2).tolist(), "\nper seed cilbench:", cil.round(2).tolist())
+
+
+def compare(args: argparse.Namespace) -> None:
+    here = Path(__file__).resolve()
+    pilot_args = ["--pilot", str(args.pilot)]
+    common = ["--inputs", str(args.inputs), "--lr", str(args.lr), "--batch", str(args.batch)]
+
+    def start(python: str, name: str, seed: int, epochs: int, extra: list[str]) -> subprocess.Popen:
+        command = [python, str(here), name, *common, "--epochs", str(epochs), "--seed", str(seed)]
+        return subprocess.Popen(command + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def both(seed: int, epochs: int, pilot_extra: list[str], ours_extra: list[str]) -> tuple:
+        """Run the two sides of one seed side by side (one process each)."""
+        runs = start(args.pilot_python, "pilot", seed, epochs, pilot_args + pilot_extra)
+        mine = start(sys.executable, "cilbench", seed, epochs, ours_extra)
+        return accuracy_of(runs), accuracy_of(mine)
+
+    print("## frozen first session (PILOT: lr 0, 1 epoch; cilbench: peft=none)")
+    reference, ours = both(0, 1, ["--lr-override", "0"], ["--peft", "none"])
+    print_identical_table(reference, ours)
+    if args.seeds <= 0:
+        return
+    print(
+        f"\n## adapter trained on task 0: {args.epochs} epochs, SGD lr {args.lr}, batch "
+        f"{args.batch}, seeds 0..{args.seeds - 1} a side"
+    )
+    pairs = [both(s, args.epochs, [], ["--peft", "adapter"]) for s in range(args.seeds)]
+    print_seed_table(pairs)
 
 
 def main() -> None:

@@ -26,17 +26,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fecam import ARCH, CLASSES, INCREMENT, _accuracies, harness_idata, run_strategy, vit_arguments
+from fecam import (
+    ARCH,
+    CLASSES,
+    INCREMENT,
+    accuracy_of,
+    drive_learner,
+    harness_idata,
+    print_identical_table,
+    print_seed_table,
+    run_strategy,
+    vit_arguments,
+)
 
 PET_LAYERS, PET_LENGTH = (0, 1, 2, 3, 4), 10  # PILOT's LAE.adapt_blocks and exps/lae.json
 
@@ -126,20 +135,7 @@ def run_pilot(pilot: Path, inputs: Path, settings: dict, seed: int, shared: bool
                 for i, prefix in enumerate(pets):
                     prefix.key.tokens.copy_(init[f"{tag}keys"][i])
                     prefix.val.tokens.copy_(init[f"{tag}values"][i])
-    preds, trues = [], []
-    with tempfile.TemporaryDirectory() as scratch:  # keep anything written out of the cwd
-        cwd = os.getcwd()
-        os.chdir(scratch)
-        try:
-            for _ in range(manager.nb_tasks):
-                learner.incremental_train(manager)
-                y_pred, y_true = learner._eval_cnn(learner.test_loader)
-                preds.append(y_pred[:, 0])
-                trues.append(y_true)
-                learner.after_task()
-        finally:
-            os.chdir(cwd)
-    return {"side": "pilot", "seed": seed, "accuracy": _accuracies(preds, trues)}
+    return {"side": "pilot", "seed": seed, "accuracy": drive_learner(learner, manager)}
 
 
 def share_cilbench_init(inputs: Path) -> None:
@@ -187,8 +183,6 @@ def run_cilbench(inputs: Path, settings: dict, seed: int, shared: bool) -> dict:
 
 
 def compare(args: argparse.Namespace) -> None:
-    from scipy import stats
-
     here = Path(__file__).resolve()
 
     def start(python: str, name: str, seed: int, lr: float, extra: list[str]) -> subprocess.Popen:
@@ -199,17 +193,11 @@ def compare(args: argparse.Namespace) -> None:
             command += ["--ema-decay", str(args.ema_decay)]
         return subprocess.Popen(command + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    def result(process: subprocess.Popen) -> list[float]:
-        out, err = process.communicate()
-        if process.returncode:
-            raise SystemExit(f"{process.args[2]} failed:\n{err.decode()[-3000:]}")
-        return json.loads(out.decode().strip().splitlines()[-1])["accuracy"]
-
     def both(seed: int, lr: float, extra: list[str]) -> tuple[list[float], list[float]]:
         """The two sides of one seed side by side (one process each)."""
         runs = start(args.pilot_python, "pilot", seed, lr, ["--pilot", str(args.pilot), *extra])
         mine = start(sys.executable, "cilbench", seed, lr, extra)
-        return result(runs), result(mine)
+        return accuracy_of(runs), accuracy_of(mine)
 
     make_init(args.inputs)
     print(
@@ -218,9 +206,7 @@ def compare(args: argparse.Namespace) -> None:
     )
     shared = ["--shared-init", "--ema-decay", str(args.shared_ema_decay)]
     reference, ours = both(0, 0.0, shared)
-    print("| task | PILOT | cilbench |\n|---|---|---|")
-    for t, (a, b) in enumerate(zip(reference, ours)):
-        print(f"| {t} | {a:.2f} | {b:.2f} |")
+    print_identical_table(reference, ours)
     if args.seeds <= 0:
         return
     print(
@@ -229,19 +215,7 @@ def compare(args: argparse.Namespace) -> None:
         f"seeds 0..{args.seeds - 1} a side, each side's own random initialisation"
     )
     pairs = [both(s, args.lr, []) for s in range(args.seeds)]
-    ref, cil = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-    print("| task | PILOT mean ± sd | cilbench mean ± sd | Welch p |\n|---|---|---|---|")
-    for t in range(ref.shape[1]):
-        a, b = ref[:, t], cil[:, t]
-        if a.std() == 0 and b.std() == 0:  # no spread on either side: the t-test is undefined
-            p = 1.0 if a[0] == b[0] else 0.0
-        else:
-            p = stats.ttest_ind(a, b, equal_var=False).pvalue
-        print(
-            f"| {t} | {a.mean():.2f} ± {a.std(ddof=1):.2f} | "
-            f"{b.mean():.2f} ± {b.std(ddof=1):.2f} | {p:.3f} |"
-        )
-    print("\nper seed PILOT:", ref.round(2).tolist(), "\nper seed cilbench:", cil.round(2).tolist())
+    print_seed_table(pairs)
 
 
 def main() -> None:
