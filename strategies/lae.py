@@ -34,9 +34,10 @@ split-imagenet-r (`exps/lae_inr.json`: 50 epochs, freeze 30, lr 0.00046875, B0 I
 timm 0.6.13's `vit_base_patch16_224` (IN-21k pre-trained, IN-1k fine-tuned).
 
 Where cilbench differs, and why:
-- Only the prefix PET. PILOT's `Adapter` option (no config uses it) and `LoRA` option (its
-  `attach_pets_vit` reads `self.cfg`, which PILOT's `LAE` network does not have, so it cannot run)
-  are not implemented.
+- Only the prefix PET. PILOT's other `pet_cls` options do not work there, so there is nothing
+  to reproduce: `Adapter` (no config uses it) is attached to `blocks[b].attn` under the name
+  "attn", which only `Block.forward` looks up (`Attention.forward` adapts "qkv" and "proj"), so
+  the adapter never runs; `LoRA` reads `self.cfg`, which PILOT's `LAE` network does not have.
 - The head is a growing linear head initialised as PILOT's (`kaiming-uniform`, zero bias); the
   prefix keys and values join each head's keys in front of the image tokens (PILOT: after [CLS]),
   which changes nothing (attention does not depend on the order of the keys).
