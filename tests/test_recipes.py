@@ -233,6 +233,20 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
         "peft": "none", **FECAM_PAPER, "shrink1": 1.0, "shrink2": 0.0, "backbone": IN21K,
         **NO_NORM,
     }, "dipamgoswami/FeCAM FeCAM_vit_core50.py: alpha1 1, alpha2 0, Resize(256) crop 224"),
+    # LAE: LAMDA-PILOT's port (exps/lae*.json; models/lae.py: Adam, constant lr, prefix PET)
+    *[
+        ("lae", stream, {}, {
+            "epochs": epochs, "lr": lr, "batch_size": 128, "weight_decay": 0.0,
+            "optimizer": "adam", "schedule": "constant", "min_lr": 1e-5,
+            "num_freeze_epochs": freeze, "ema_decay": 0.9999, "pet": "prefix", "pet_length": 10,
+            "pet_layers": (0, 1, 2, 3, 4), "stream.increment": increment,
+            "stream.init_classes": 0, "backbone": IN1K, **LAMDA, **NO_NORM,
+        }, f"{PILOT}{config}; utils/inc_net.py LAE.adapt_blocks")
+        for stream, config, epochs, lr, freeze, increment in [
+            ("split-cifar100", "lae.json", 5, 0.0028125, 3, 10),
+            ("split-imagenet-r", "lae_inr.json", 50, 0.00046875, 30, 20),
+        ]
+    ],
     # SLCA: the original (exps/slca/*.json, models/slca.py defaults, utils/data.py, convs/vits.py)
     ("slca", "split-cifar100", {}, {
         "epochs": 20, "milestones": (18,), "lr": 0.01, "backbone_lr_scale": 0.01,

@@ -9,7 +9,7 @@ the backbone in front of it; used by every strategy that fine-tunes images end t
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import cast
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -37,16 +37,27 @@ class TaskHeads(nn.Module):
         return sum(self.sizes)
 
     def grow(
-        self, size: int, generator: torch.Generator | None = None, freeze_old: bool = False
+        self,
+        size: int,
+        generator: torch.Generator | None = None,
+        freeze_old: bool = False,
+        init: Literal["trunc-normal", "kaiming-uniform"] = "trunc-normal",
     ) -> nn.Linear:
-        """Append a head for `size` new classes (trunc-normal std 0.02, zero bias, as SLCA).
+        """Append a head for `size` new classes (zero bias; weights trunc-normal std 0.02, as
+        SLCA, or "kaiming-uniform": U(-sqrt(3 / dim), sqrt(3 / dim)), LAMDA-PILOT's
+        `SimpleLinear`, i.e. `kaiming_uniform_` with the linear gain).
 
         Pass `generator` for a reproducible initialisation; `freeze_old` stops the earlier heads
         from training.
         """
         head = nn.Linear(self.dim, size)
         with torch.no_grad():
-            head.weight.copy_(_trunc_normal(head.weight.shape, 0.02, generator))
+            if init == "kaiming-uniform":
+                bound = (3.0 / self.dim) ** 0.5
+                uniform = torch.rand(head.weight.shape, generator=generator)
+                head.weight.copy_(uniform * 2 * bound - bound)
+            else:
+                head.weight.copy_(_trunc_normal(head.weight.shape, 0.02, generator))
         head.to(self.device)
         nn.init.zeros_(head.bias)
         if freeze_old:

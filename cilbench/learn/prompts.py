@@ -36,6 +36,10 @@ Where it differs from the reference codes, and why:
   which is only exact while the earlier components are still orthogonal; training breaks that.
 - The prefix block re-states timm's `Block.forward` and `Attention.forward` with the prefixes
   added (timm has no prefix hook); `check_prompt_layers` refuses blocks of another layout.
+- `compensate=True` is LAE's compensatory prefix (LAMDA-PILOT `backbone/vit_lae.py`
+  `Prefix.compensate`): after the softmax over all keys, the weights on the prefix keys are
+  divided by their sum, so the prefixes add a full attention-weighted value on top of the
+  (shrunk) attention to the image tokens.
 """
 
 from __future__ import annotations
@@ -338,8 +342,10 @@ def prompted_features(
     images: torch.Tensor,
     prompts: LayerPrompts,
     readout: Readout = "token",
+    compensate: bool = False,
 ) -> torch.Tensor:
-    """Pooled features (B, D) of a timm ViT run with `prompts` in place.
+    """Pooled features (B, D) of a timm ViT run with `prompts` in place (`compensate`: LAE's
+    compensatory prefixes, see the module docstring).
 
     "token": timm's own pooling (and `fc_norm`) of the sequence without the prompt tokens, i.e.
     [CLS] for a class-token ViT. "prompts": the mean of the output prompt tokens after the final
@@ -354,7 +360,7 @@ def prompted_features(
             x = torch.cat([x[:, : first + inserted], tokens, x[:, first + inserted :]], dim=1)
             inserted += tokens.shape[1]
         prefix = prompts.prefixes.get(i)
-        x = block(x) if prefix is None else _prefixed_block(block, x, *prefix)
+        x = block(x) if prefix is None else _prefixed_block(block, x, *prefix, compensate)
     x = model.norm(x)
     if readout == "prompts":
         return model.fc_norm(x[:, first : first + inserted].mean(dim=1))
@@ -363,16 +369,16 @@ def prompted_features(
 
 
 def _prefixed_block(
-    block: Any, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    block: Any, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, compensate: bool
 ) -> torch.Tensor:
     """timm's `Block.forward` with prefix keys and values in its attention."""
-    attended = _prefixed_attention(block.attn, block.norm1(x), keys, values)
+    attended = _prefixed_attention(block.attn, block.norm1(x), keys, values, compensate)
     x = x + block.drop_path1(block.ls1(attended))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
 def _prefixed_attention(
-    attn: Any, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    attn: Any, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, compensate: bool = False
 ) -> torch.Tensor:
     """timm's `Attention.forward` with (B, n, D) prefix keys/values joined to each head's."""
     batch, length, _ = x.shape
@@ -387,9 +393,21 @@ def _prefixed_attention(
     k = torch.cat([per_head(keys), k], dim=2)
     v = torch.cat([per_head(values), v], dim=2)
     dropout = attn.attn_drop.p if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    if compensate:
+        out = _compensated_attention(q, k, v, keys.shape[1], dropout)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
     out = attn.norm(out.transpose(1, 2).reshape(batch, length, heads * head_dim))
     gate = getattr(attn, "gate", None)
     if gate is not None:
         out = out * gate(x).sigmoid()
     return attn.proj_drop(attn.proj(out))
+
+
+def _compensated_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefixes: int, dropout: float
+) -> torch.Tensor:
+    """Attention whose (post-dropout) weights on the first `prefixes` keys sum to 1 (LAE)."""
+    weights = F.dropout((q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(-1), dropout)
+    share = weights[..., :prefixes].sum(-1, keepdim=True).clamp(min=1e-12)
+    return torch.cat([weights[..., :prefixes] / share, weights[..., prefixes:]], -1) @ v

@@ -125,6 +125,7 @@ def fit(
     num_workers: int | None = None,
     precision: str = "auto",
     compile: bool = False,
+    before_epoch: Callable[[int], None] | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Minimise `loss_fn(prepare(images), labels)` over `data`; the mean loss of every epoch.
@@ -134,7 +135,9 @@ def fit(
     `num_workers`: loader processes (None: `loader_workers` decides from `device` and from
     `data.sources`, which `augment.training_data` datasets name). A dataset with a
     `sampler(generator)` method (per-image augmentation) supplies its own shuffled keys.
-    `after_step`: called after every optimiser step (MOS merges its adapters there).
+    `before_epoch(epoch)` runs before each epoch (LAE freezes its prefixes for the first ones:
+    a parameter the optimiser holds gets no update while it has no gradient), `after_step()`
+    after every optimiser step (LAE's EMA of the prefixes, MOS's adapter merge).
     """
     loss_fn = compiled(loss_fn, compile)
     optimizer = make_optimizer(groups, settings)
@@ -161,6 +164,8 @@ def fit(
     ):
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         for epoch in range(settings.epochs):
+            if before_epoch is not None:
+                before_epoch(epoch)
             total, count = torch.zeros((), device=device), 0
             for step, (images, labels) in enumerate(loader):
                 with autocast(device, precision):

@@ -27,15 +27,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fecam import (
     INCREMENT,
     VIT,
-    drive_pilot,
+    accuracy_of,
+    drive_learner,
     harness_idata,
     load_pilot_vit,
+    print_identical_table,
+    print_seed_table,
     run_strategy,
-    welch_table,
 )
 
 BOTTLENECK = 16
@@ -92,7 +93,7 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
     manager = data_manager.DataManager("harness", False, seed, INCREMENT, INCREMENT, args)
     learner = ease.Learner(args)
     learner.topk = 1  # top-5 of 2 classes fails in torch.topk; only top-1 is read
-    return {"side": "pilot", "seed": seed, "accuracy": drive_pilot(learner, manager)}
+    return {"side": "pilot", "seed": seed, "accuracy": drive_learner(learner, manager)}
 
 
 def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int) -> dict:
@@ -108,7 +109,6 @@ def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int) ->
 
 
 def compare(args: argparse.Namespace) -> None:
-
     here = Path(__file__).resolve()
     common = ["--inputs", str(args.inputs), "--batch", str(args.batch)]
 
@@ -117,23 +117,15 @@ def compare(args: argparse.Namespace) -> None:
         command += ["--lr", str(lr), "--seed", str(seed), *extra]
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    def result(process: subprocess.Popen) -> list[float]:
-        out, err = process.communicate()
-        if process.returncode:
-            raise SystemExit(f"{process.args[2]} failed:\n{err.decode()[-3000:]}")
-        return json.loads(out.decode().strip().splitlines()[-1])["accuracy"]
-
     def both(seed: int, lr: float) -> tuple[list[float], list[float]]:
         """The two sides of one seed side by side (one process each)."""
         runs = start(args.pilot_python, "pilot", seed, lr, ["--pilot", str(args.pilot)])
         mine = start(sys.executable, "cilbench", seed, lr, [])
-        return result(runs), result(mine)
+        return accuracy_of(runs), accuracy_of(mine)
 
     print("## adapters frozen at zero (lr 0 on both sides): deterministic")
     reference, ours = both(0, 0.0)
-    print("| task | PILOT | cilbench |\n|---|---|---|")
-    for t, (a, b) in enumerate(zip(reference, ours)):
-        print(f"| {t} | {a:.2f} | {b:.2f} |")
+    print_identical_table(reference, ours)
     if args.seeds <= 0:
         return
     print(
@@ -141,7 +133,7 @@ def compare(args: argparse.Namespace) -> None:
         f"{args.batch}, seeds 0..{args.seeds - 1} a side"
     )
     pairs = [both(s, args.lr) for s in range(args.seeds)]
-    welch_table(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
+    print_seed_table(pairs)
 
 
 def main() -> None:

@@ -34,8 +34,9 @@ CLASSES, INCREMENT, TRAIN, TEST = 6, 2, 30, 12
 MEAN = STD = (0.5, 0.5, 0.5)
 
 
-def make_inputs(out: Path, seed: int = 0) -> None:
-    """images.npz (train/test uint8 NHWC + labels) and vit.pt (timm state dict), both seeded."""
+def make_inputs(out: Path, seed: int = 0, depth: int = VIT["depth"]) -> None:
+    """images.npz (train/test uint8 NHWC + labels) and vit.pt (timm state dict), both seeded;
+    vit.json: the ViT's arguments (`depth` blocks; LAE's harness needs at least 5)."""
     import timm
     import torch
 
@@ -52,8 +53,16 @@ def make_inputs(out: Path, seed: int = 0) -> None:
     (train_x, train_y), (test_x, test_y) = sample(TRAIN), sample(TEST)
     np.savez(out / "images.npz", train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
     torch.manual_seed(seed)
-    model = timm.create_model(ARCH, pretrained=False, num_classes=0, **VIT)
+    vit = {**VIT, "depth": depth}
+    model = timm.create_model(ARCH, pretrained=False, num_classes=0, **vit)
     torch.save(model.state_dict(), out / "vit.pt")
+    (out / "vit.json").write_text(json.dumps(vit))
+
+
+def vit_arguments(inputs: Path) -> dict[str, int]:
+    """The saved ViT's timm arguments (`VIT` for inputs written before vit.json existed)."""
+    path = inputs / "vit.json"
+    return json.loads(path.read_text()) if path.exists() else dict(VIT)
 
 
 def _accuracies(pred_per_task: list[np.ndarray], true_per_task: list[np.ndarray]) -> list[float]:
@@ -85,26 +94,6 @@ def load_pilot_vit(model: Any, inputs: Path, adapter_key: str | tuple[str, ...])
     return model.eval()
 
 
-def drive_pilot(learner: Any, manager: Any) -> list[float]:
-    """Drive a PILOT learner as PILOT's trainer.py does (`incremental_train`, evaluation,
-    `after_task`) in a scratch working directory (some learners write checkpoints into it);
-    top-1 accuracy (%) over the classes seen so far after each task, from `_eval_cnn`."""
-    preds, trues = [], []
-    with tempfile.TemporaryDirectory() as scratch:
-        cwd = os.getcwd()
-        os.chdir(scratch)
-        try:
-            for _ in range(manager.nb_tasks):
-                learner.incremental_train(manager)
-                y_pred, y_true = learner._eval_cnn(learner.test_loader)
-                preds.append(y_pred[:, 0])
-                trues.append(y_true)
-                learner.after_task()
-        finally:
-            os.chdir(cwd)
-    return _accuracies(preds, trues)
-
-
 def harness_idata(inputs: Path) -> type:
     """The iData class PILOT's DataManager reads, serving the npz stream (shared with ease.py)."""
     from torchvision import transforms
@@ -123,6 +112,26 @@ def harness_idata(inputs: Path) -> type:
             self.test_data, self.test_targets = data["test_x"], data["test_y"]
 
     return HarnessData
+
+
+def drive_learner(learner: Any, manager: Any) -> list[float]:
+    """A PILOT learner through every task as PILOT's `trainer.py` drives it (`incremental_train`,
+    its own `_eval_cnn` top-1, `after_task`); accuracy over the seen classes after each task.
+    Runs in a temporary folder: PILOT's `save_checkpoint` and the like write into the cwd."""
+    preds, trues = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        cwd = os.getcwd()
+        os.chdir(scratch)
+        try:
+            for _ in range(manager.nb_tasks):
+                learner.incremental_train(manager)
+                y_pred, y_true = learner._eval_cnn(learner.test_loader)
+                preds.append(y_pred[:, 0])
+                trues.append(y_true)
+                learner.after_task()
+        finally:
+            os.chdir(cwd)
+    return _accuracies(preds, trues)
 
 
 def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, seed: int) -> dict:
@@ -167,7 +176,7 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
     torch.manual_seed(seed)  # trainer._set_random
     manager = data_manager.DataManager("harness", False, seed, INCREMENT, INCREMENT, args)
     learner = fecam.Learner(args)
-    return {"side": "pilot", "seed": seed, "accuracy": drive_pilot(learner, manager)}
+    return {"side": "pilot", "seed": seed, "accuracy": drive_learner(learner, manager)}
 
 
 def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int, peft: str) -> dict:
@@ -207,7 +216,7 @@ def run_strategy(inputs: Path, strategy: str, overrides: dict, seed: int) -> lis
     )
     backbone = BackboneSpec(
         name="parity-vit", architecture=ARCH, weights=f"file:{inputs / 'vit.pt'}",
-        model_kwargs=VIT, image_size=32, crop_pct=1.0, normalization="inception",
+        model_kwargs=vit_arguments(inputs), image_size=32, crop_pct=1.0, normalization="inception",
     )  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
         spec = RunSpec(
@@ -222,46 +231,29 @@ def run_strategy(inputs: Path, strategy: str, overrides: dict, seed: int) -> lis
     return [a * scale for a in accuracy]
 
 
-def compare(args: argparse.Namespace) -> None:
+def accuracy_of(process: subprocess.Popen) -> list[float]:
+    """The per-task accuracy a side's subprocess printed as its last JSON line."""
+    out, err = process.communicate()
+    if process.returncode:
+        raise SystemExit(f"{process.args[2]} failed:\n{err.decode()[-3000:]}")
+    return json.loads(out.decode().strip().splitlines()[-1])["accuracy"]
 
-    here = Path(__file__).resolve()
-    pilot_args = ["--pilot", str(args.pilot)]
-    common = ["--inputs", str(args.inputs), "--lr", str(args.lr), "--batch", str(args.batch)]
 
-    def start(python: str, name: str, seed: int, epochs: int, extra: list[str]) -> subprocess.Popen:
-        command = [python, str(here), name, *common, "--epochs", str(epochs), "--seed", str(seed)]
-        return subprocess.Popen(command + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-    def result(process: subprocess.Popen) -> list[float]:
-        out, err = process.communicate()
-        if process.returncode:
-            raise SystemExit(f"{process.args[2]} failed:\n{err.decode()[-3000:]}")
-        return json.loads(out.decode().strip().splitlines()[-1])["accuracy"]
-
-    def both(seed: int, epochs: int, pilot_extra: list[str], ours_extra: list[str]) -> tuple:
-        """Run the two sides of one seed side by side (one process each)."""
-        runs = start(args.pilot_python, "pilot", seed, epochs, pilot_args + pilot_extra)
-        mine = start(sys.executable, "cilbench", seed, epochs, ours_extra)
-        return result(runs), result(mine)
-
-    print("## frozen first session (PILOT: lr 0, 1 epoch; cilbench: peft=none)")
-    reference, ours = both(0, 1, ["--lr-override", "0"], ["--peft", "none"])
+def print_identical_table(reference: list[float], ours: list[float]) -> None:
+    """The deterministic regime's per-task table (the two columns must agree)."""
     print("| task | PILOT | cilbench |\n|---|---|---|")
     for t, (a, b) in enumerate(zip(reference, ours)):
         print(f"| {t} | {a:.2f} | {b:.2f} |")
-    if args.seeds <= 0:
-        return
-    print(
-        f"\n## adapter trained on task 0: {args.epochs} epochs, SGD lr {args.lr}, batch "
-        f"{args.batch}, seeds 0..{args.seeds - 1} a side"
-    )
-    pairs = [both(s, args.epochs, [], ["--peft", "adapter"]) for s in range(args.seeds)]
+
+
+def print_seed_table(pairs: list[tuple[list[float], list[float]]]) -> None:
+    """A trained regime from (PILOT, cilbench) accuracy pairs, one per seed (`welch_table`)."""
     welch_table(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
 
 
 def welch_table(ref: np.ndarray, cil: np.ndarray) -> None:
     """Per task (columns of the seeds x tasks arrays): mean ± sd a side and Welch's two-sided
-    t-test (unequal variances); then the per-seed rows. Shared by the harnesses."""
+    t-test (unequal variances); then the per-seed rows."""
     from scipy import stats
 
     print("| task | PILOT mean ± sd | cilbench mean ± sd | Welch p |\n|---|---|---|---|")
@@ -278,10 +270,40 @@ def welch_table(ref: np.ndarray, cil: np.ndarray) -> None:
     print("\nper seed PILOT:", ref.round(2).tolist(), "\nper seed cilbench:", cil.round(2).tolist())
 
 
+def compare(args: argparse.Namespace) -> None:
+    here = Path(__file__).resolve()
+    pilot_args = ["--pilot", str(args.pilot)]
+    common = ["--inputs", str(args.inputs), "--lr", str(args.lr), "--batch", str(args.batch)]
+
+    def start(python: str, name: str, seed: int, epochs: int, extra: list[str]) -> subprocess.Popen:
+        command = [python, str(here), name, *common, "--epochs", str(epochs), "--seed", str(seed)]
+        return subprocess.Popen(command + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def both(seed: int, epochs: int, pilot_extra: list[str], ours_extra: list[str]) -> tuple:
+        """Run the two sides of one seed side by side (one process each)."""
+        runs = start(args.pilot_python, "pilot", seed, epochs, pilot_args + pilot_extra)
+        mine = start(sys.executable, "cilbench", seed, epochs, ours_extra)
+        return accuracy_of(runs), accuracy_of(mine)
+
+    print("## frozen first session (PILOT: lr 0, 1 epoch; cilbench: peft=none)")
+    reference, ours = both(0, 1, ["--lr-override", "0"], ["--peft", "none"])
+    print_identical_table(reference, ours)
+    if args.seeds <= 0:
+        return
+    print(
+        f"\n## adapter trained on task 0: {args.epochs} epochs, SGD lr {args.lr}, batch "
+        f"{args.batch}, seeds 0..{args.seeds - 1} a side"
+    )
+    pairs = [both(s, args.epochs, [], ["--peft", "adapter"]) for s in range(args.seeds)]
+    print_seed_table(pairs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("inputs").add_argument("out", type=Path)
+    inputs = sub.add_parser("inputs")
+    inputs.add_argument("out", type=Path)
+    inputs.add_argument("--depth", type=int, default=VIT["depth"], help="ViT blocks (LAE: 6)")
     for name in ("pilot", "cilbench", "compare"):
         p = sub.add_parser(name)
         p.add_argument("--inputs", type=Path, required=True)
@@ -300,7 +322,7 @@ def main() -> None:
             p.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     if args.command == "inputs":
-        make_inputs(args.out)
+        make_inputs(args.out, depth=args.depth)
     elif args.command == "pilot":
         lr = args.lr if args.lr_override is None else args.lr_override
         result = run_pilot(args.pilot, args.inputs, args.epochs, lr, args.batch, args.seed)

@@ -33,7 +33,7 @@ from fecam import (
     CLASSES,
     INCREMENT,
     VIT,
-    drive_pilot,
+    drive_learner,
     harness_idata,
     load_pilot_vit,
     run_strategy,
@@ -114,7 +114,7 @@ def run_pilot(pilot: Path, inputs: Path, args: argparse.Namespace) -> dict:
     drift: list = []
     if args.report_drift:
         watch_test_adapters(mos.Learner, drift)
-    result = {"side": "pilot", "seed": args.seed, "accuracy": drive_pilot(learner, manager)}
+    result = {"side": "pilot", "seed": args.seed, "accuracy": drive_learner(learner, manager)}
     return {**result, "drift": drift} if args.report_drift else result
 
 
