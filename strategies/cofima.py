@@ -1,0 +1,211 @@
+"""CoFiMA: continual Fisher-weighted model averaging on top of SLCA.
+
+Marouf et al., "Weighted Ensemble Models Are Strong Continual Learners" (ECCV 2024). Traced to
+LAMDA-PILOT's re-implementation (`models/cofima.py`, commit 5240714d): the authors' repository is
+not mirrored here and was not read. Each experience trains as SLCA does (slow learner: backbone
+at lr x 0.01, the new head at lr, cross-entropy over the new head's logits; `cilbench.learn.
+alignment`). Then the diagonal Fisher of the freshly trained backbone is estimated on the
+experience's training data (`cilbench.learn.fisher`), and from the second experience on the
+backbone becomes the Fisher-weighted average of the backbone the experience started from (the
+previous experience's average) and the freshly trained one:
+
+    theta = ((1 - w) F_prev theta_prev + w F_new theta_new) / ((1 - w) F_prev + w F_new),
+
+w = `new_model_weight`, F_prev the Fisher the previous experience estimated on its own trained
+(not averaged) backbone. The class Gaussians are then computed with the averaged backbone, the
+classifier alignment re-trains every head on samples of them, and the next experience trains on
+from the averaged backbone (and, as in SLCA, the un-aligned heads).
+
+The Fisher (as PILOT): the training data with its training augmentation, in batches of
+`batch_size`; per batch the cross-entropy of all seen classes' logits (every head) under the
+true labels (the empirical Fisher), its gradient squared element-wise; the mean over batches,
+capped at `fisher_max`.
+
+Config: SLCA's fields (strategies/slca.py: `epochs`, `milestones`, `gamma`, `lr`,
+`backbone_lr_scale`, `momentum`, `weight_decay`, `batch_size`, `grad_clip`, `num_workers`,
+`ca_epochs`, `ca_lr`, `ca_samples_per_class`, `logit_temperature`, `covariance_ridge`,
+`fresh_final_norm`, `freeze_batchnorm_statistics`) and `fisher_weighting` (False: the plain
+average (1 - w) theta_prev + w theta_new, PILOT's non-Fisher branch), `new_model_weight` (PILOT's
+`wt_lambda`, 0.4), `fisher_max` (PILOT's hard-coded `fishermax`, 1e-4; None: no cap).
+
+Defaults are LAMDA-PILOT's `exps/cofima.json` (CIFAR-100 B0 Inc10: 20 epochs, milestone 18,
+lr 0.01, weight decay 5e-4, batch 64, 3 CA epochs, logit normalisation 0.1, Fisher weighting,
+wt_lambda 0.4) with `models/cofima.py`'s module defaults (backbone lr x 0.01, CA lr = lr, SGD
+momentum 0.9, 256 samples per class, covariance + 1e-4 I, the pre-trained final LayerNorm).
+Recipes (`cilbench recipes cofima`): `pilot` from `exps/cofima.json` and `exps/cofima_inr.json`
+(IN-R: 50 epochs, milestone 40), IN-1k ViT-B/16 as PILOT's `vit_base_patch16_224`.
+
+Where cilbench differs from LAMDA-PILOT, and why:
+- Only the backbone is averaged; the heads go on as SLCA's (alignment from the un-aligned heads
+  stage 1 left). PILOT also passes the heads through `interpolate_weights`: the new head becomes
+  F_new x theta_new (its Fisher times its weights, at most 1e-4 x the weights, where the
+  non-Fisher branch keeps theta_new), and the older heads mix the previous aligned heads with the
+  un-aligned ones under "Fishers" that are the squares of stale `.grad` tensors (frozen heads
+  keep the gradient of the last alignment or Fisher step, and `getFisherDiagonal` adds it every
+  batch). The alignment then starts from those heads. Neither is a Fisher of the heads.
+- Where both Fishers of an entry are 0 the formula is 0/0 (PILOT: NaN); cilbench takes the plain
+  average there.
+- The Fisher is estimated with the network in eval mode (PILOT: train mode): the same on a ViT
+  (no dropout at timm's defaults, no BatchNorm), and no BatchNorm statistics move.
+- The Fisher's data order and augmentation come from the experience's generator, gradients from
+  `torch.autograd.grad` (PILOT: `backward()` into `.grad`), sums in float32.
+- SLCA's own differences (strategies/slca.py) hold here too: the mean shrink of the alignment
+  samples uses the experience that introduced a class, sampling uses a Cholesky factor and the
+  experience's generator.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from cilbench.api import register_strategy
+from cilbench.core.config import NonNegative, Positive, Range
+from cilbench.data.augment import training_data
+from cilbench.data.streams import Experience
+from cilbench.engine.recipes import IN1K, PILOT, Recipe
+from cilbench.learn.alignment import SlowLearnerAlignment
+from cilbench.learn.fisher import diagonal_fisher, fisher_average
+from cilbench.learn.training import TrainSettings
+
+
+@dataclass(frozen=True)
+class CoFiMAConfig:
+    epochs: Annotated[int, Positive()] = 20
+    milestones: Annotated[tuple[int, ...], NonNegative()] = (18,)
+    gamma: Annotated[float, Positive()] = 0.1
+    lr: Annotated[float, Positive()] = 0.01
+    backbone_lr_scale: Annotated[float, NonNegative()] = 0.01
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    weight_decay: Annotated[float, NonNegative()] = 5e-4
+    batch_size: Annotated[int, Positive()] = 64
+    grad_clip: Annotated[float | None, Positive()] = None
+    num_workers: Annotated[int | None, NonNegative()] = None
+    ca_epochs: Annotated[int, NonNegative()] = 3
+    ca_lr: Annotated[float | None, Positive()] = None
+    ca_samples_per_class: Annotated[int, Positive()] = 256
+    logit_temperature: Annotated[float | None, Positive()] = 0.1
+    covariance_ridge: Annotated[float, NonNegative()] = 1e-4
+    fresh_final_norm: bool = False
+    freeze_batchnorm_statistics: bool = True
+    fisher_weighting: bool = True
+    new_model_weight: Annotated[float, Range(0, 1)] = 0.4
+    fisher_max: Annotated[float | None, Positive()] = 1e-4
+
+    def train_settings(self) -> TrainSettings:
+        """Stage 1, the slow learner: SGD with momentum, multi-step decay at `milestones`."""
+        return TrainSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule="multistep",
+            milestones=self.milestones,
+            gamma=self.gamma,
+            grad_clip=self.grad_clip,
+        )
+
+
+@register_strategy("cofima")
+class CoFiMA(SlowLearnerAlignment):
+    """SLCA whose backbone is, after every experience, the Fisher-weighted average of the previous
+    average and the newly trained backbone."""
+
+    Config = CoFiMAConfig
+    method = "cofima"
+    recipes: ClassVar[Mapping[str, Any]] = {
+        "split-cifar100": [
+            Recipe(
+                {"epochs": 20, "milestones": (18,), "ca_epochs": 3, "batch_size": 64},
+                PILOT.file("exps/cofima.json", "LAMDA-PILOT CoFiMA, CIFAR B0 Inc10, IN-1k"),
+                name="pilot",
+                backbone=IN1K,
+                notes="backbone lr x 0.01, CA lr = lr, 256 samples per class: models/cofima.py",
+            ),
+        ],
+        "split-imagenet-r": [
+            Recipe(
+                {"epochs": 50, "milestones": (40,), "ca_epochs": 3, "batch_size": 64},
+                PILOT.file("exps/cofima_inr.json", "LAMDA-PILOT CoFiMA, IN-R B0 Inc20, IN-1k"),
+                name="pilot",
+                backbone=IN1K,
+            ),
+        ],
+        "synthetic": {"epochs": 1, "milestones": (), "batch_size": 16, "ca_epochs": 2},
+        "split-fashion-mnist-mini": {"epochs": 1, "milestones": (), "batch_size": 32},
+    }  # fmt: skip
+
+    def setup(self, context: Any) -> None:
+        super().setup(context)
+        self.previous_fisher: dict[str, torch.Tensor] | None = None
+        self.start_weights: dict[str, torch.Tensor] | None = None
+        self.seconds["averaging"] = 0.0
+
+    def start_experience(self, experience: Experience, generator: torch.Generator) -> None:
+        """SLCA's start, and a copy of the backbone this experience starts from (the previous
+        experience's average), to average with after stage 1."""
+        super().start_experience(experience, generator)
+        if self.num_seen > 0:
+            weights = self.network.backbone.state_dict()
+            self.start_weights = {k: v.detach().clone() for k, v in weights.items()}
+
+    def after_slow_learner(self, experience: Experience, generator: torch.Generator) -> None:
+        """Estimate the new backbone's Fisher, then average it with the starting backbone."""
+        with self._timed("averaging"):
+            fisher = self._fisher(experience, generator) if self.config.fisher_weighting else None
+            if self.start_weights is not None:
+                backbone = self.network.backbone
+                merged = fisher_average(
+                    self.start_weights,
+                    backbone.state_dict(),
+                    self.previous_fisher,
+                    fisher,
+                    self.config.new_model_weight,
+                )
+                backbone.load_state_dict(merged)
+                self.start_weights = None
+            self.previous_fisher = fisher
+
+    def _fisher(
+        self, experience: Experience, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """The backbone's diagonal empirical Fisher: all seen logits' cross-entropy, true labels."""
+        network = self.network
+        data, prepare = training_data(self.backbone, [experience.train], self.context.augmentation)
+
+        def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(network(images), labels)
+
+        network.eval()
+        parameters = {n: p for n, p in network.backbone.named_parameters() if p.requires_grad}
+        return diagonal_fisher(
+            loss_fn,
+            parameters,
+            data,
+            prepare,
+            generator,
+            batch_size=self.config.batch_size,
+            device=self.device,
+            maximum=self.config.fisher_max,
+            num_workers=self._workers(),
+            precision=self.backbone.precision,
+            progress=self.progress,
+            description=f"cofima: Fisher, experience {experience.index}",
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = super().state_dict()
+        if self.previous_fisher is not None:
+            state.update({f"fisher.{k}": v for k, v in self.previous_fisher.items()})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
+        fisher = {k[len("fisher.") :]: v for k, v in state.items() if k.startswith("fisher.")}
+        self.previous_fisher = copy.deepcopy(fisher) if fisher else None
