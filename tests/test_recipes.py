@@ -213,6 +213,17 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
     ("slca", "split-imagenet-r", {"recipe": "pilot"}, {
         "epochs": 5, "milestones": (40,), "batch_size": 64, "ca_epochs": 3, "backbone": IN1K,
     }, f"{PILOT}slca_inr.json"),
+    ("cofima", "split-cifar100", {}, {
+        "epochs": 20, "milestones": (18,), "lr": 0.01, "backbone_lr_scale": 0.01,
+        "weight_decay": 5e-4, "batch_size": 64, "ca_epochs": 3, "ca_lr": None,
+        "ca_samples_per_class": 256, "logit_temperature": 0.1, "fresh_final_norm": False,
+        "fisher_weighting": True, "new_model_weight": 0.4, "fisher_max": 1e-4,
+        "backbone": IN1K, **NO_NORM, **LAMDA,
+    }, f"{PILOT}cofima.json; models/cofima.py"),
+    ("cofima", "split-imagenet-r", {}, {
+        "epochs": 50, "milestones": (40,), "batch_size": 64, "ca_epochs": 3,
+        "fisher_weighting": True, "new_model_weight": 0.4, "backbone": IN1K,
+    }, f"{PILOT}cofima_inr.json"),
     # Lower and upper bounds.
     *[
         ("finetune", stream, {}, {

@@ -1,0 +1,355 @@
+"""CoFiMA parity: LAMDA-PILOT's own `models/cofima.py` and cilbench's `cofima` on identical inputs.
+
+Subcommands (see tools/parity/README.md):
+
+  inputs  OUT                  fecam.py's images and ViT (vit.pt), plus a second seeded ViT
+                               (vit1.pt) and two seeded heads (heads.pt) for the Fisher check
+  fisher-pilot --pilot DIR ... PILOT's `getFisherDiagonal` + `interpolate_weights` -> a .pt file
+  fisher-cilbench ...          cilbench's `diagonal_fisher` + `fisher_average` -> a .pt file
+  pilot   --pilot DIR ...      run PILOT's CoFiMA learner (timm 0.6.x venv), print JSON
+  cilbench ...                 run cilbench's cofima through cilbench.run, print JSON
+  compare --pilot DIR ...      both checks, both sides (subprocesses): tables, Welch t-test
+
+The Fisher check is deterministic: the same two backbones (vit.pt, vit1.pt), the same two heads
+and the same unshuffled batches on both sides; it compares the backbone Fishers and the
+Fisher-weighted average element by element. The trained check runs whole streams and compares
+per-task accuracy over seeds (the head initialisation, data order and the alignment's Gaussian
+samples come from torch's global RNG in PILOT and from the experience's generator in cilbench, so
+no accuracy regime is identical). On PILOT's side only the backbone factory
+(`utils.inc_net.get_backbone`: the small timm ViT loaded from vit.pt), the dataset lookup
+(`utils.data_manager._get_idata`: the harness iData) and the loader worker count
+(`models.cofima.num_workers = 0`) are replaced; nothing is copied from the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fecam import ARCH, INCREMENT, VIT, harness_idata, make_inputs, run_strategy
+
+FISHER_CLASSES, FISHER_BATCH, WEIGHT = 4, 16, 0.4
+
+
+def write_inputs(out: Path) -> None:
+    """fecam.py's inputs, a second ViT (seed 1) and two 2-class heads (numpy seed 2)."""
+    import timm
+    import torch
+
+    make_inputs(out)
+    torch.manual_seed(1)
+    second = timm.create_model(ARCH, pretrained=False, num_classes=0, **VIT)
+    torch.save(second.state_dict(), out / "vit1.pt")
+    rng = np.random.default_rng(2)
+    heads = {}
+    for i in range(2):
+        heads[f"{i}.weight"] = torch.tensor(rng.normal(0, 0.5, (INCREMENT, VIT["embed_dim"])))
+        heads[f"{i}.bias"] = torch.tensor(rng.normal(0, 0.1, INCREMENT))
+    torch.save({k: v.float() for k, v in heads.items()}, out / "heads.pt")
+
+
+def small_vit(inputs: Path, name: str = "vit.pt") -> Any:
+    """The parity ViT as timm's VisionTransformer (the running timm's), loaded from `name`
+    (strict); timm 0.6's `vit_tiny_patch16_224` factory does not take a patch size."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(num_classes=0, **VIT)
+    model.load_state_dict(torch.load(inputs / name, map_location="cpu"))
+    model.out_dim = VIT["embed_dim"]
+    return model.eval()
+
+
+def _pilot_modules(pilot: Path, inputs: Path) -> tuple[Any, Any]:
+    """PILOT's cofima and data_manager modules with the three replacements made."""
+    sys.path.insert(0, str(pilot))
+    import models.cofima as cofima
+    import utils.data_manager as data_manager
+    import utils.inc_net as inc_net
+
+    HarnessData = harness_idata(inputs)
+    inc_net.get_backbone = lambda args, pretrained=False: small_vit(inputs)
+    data_manager._get_idata = lambda name, args=None: HarnessData()
+    cofima.num_workers = 0
+    return cofima, data_manager
+
+
+def _pilot_args(seed: int, **settings: Any) -> dict:
+    import torch
+
+    return {
+        "prefix": "parity", "dataset": "harness", "memory_size": 0, "memory_per_class": 0,
+        "fixed_memory": False, "shuffle": False, "init_cls": INCREMENT, "increment": INCREMENT,
+        "model_name": "cofima", "backbone_type": "vit_base_patch16_224",
+        "device": [torch.device("cpu")], "seed": seed, "weight_decay": 5e-4,
+        "lrate_decay": 0.1, "ca_with_logit_norm": 0.1, "wt_lambda": WEIGHT, **settings,
+    }  # fmt: skip
+
+
+def fisher_pilot(pilot: Path, inputs: Path, out: Path) -> None:
+    """PILOT's getFisherDiagonal on vit.pt then vit1.pt (same heads, same unshuffled batches of
+    classes 0-3) and interpolate_weights between them; the backbone entries saved to `out`."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    cofima, data_manager = _pilot_modules(pilot, inputs)
+    args = _pilot_args(
+        0, batch_size=FISHER_BATCH, epochs=1, lrate=0.0, milestones=[], ca_epochs=0,
+        fisher_weighting=True,
+    )  # fmt: skip
+    manager = data_manager.DataManager("harness", False, 0, INCREMENT, INCREMENT, args)
+    learner = cofima.Learner(args)
+    network = learner._network
+    network.update_fc(INCREMENT)
+    network.update_fc(INCREMENT)
+    heads = torch.load(inputs / "heads.pt")
+    with torch.no_grad():
+        for i, head in enumerate(network.fc.heads):
+            head[0].weight.copy_(heads[f"{i}.weight"])
+            head[0].bias.copy_(heads[f"{i}.bias"])
+    data = manager.get_dataset(np.arange(FISHER_CLASSES), source="train", mode="train")
+    loader = DataLoader(data, batch_size=FISHER_BATCH, shuffle=False, num_workers=0)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.0)
+    fishers, states = [], []
+    for name in ("vit.pt", "vit1.pt"):
+        network.backbone.load_state_dict(torch.load(inputs / name, map_location="cpu"))
+        fishers.append(learner.getFisherDiagonal(loader, optimizer))
+        states.append({k: v.clone() for k, v in network.state_dict().items()})
+    merged = cofima.interpolate_weights(
+        states[0], states[1], alpha=WEIGHT, fisher=True, fisher_mat=fishers
+    )
+    keep = [k for k in states[0] if k.startswith("backbone.")]
+    torch.save(
+        {
+            "fisher0": {k[9:]: fishers[0][k] for k in keep},
+            "fisher1": {k[9:]: fishers[1][k] for k in keep},
+            "merged": {k[9:]: merged[k] for k in keep},
+        },
+        out,
+    )
+
+
+def fisher_cilbench(inputs: Path, out: Path) -> None:
+    """cilbench's diagonal_fisher and fisher_average on the same backbones, heads and batches."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import SequentialSampler, TensorDataset
+
+    from cilbench.backbones.model import create_backbone
+    from cilbench.learn.fisher import diagonal_fisher, fisher_average
+    from cilbench.learn.heads import HeadedNetwork
+
+    network = HeadedNetwork(create_backbone(_backbone_spec(inputs)), True, False)
+    heads = torch.load(inputs / "heads.pt")
+    for i in range(2):
+        head = network.heads.grow(INCREMENT, freeze_old=True)
+        with torch.no_grad():
+            head.weight.copy_(heads[f"{i}.weight"])
+            head.bias.copy_(heads[f"{i}.bias"])
+    data = np.load(inputs / "images.npz")
+    chosen = data["train_y"] < FISHER_CLASSES  # class-sorted already, as PILOT's get_dataset
+    images = torch.tensor(data["train_x"][chosen]).permute(0, 3, 1, 2).float().div(255)
+    dataset = TensorDataset(images.sub(0.5).div(0.5), torch.tensor(data["train_y"][chosen]))
+    dataset.sampler = lambda generator: SequentialSampler(dataset)  # type: ignore[attr-defined]
+    network.eval()
+    fishers, states = [], []
+    for name in ("vit.pt", "vit1.pt"):
+        network.backbone.load_state_dict(torch.load(inputs / name, map_location="cpu"))
+        fishers.append(
+            diagonal_fisher(
+                lambda x, y: F.cross_entropy(network(x), y),
+                dict(network.backbone.named_parameters()),
+                dataset,
+                lambda x: x,
+                torch.Generator().manual_seed(0),
+                batch_size=FISHER_BATCH,
+                device=torch.device("cpu"),
+                maximum=1e-4,
+                num_workers=0,
+            )
+        )
+        states.append({k: v.clone() for k, v in network.backbone.state_dict().items()})
+    merged = fisher_average(states[0], states[1], fishers[0], fishers[1], WEIGHT)
+    torch.save({"fisher0": fishers[0], "fisher1": fishers[1], "merged": merged}, out)
+
+
+def _backbone_spec(inputs: Path) -> Any:
+    from cilbench.backbones.spec import BackboneSpec
+
+    return BackboneSpec(
+        name="parity-vit", architecture=ARCH, weights=f"file:{inputs / 'vit.pt'}",
+        model_kwargs=VIT, image_size=32, crop_pct=1.0, normalization="inception",
+    )  # fmt: skip
+
+
+def run_pilot(pilot: Path, inputs: Path, settings: dict, seed: int) -> dict:
+    """PILOT's CoFiMA learner over the npz stream, driven as trainer.py drives it; accuracy over
+    the seen classes after each task (the learner's own `_eval_cnn`, top-1)."""
+    import torch
+
+    cofima, data_manager = _pilot_modules(pilot, inputs)
+    args = _pilot_args(
+        seed, batch_size=settings["batch"], epochs=settings["epochs"], lrate=settings["lr"],
+        bcb_lrscale=settings["backbone_lr_scale"], milestones=settings["milestones"],
+        ca_epochs=settings["ca_epochs"], fisher_weighting=settings["fisher_weighting"],
+    )  # fmt: skip
+    torch.manual_seed(seed)  # trainer._set_random
+    manager = data_manager.DataManager("harness", False, seed, INCREMENT, INCREMENT, args)
+    learner = cofima.Learner(args)
+    preds, trues = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        cwd = os.getcwd()
+        os.chdir(scratch)
+        try:
+            for _ in range(manager.nb_tasks):
+                learner.incremental_train(manager)
+                y_pred, y_true = learner._eval_cnn(learner.test_loader)
+                preds.append(y_pred[:, 0])
+                trues.append(y_true)
+                learner.after_task()
+        finally:
+            os.chdir(cwd)
+    accuracy = [float((p == t).mean() * 100) for p, t in zip(preds, trues)]
+    return {"side": "pilot", "seed": seed, "accuracy": accuracy}
+
+
+def run_cilbench(inputs: Path, settings: dict, seed: int) -> dict:
+    """cilbench's cofima through cilbench.run on the same stream, weights and settings."""
+    overrides = {
+        "epochs": settings["epochs"], "milestones": tuple(settings["milestones"]),
+        "lr": settings["lr"], "backbone_lr_scale": settings["backbone_lr_scale"],
+        "batch_size": settings["batch"], "ca_epochs": settings["ca_epochs"],
+        "fisher_weighting": settings["fisher_weighting"], "new_model_weight": WEIGHT,
+        "weight_decay": 5e-4, "gamma": 0.1, "logit_temperature": 0.1, "fisher_max": 1e-4,
+        "fresh_final_norm": False, "augment.preset": "none",
+    }  # fmt: skip
+    accuracy = run_strategy(inputs, "cofima", overrides, seed)
+    return {"side": "cilbench", "seed": seed, "accuracy": accuracy}
+
+
+def _fisher_table(pilot_file: Path, ours_file: Path) -> None:
+    import torch
+
+    ref, ours = torch.load(pilot_file), torch.load(ours_file)
+    print("| tensor set | entries | identical | max abs diff | max value | capped at 1e-4 | NaN |")
+    print("|---|---|---|---|---|---|---|")
+    for part in ("fisher0", "fisher1", "merged"):
+        a = torch.cat([ref[part][k].flatten().double() for k in sorted(ref[part])])
+        b = torch.cat([ours[part][k].flatten().double() for k in sorted(ref[part])])
+        assert sorted(ref[part]) == sorted(ours[part]), "different parameter names"
+        capped = int((a == float(torch.tensor(1e-4))).sum()) if part != "merged" else "-"
+        print(
+            f"| {part} | {a.numel()} | {int((a == b).sum())} | {float((a - b).abs().max()):.3g} "
+            f"| {float(a.abs().max()):.3g} | {capped} | {int(a.isnan().sum())} |"
+        )
+
+
+def compare(args: argparse.Namespace) -> None:
+    from scipy import stats
+
+    here = Path(__file__).resolve()
+    inputs = ["--inputs", str(args.inputs)]
+
+    def start(python: str, command: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            [python, str(here), *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    def finish(process: subprocess.Popen) -> str:
+        out, err = process.communicate()
+        if process.returncode:
+            raise SystemExit(f"{process.args[2]} failed:\n{err.decode()[-3000:]}")
+        return out.decode()
+
+    print("## Fisher and Fisher-weighted average: same backbones, heads and batches")
+    with tempfile.TemporaryDirectory() as scratch:
+        ref, ours = Path(scratch) / "pilot.pt", Path(scratch) / "cilbench.pt"
+        pilot_side = ["fisher-pilot", *inputs, "--pilot", str(args.pilot), "--out", str(ref)]
+        runs = [
+            start(args.pilot_python, pilot_side),
+            start(sys.executable, ["fisher-cilbench", *inputs, "--out", str(ours)]),
+        ]
+        for process in runs:
+            finish(process)
+        _fisher_table(ref, ours)
+    if args.seeds <= 0:
+        return
+    settings = {
+        "epochs": args.epochs, "lr": args.lr, "backbone_lr_scale": args.backbone_lr_scale,
+        "batch": args.batch, "milestones": args.milestones, "ca_epochs": args.ca_epochs,
+        "fisher_weighting": not args.no_fisher,
+    }  # fmt: skip
+    common = [*inputs, "--settings", json.dumps(settings)]
+    print(f"\n## trained: {json.dumps(settings)}, seeds 0..{args.seeds - 1} a side")
+    pairs = []
+    for seed in range(args.seeds):
+        seeded = [*common, "--seed", str(seed)]
+        runs = [
+            start(args.pilot_python, ["pilot", *seeded, "--pilot", str(args.pilot)]),
+            start(sys.executable, ["cilbench", *seeded]),
+        ]
+        pairs.append([json.loads(finish(p).strip().splitlines()[-1])["accuracy"] for p in runs])
+    ref_acc, cil = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    print("| task | PILOT mean ± sd | cilbench mean ± sd | Welch p |\n|---|---|---|---|")
+    for t in range(ref_acc.shape[1]):
+        a, b = ref_acc[:, t], cil[:, t]
+        if a.std() == 0 and b.std() == 0:  # no spread on either side: the t-test is undefined
+            p = 1.0 if a[0] == b[0] else 0.0
+        else:
+            p = stats.ttest_ind(a, b, equal_var=False).pvalue
+        print(
+            f"| {t} | {a.mean():.2f} ± {a.std(ddof=1):.2f} | {b.mean():.2f} ± "
+            f"{b.std(ddof=1):.2f} | {p:.3f} |"
+        )
+    print("\nper seed PILOT:", ref_acc.round(2).tolist())
+    print("per seed cilbench:", cil.round(2).tolist())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("inputs").add_argument("out", type=Path)
+    for name in ("fisher-pilot", "fisher-cilbench", "pilot", "cilbench", "compare"):
+        p = sub.add_parser(name)
+        p.add_argument("--inputs", type=Path, required=True)
+        if name in ("fisher-pilot", "pilot", "compare"):
+            p.add_argument("--pilot", type=Path, required=True, help="LAMDA-PILOT checkout")
+        if name.startswith("fisher"):
+            p.add_argument("--out", type=Path, required=True)
+        if name in ("pilot", "cilbench"):
+            p.add_argument("--settings", required=True, help="JSON, as compare writes it")
+            p.add_argument("--seed", type=int, default=0)
+        if name == "compare":
+            p.add_argument("--pilot-python", default="/tmp/pilot-venv/bin/python")
+            p.add_argument("--seeds", type=int, default=5)
+            p.add_argument("--epochs", type=int, default=5)
+            p.add_argument("--lr", type=float, default=0.1)
+            p.add_argument("--backbone-lr-scale", type=float, default=0.1)
+            p.add_argument("--batch", type=int, default=16)
+            p.add_argument("--milestones", type=int, nargs="*", default=[4])
+            p.add_argument("--ca-epochs", type=int, default=3)
+            p.add_argument("--no-fisher", action="store_true", help="plain average")
+    args = parser.parse_args()
+    if args.command == "inputs":
+        write_inputs(args.out)
+    elif args.command == "fisher-pilot":
+        fisher_pilot(args.pilot, args.inputs, args.out)
+    elif args.command == "fisher-cilbench":
+        fisher_cilbench(args.inputs, args.out)
+    elif args.command == "pilot":
+        print(json.dumps(run_pilot(args.pilot, args.inputs, json.loads(args.settings), args.seed)))
+    elif args.command == "cilbench":
+        print(json.dumps(run_cilbench(args.inputs, json.loads(args.settings), args.seed)))
+    else:
+        compare(args)
+
+
+if __name__ == "__main__":
+    main()
