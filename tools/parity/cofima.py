@@ -189,12 +189,26 @@ def _backbone_spec(inputs: Path) -> Any:
     )  # fmt: skip
 
 
-def run_pilot(pilot: Path, inputs: Path, settings: dict, seed: int) -> dict:
+def run_pilot(
+    pilot: Path, inputs: Path, settings: dict, seed: int, new_head_weights: bool = False
+) -> dict:
     """PILOT's CoFiMA learner over the npz stream, driven as trainer.py drives it; accuracy over
-    the seen classes after each task (the learner's own `_eval_cnn`, top-1)."""
+    the seen classes after each task (the learner's own `_eval_cnn`, top-1).
+
+    `new_head_weights` (a diagnostic, not PILOT): the merged new head keeps its trained weights
+    instead of `interpolate_weights`' Fisher x weights.
+    """
     import torch
 
     cofima, data_manager = _pilot_modules(pilot, inputs)
+    if new_head_weights:
+        interpolate = cofima.interpolate_weights
+
+        def keep_new_head(theta_0: dict, theta_1: dict, *args: Any, **kwargs: Any) -> dict:
+            theta = interpolate(theta_0, theta_1, *args, **kwargs)
+            return {k: theta_1[k] if k not in theta_0 else v for k, v in theta.items()}
+
+        cofima.interpolate_weights = keep_new_head
     args = _pilot_args(
         seed, batch_size=settings["batch"], epochs=settings["epochs"], lrate=settings["lr"],
         bcb_lrscale=settings["backbone_lr_scale"], milestones=settings["milestones"],
@@ -228,7 +242,7 @@ def run_cilbench(inputs: Path, settings: dict, seed: int) -> dict:
         "batch_size": settings["batch"], "ca_epochs": settings["ca_epochs"],
         "fisher_weighting": settings["fisher_weighting"], "new_model_weight": WEIGHT,
         "weight_decay": 5e-4, "gamma": 0.1, "logit_temperature": 0.1, "fisher_max": 1e-4,
-        "fresh_final_norm": False, "augment.preset": "none",
+        "fresh_final_norm": False, "augment.preset": "none", "recipe": "pilot",
     }  # fmt: skip
     accuracy = run_strategy(inputs, "cofima", overrides, seed)
     return {"side": "cilbench", "seed": seed, "accuracy": accuracy}
@@ -251,6 +265,21 @@ def _fisher_table(pilot_file: Path, ours_file: Path) -> None:
         )
 
 
+def fisher_check(args: argparse.Namespace, start: Any, finish: Any) -> None:
+    """Both sides' Fisher and average into temporary files, then the table."""
+    inputs = ["--inputs", str(args.inputs)]
+    with tempfile.TemporaryDirectory() as scratch:
+        ref, ours = Path(scratch) / "pilot.pt", Path(scratch) / "cilbench.pt"
+        pilot_side = ["fisher-pilot", *inputs, "--pilot", str(args.pilot), "--out", str(ref)]
+        runs = [
+            start(args.pilot_python, pilot_side),
+            start(sys.executable, ["fisher-cilbench", *inputs, "--out", str(ours)]),
+        ]
+        for process in runs:
+            finish(process)
+        _fisher_table(ref, ours)
+
+
 def compare(args: argparse.Namespace) -> None:
     from scipy import stats
 
@@ -268,28 +297,21 @@ def compare(args: argparse.Namespace) -> None:
             raise SystemExit(f"{process.args[2]} failed:\n{err.decode()[-3000:]}")
         return out.decode()
 
-    print("## Fisher and Fisher-weighted average: same backbones, heads and batches")
-    with tempfile.TemporaryDirectory() as scratch:
-        ref, ours = Path(scratch) / "pilot.pt", Path(scratch) / "cilbench.pt"
-        pilot_side = ["fisher-pilot", *inputs, "--pilot", str(args.pilot), "--out", str(ref)]
-        runs = [
-            start(args.pilot_python, pilot_side),
-            start(sys.executable, ["fisher-cilbench", *inputs, "--out", str(ours)]),
-        ]
-        for process in runs:
-            finish(process)
-        _fisher_table(ref, ours)
+    if not args.skip_fisher:
+        print("## Fisher and Fisher-weighted average: same backbones, heads and batches")
+        fisher_check(args, start, finish)
     if args.seeds <= 0:
         return
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     settings = {
         "epochs": args.epochs, "lr": args.lr, "backbone_lr_scale": args.backbone_lr_scale,
         "batch": args.batch, "milestones": args.milestones, "ca_epochs": args.ca_epochs,
         "fisher_weighting": not args.no_fisher,
     }  # fmt: skip
     common = [*inputs, "--settings", json.dumps(settings)]
-    print(f"\n## trained: {json.dumps(settings)}, seeds 0..{args.seeds - 1} a side")
+    print(f"\n## trained: {json.dumps(settings)}, seeds {seeds[0]}..{seeds[-1]} a side")
     pairs = []
-    for seed in range(args.seeds):
+    for seed in seeds:
         seeded = [*common, "--seed", str(seed)]
         runs = [
             start(args.pilot_python, ["pilot", *seeded, "--pilot", str(args.pilot)]),
@@ -326,9 +348,15 @@ def main() -> None:
         if name in ("pilot", "cilbench"):
             p.add_argument("--settings", required=True, help="JSON, as compare writes it")
             p.add_argument("--seed", type=int, default=0)
+        if name == "pilot":
+            p.add_argument(
+                "--new-head-weights", action="store_true", help="diagnostic: see run_pilot"
+            )
         if name == "compare":
             p.add_argument("--pilot-python", default="/tmp/pilot-venv/bin/python")
             p.add_argument("--seeds", type=int, default=5)
+            p.add_argument("--first-seed", type=int, default=0)
+            p.add_argument("--skip-fisher", action="store_true", help="trained check only")
             p.add_argument("--epochs", type=int, default=5)
             p.add_argument("--lr", type=float, default=0.1)
             p.add_argument("--backbone-lr-scale", type=float, default=0.1)
@@ -344,7 +372,9 @@ def main() -> None:
     elif args.command == "fisher-cilbench":
         fisher_cilbench(args.inputs, args.out)
     elif args.command == "pilot":
-        print(json.dumps(run_pilot(args.pilot, args.inputs, json.loads(args.settings), args.seed)))
+        settings = json.loads(args.settings)
+        result = run_pilot(args.pilot, args.inputs, settings, args.seed, args.new_head_weights)
+        print(json.dumps(result))
     elif args.command == "cilbench":
         print(json.dumps(run_cilbench(args.inputs, json.loads(args.settings), args.seed)))
     else:
