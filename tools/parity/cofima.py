@@ -310,18 +310,38 @@ def compare(args: argparse.Namespace) -> None:
     }  # fmt: skip
     common = [*inputs, "--settings", json.dumps(settings)]
     print(f"\n## trained: {json.dumps(settings)}, seeds {seeds[0]}..{seeds[-1]} a side")
-    pairs = []
+    runs_per_seed = []
     for seed in seeds:
         seeded = [*common, "--seed", str(seed)]
-        runs = [
-            start(args.pilot_python, ["pilot", *seeded, "--pilot", str(args.pilot)]),
-            start(sys.executable, ["cilbench", *seeded]),
-        ]
-        pairs.append([json.loads(finish(p).strip().splitlines()[-1])["accuracy"] for p in runs])
-    ref_acc, cil = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+        pilot_side = ["pilot", *seeded, "--pilot", str(args.pilot)]
+        runs = [start(args.pilot_python, pilot_side), start(sys.executable, ["cilbench", *seeded])]
+        if args.diagnostic:
+            runs.append(start(args.pilot_python, [*pilot_side, "--new-head-weights"]))
+        runs_per_seed.append(
+            [json.loads(finish(p).strip().splitlines()[-1])["accuracy"] for p in runs]
+        )
+    ref_acc, cil = np.array([r[0] for r in runs_per_seed]), np.array([r[1] for r in runs_per_seed])
     print("| task | PILOT mean ± sd | cilbench mean ± sd | Welch p |\n|---|---|---|---|")
-    for t in range(ref_acc.shape[1]):
-        a, b = ref_acc[:, t], cil[:, t]
+    _welch_rows(ref_acc, cil)
+    print("\nper seed PILOT:", ref_acc.round(2).tolist())
+    print("per seed cilbench:", cil.round(2).tolist())
+    if args.diagnostic:
+        kept = np.array([r[2] for r in runs_per_seed])
+        print("\n### diagnostic: PILOT with the merged new head kept at its trained weights")
+        print("| task | PILOT (new head kept) mean ± sd | cilbench mean ± sd | Welch p |")
+        print("|---|---|---|---|")
+        _welch_rows(kept, cil)
+        paired = [stats.ttest_rel(ref_acc[:, t], kept[:, t]).pvalue for t in range(1, 3)]
+        print("\nper seed PILOT, new head kept:", kept.round(2).tolist())
+        print("paired t-test PILOT vs PILOT new head kept, tasks 1, 2: p =", np.round(paired, 3))
+
+
+def _welch_rows(reference: np.ndarray, ours: np.ndarray) -> None:
+    """One table row per task: mean ± sd of each side and Welch's two-sided p."""
+    from scipy import stats
+
+    for t in range(reference.shape[1]):
+        a, b = reference[:, t], ours[:, t]
         if a.std() == 0 and b.std() == 0:  # no spread on either side: the t-test is undefined
             p = 1.0 if a[0] == b[0] else 0.0
         else:
@@ -330,8 +350,6 @@ def compare(args: argparse.Namespace) -> None:
             f"| {t} | {a.mean():.2f} ± {a.std(ddof=1):.2f} | {b.mean():.2f} ± "
             f"{b.std(ddof=1):.2f} | {p:.3f} |"
         )
-    print("\nper seed PILOT:", ref_acc.round(2).tolist())
-    print("per seed cilbench:", cil.round(2).tolist())
 
 
 def main() -> None:
@@ -364,6 +382,9 @@ def main() -> None:
             p.add_argument("--milestones", type=int, nargs="*", default=[4])
             p.add_argument("--ca-epochs", type=int, default=3)
             p.add_argument("--no-fisher", action="store_true", help="plain average")
+            p.add_argument(
+                "--diagnostic", action="store_true", help="also PILOT with the new head kept"
+            )
     args = parser.parse_args()
     if args.command == "inputs":
         write_inputs(args.out)
