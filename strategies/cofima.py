@@ -76,52 +76,22 @@ import torch
 import torch.nn.functional as F
 
 from cilbench.api import register_strategy
-from cilbench.core.config import NonNegative, Positive, Range
+from cilbench.core.config import Positive, Range
 from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import COFIMA as COFIMA_CODE
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
-from cilbench.learn.alignment import SlowLearnerAlignment
+from cilbench.learn.alignment import SlowLearnerAlignment, SlowLearnerConfig
 from cilbench.learn.fisher import diagonal_fisher, fisher_average
-from cilbench.learn.training import TrainSettings
 
 
 @dataclass(frozen=True)
-class CoFiMAConfig:
-    epochs: Annotated[int, Positive()] = 20
-    milestones: Annotated[tuple[int, ...], NonNegative()] = (18,)
-    gamma: Annotated[float, Positive()] = 0.1
-    lr: Annotated[float, Positive()] = 0.01
-    backbone_lr_scale: Annotated[float, NonNegative()] = 0.01
-    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
-    weight_decay: Annotated[float, NonNegative()] = 5e-4
-    batch_size: Annotated[int, Positive()] = 128
-    grad_clip: Annotated[float | None, Positive()] = None
-    num_workers: Annotated[int | None, NonNegative()] = None
-    ca_epochs: Annotated[int, NonNegative()] = 5
-    ca_lr: Annotated[float | None, Positive()] = None
-    ca_samples_per_class: Annotated[int, Positive()] = 256
-    logit_temperature: Annotated[float | None, Positive()] = 0.1
-    covariance_ridge: Annotated[float, NonNegative()] = 1e-4
-    fresh_final_norm: bool = True
-    freeze_batchnorm_statistics: bool = True
+class CoFiMAConfig(SlowLearnerConfig):
+    """SLCA's fields and defaults (the authors' code keeps SLCA's) plus the averaging."""
+
     fisher_weighting: bool = True
     new_model_weight: Annotated[float, Range(0, 1)] = 0.5
     fisher_max: Annotated[float | None, Positive()] = 1e-4
-
-    def train_settings(self) -> TrainSettings:
-        """Stage 1, the slow learner: SGD with momentum, multi-step decay at `milestones`."""
-        return TrainSettings(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            schedule="multistep",
-            milestones=self.milestones,
-            gamma=self.gamma,
-            grad_clip=self.grad_clip,
-        )
 
 
 @register_strategy("cofima")

@@ -43,49 +43,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar
+from typing import Any, ClassVar
 
 from cilbench.api import register_strategy
-from cilbench.core.config import NonNegative, Positive, Range
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.engine.recipes import SLCA as SLCA_CODE
-from cilbench.learn.alignment import SlowLearnerAlignment
-from cilbench.learn.training import TrainSettings
+from cilbench.learn.alignment import SlowLearnerAlignment, SlowLearnerConfig
 
 
 @dataclass(frozen=True)
-class SLCAConfig:
-    epochs: Annotated[int, Positive()] = 20
-    milestones: Annotated[tuple[int, ...], NonNegative()] = (18,)
-    gamma: Annotated[float, Positive()] = 0.1
-    lr: Annotated[float, Positive()] = 0.01
-    backbone_lr_scale: Annotated[float, NonNegative()] = 0.01
-    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
-    weight_decay: Annotated[float, NonNegative()] = 5e-4
-    batch_size: Annotated[int, Positive()] = 128
-    grad_clip: Annotated[float | None, Positive()] = None
-    num_workers: Annotated[int | None, NonNegative()] = None
-    ca_epochs: Annotated[int, NonNegative()] = 5
-    ca_lr: Annotated[float | None, Positive()] = None
-    ca_samples_per_class: Annotated[int, Positive()] = 256
-    logit_temperature: Annotated[float | None, Positive()] = 0.1
-    covariance_ridge: Annotated[float, NonNegative()] = 1e-4
-    fresh_final_norm: bool = True
-    freeze_batchnorm_statistics: bool = True
-
-    def train_settings(self) -> TrainSettings:
-        """Stage 1, the slow learner: SGD with momentum, multi-step decay at `milestones`."""
-        return TrainSettings(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            schedule="multistep",
-            milestones=self.milestones,
-            gamma=self.gamma,
-            grad_clip=self.grad_clip,
-        )
+class SLCAConfig(SlowLearnerConfig):
+    """SLCA's settings: the shared slow-learner and alignment fields, with the original's
+    defaults."""
 
 
 @register_strategy("slca")

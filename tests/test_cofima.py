@@ -114,13 +114,13 @@ def test_strategy_averages_with_the_fisher_of_both_experiences(stream, monkeypat
     first_fisher = strategy.previous_fisher
     start = {k: v.clone() for k, v in strategy.network.backbone.state_dict().items()}
     strategy.train_experience(stream.experiences[1])
-    (previous, current, f0, f1, weight), = calls
-    assert weight == 0.4 and f0 is first_fisher and f1 is strategy.previous_fisher
+    ((previous, current, f0, f1, weight),) = calls
+    assert weight == 0.5 and f0 is first_fisher and f1 is strategy.previous_fisher
     assert all(torch.equal(previous[k], start[k]) for k in start)
     assert any(not torch.equal(current[k], start[k]) for k in start)
     assert all(float(f.max()) <= 1e-4 for f in f1.values())
     assert any(float(f.max()) > 0 for f in f1.values())
-    merged = fisher_average(previous, current, f0, f1, 0.4)
+    merged = fisher_average(previous, current, f0, f1, 0.5)
     after = strategy.network.backbone.state_dict()
     assert all(torch.equal(after[k], merged[k]) for k in merged)
 

@@ -6,9 +6,9 @@ mean and full covariance of each new class's features are then stored (`gaussian
 second experience on, stage 2 re-trains every head on features sampled from those Gaussians
 (classifier alignment), optionally with logit normalisation. Every alignment starts from the
 heads as stage 1 left them: the aligned heads predict, the un-aligned ones are restored before the
-next experience. A strategy supplies the Config (the fields `SlowLearnerAlignment` reads are
-SLCA's: see strategies/slca.py) and may run a step between stage 1 and the statistics
-(`after_slow_learner`, CoFiMA's weight averaging).
+next experience. A strategy's Config extends `SlowLearnerConfig` (SLCA's fields, documented in
+strategies/slca.py); a strategy may run a step between stage 1 and the statistics
+(`after_slow_learner`: CoFiMA's weight averaging).
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from cilbench.api import BaseStrategy, RunContext
+from cilbench.core.config import NonNegative, Positive, Range
 from cilbench.core.errors import CilbenchError
 from cilbench.core.memory import check_fits
 from cilbench.data.augment import training_data
@@ -47,6 +49,44 @@ from cilbench.learn.training import (
     make_optimizer,
     make_scheduler,
 )
+
+
+@dataclass(frozen=True)
+class SlowLearnerConfig:
+    """The fields `SlowLearnerAlignment` reads (see strategies/slca.py), with the SLCA authors'
+    defaults."""
+
+    epochs: Annotated[int, Positive()] = 20
+    milestones: Annotated[tuple[int, ...], NonNegative()] = (18,)
+    gamma: Annotated[float, Positive()] = 0.1
+    lr: Annotated[float, Positive()] = 0.01
+    backbone_lr_scale: Annotated[float, NonNegative()] = 0.01
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    weight_decay: Annotated[float, NonNegative()] = 5e-4
+    batch_size: Annotated[int, Positive()] = 128
+    grad_clip: Annotated[float | None, Positive()] = None
+    num_workers: Annotated[int | None, NonNegative()] = None
+    ca_epochs: Annotated[int, NonNegative()] = 5
+    ca_lr: Annotated[float | None, Positive()] = None
+    ca_samples_per_class: Annotated[int, Positive()] = 256
+    logit_temperature: Annotated[float | None, Positive()] = 0.1
+    covariance_ridge: Annotated[float, NonNegative()] = 1e-4
+    fresh_final_norm: bool = True
+    freeze_batchnorm_statistics: bool = True
+
+    def train_settings(self) -> TrainSettings:
+        """Stage 1, the slow learner: SGD with momentum, multi-step decay at `milestones`."""
+        return TrainSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule="multistep",
+            milestones=self.milestones,
+            gamma=self.gamma,
+            grad_clip=self.grad_clip,
+        )
 
 
 def normalize_logits(logits: torch.Tensor, sizes: list[int], temperature: float) -> torch.Tensor:

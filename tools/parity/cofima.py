@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fecam import ARCH, INCREMENT, VIT, harness_idata, make_inputs, run_strategy
+from fecam import ARCH, INCREMENT, VIT, drive_pilot, harness_idata, make_inputs, run_strategy
 
 FISHER_CLASSES, FISHER_BATCH, WEIGHT = 4, 16, 0.4
 
@@ -217,21 +216,7 @@ def run_pilot(
     torch.manual_seed(seed)  # trainer._set_random
     manager = data_manager.DataManager("harness", False, seed, INCREMENT, INCREMENT, args)
     learner = cofima.Learner(args)
-    preds, trues = [], []
-    with tempfile.TemporaryDirectory() as scratch:
-        cwd = os.getcwd()
-        os.chdir(scratch)
-        try:
-            for _ in range(manager.nb_tasks):
-                learner.incremental_train(manager)
-                y_pred, y_true = learner._eval_cnn(learner.test_loader)
-                preds.append(y_pred[:, 0])
-                trues.append(y_true)
-                learner.after_task()
-        finally:
-            os.chdir(cwd)
-    accuracy = [float((p == t).mean() * 100) for p, t in zip(preds, trues)]
-    return {"side": "pilot", "seed": seed, "accuracy": accuracy}
+    return {"side": "pilot", "seed": seed, "accuracy": drive_pilot(learner, manager)}
 
 
 def run_cilbench(inputs: Path, settings: dict, seed: int) -> dict:

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ import numpy as np
 from fecam import (
     INCREMENT,
     VIT,
-    _accuracies,
+    drive_pilot,
     harness_idata,
     load_pilot_vit,
     run_strategy,
@@ -93,20 +91,7 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
     manager = data_manager.DataManager("harness", False, seed, INCREMENT, INCREMENT, args)
     learner = ease.Learner(args)
     learner.topk = 1  # top-5 of 2 classes fails in torch.topk; only top-1 is read
-    preds, trues = [], []
-    with tempfile.TemporaryDirectory() as scratch:  # keep anything written out of the cwd
-        cwd = os.getcwd()
-        os.chdir(scratch)
-        try:
-            for _ in range(manager.nb_tasks):
-                learner.incremental_train(manager)
-                y_pred, y_true = learner._eval_cnn(learner.test_loader)
-                preds.append(y_pred[:, 0])
-                trues.append(y_true)
-                learner.after_task()
-        finally:
-            os.chdir(cwd)
-    return {"side": "pilot", "seed": seed, "accuracy": _accuracies(preds, trues)}
+    return {"side": "pilot", "seed": seed, "accuracy": drive_pilot(learner, manager)}
 
 
 def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int) -> dict:

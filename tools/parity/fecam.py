@@ -60,6 +60,27 @@ def _accuracies(pred_per_task: list[np.ndarray], true_per_task: list[np.ndarray]
     return [float((p == t).mean() * 100) for p, t in zip(pred_per_task, true_per_task)]
 
 
+def drive_pilot(learner: Any, manager: Any) -> list[float]:
+    """Run a PILOT learner over the stream as PILOT's trainer.py does (`incremental_train`,
+    evaluation, `after_task`), inside a temporary working directory (some learners write
+    checkpoints into it); top-1 accuracy (%) over the seen classes after each task, from the
+    learner's own `_eval_cnn`."""
+    preds, trues = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        cwd = os.getcwd()
+        os.chdir(scratch)
+        try:
+            for _ in range(manager.nb_tasks):
+                learner.incremental_train(manager)
+                y_pred, y_true = learner._eval_cnn(learner.test_loader)
+                preds.append(y_pred[:, 0])
+                trues.append(y_true)
+                learner.after_task()
+        finally:
+            os.chdir(cwd)
+    return _accuracies(preds, trues)
+
+
 def load_pilot_vit(model: Any, inputs: Path, adapter_key: str) -> Any:
     """vit.pt into one of PILOT's adapter ViT classes, as PILOT's loader does: fused qkv split
     into q/k/v, mlp.fc* renamed fc*; only the (missing) adapter parameters stay trainable."""
@@ -145,20 +166,7 @@ def run_pilot(pilot: Path, inputs: Path, epochs: int, lr: float, batch: int, see
     torch.manual_seed(seed)  # trainer._set_random
     manager = data_manager.DataManager("harness", False, seed, INCREMENT, INCREMENT, args)
     learner = fecam.Learner(args)
-    preds, trues = [], []
-    with tempfile.TemporaryDirectory() as scratch:  # save_checkpoint writes into the cwd
-        cwd = os.getcwd()
-        os.chdir(scratch)
-        try:
-            for _ in range(manager.nb_tasks):
-                learner.incremental_train(manager)
-                y_pred, y_true = learner._eval_cnn(learner.test_loader)
-                preds.append(y_pred[:, 0])
-                trues.append(y_true)
-                learner.after_task()
-        finally:
-            os.chdir(cwd)
-    return {"side": "pilot", "seed": seed, "accuracy": _accuracies(preds, trues)}
+    return {"side": "pilot", "seed": seed, "accuracy": drive_pilot(learner, manager)}
 
 
 def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int, peft: str) -> dict:
