@@ -35,6 +35,7 @@ import numpy as np
 from fecam import ARCH, INCREMENT, VIT, drive_pilot, harness_idata, make_inputs, run_strategy
 
 FISHER_CLASSES, FISHER_BATCH, WEIGHT = 4, 16, 0.4
+CLASSES_PER_STEP, TRAIN_PER_CLASS = INCREMENT, 30  # task 0, all of its training images
 
 
 def write_inputs(out: Path) -> None:
@@ -179,6 +180,66 @@ def fisher_cilbench(inputs: Path, out: Path) -> None:
     torch.save({"fisher0": fishers[0], "fisher1": fishers[1], "merged": merged}, out)
 
 
+STEPS, STEP_LR, STEP_SCALE = 3, 0.05, 0.1
+
+
+def stage1_pilot(pilot: Path, inputs: Path, out: Path) -> None:
+    """PILOT's own `_stage1_training` for STEPS full-batch epochs of task 0 (one SGD step each,
+    unshuffled), from vit.pt and head 0 of heads.pt; the trained network saved to `out`."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    cofima, data_manager = _pilot_modules(pilot, inputs)
+    args = _pilot_args(
+        0, batch_size=CLASSES_PER_STEP * TRAIN_PER_CLASS, epochs=STEPS, lrate=STEP_LR,
+        bcb_lrscale=STEP_SCALE, milestones=[2], ca_epochs=0, fisher_weighting=True,
+    )  # fmt: skip
+    manager = data_manager.DataManager("harness", False, 0, INCREMENT, INCREMENT, args)
+    learner = cofima.Learner(args)
+    network = learner._network
+    network.update_fc(INCREMENT)
+    heads = torch.load(inputs / "heads.pt")
+    with torch.no_grad():
+        network.fc.heads[0][0].weight.copy_(heads["0.weight"])
+        network.fc.heads[0][0].bias.copy_(heads["0.bias"])
+    data = manager.get_dataset(np.arange(INCREMENT), source="train", mode="train")
+    loader = DataLoader(data, batch_size=len(data), shuffle=False, num_workers=0)
+    learner._stage1_training(loader, loader)
+    state = network.state_dict()
+    torch.save({k.replace("fc.heads.0.0.", "heads.0."): v for k, v in state.items()}, out)
+
+
+def stage1_cilbench(inputs: Path, out: Path) -> None:
+    """cilbench's slow learner (`SlowLearnerAlignment.train_new_task`) on the same data, weights,
+    settings and steps."""
+    import torch
+    from torch.utils.data import SequentialSampler, TensorDataset
+
+    from cilbench.backbones.model import create_backbone
+    from cilbench.testing import make_strategy, synthetic_stream
+
+    strategy: Any = make_strategy(
+        "cofima", create_backbone(_backbone_spec(inputs)), synthetic_stream(),
+        epochs=STEPS, batch_size=CLASSES_PER_STEP * TRAIN_PER_CLASS, lr=STEP_LR,
+        backbone_lr_scale=STEP_SCALE, milestones=(2,), weight_decay=5e-4, gamma=0.1,
+        fresh_final_norm=False, num_workers=0,
+    )  # fmt: skip
+    heads = torch.load(inputs / "heads.pt")
+    head = strategy.network.heads.grow(INCREMENT)
+    with torch.no_grad():
+        head.weight.copy_(heads["0.weight"])
+        head.bias.copy_(heads["0.bias"])
+    data = np.load(inputs / "images.npz")
+    chosen = data["train_y"] < INCREMENT
+    images = torch.tensor(data["train_x"][chosen]).permute(0, 3, 1, 2).float().div(255)
+    dataset = TensorDataset(images.sub(0.5).div(0.5), torch.tensor(data["train_y"][chosen]))
+    dataset.sampler = lambda generator: SequentialSampler(dataset)  # type: ignore[attr-defined]
+    strategy.train_new_task(dataset, lambda x: x, torch.Generator().manual_seed(0), 0)
+    state = {f"backbone.{k}": v for k, v in strategy.network.backbone.state_dict().items()}
+    state.update({f"heads.0.{k}": v for k, v in head.state_dict().items()})
+    torch.save(state, out)
+
+
 def _backbone_spec(inputs: Path) -> Any:
     from cilbench.backbones.spec import BackboneSpec
 
@@ -263,6 +324,35 @@ def fisher_check(args: argparse.Namespace, start: Any, finish: Any) -> None:
         for process in runs:
             finish(process)
         _fisher_table(ref, ours)
+    print(f"\n## slow learner: {STEPS} full-batch SGD steps on task 0, same start, same data")
+    with tempfile.TemporaryDirectory() as scratch:
+        ref, ours = Path(scratch) / "pilot.pt", Path(scratch) / "cilbench.pt"
+        pilot_side = ["stage1-pilot", *inputs, "--pilot", str(args.pilot), "--out", str(ref)]
+        runs = [
+            start(args.pilot_python, pilot_side),
+            start(sys.executable, ["stage1-cilbench", *inputs, "--out", str(ours)]),
+        ]
+        for process in runs:
+            finish(process)
+        _stage1_table(ref, ours, args.inputs)
+
+
+def _stage1_table(pilot_file: Path, ours_file: Path, inputs: Path) -> None:
+    import torch
+
+    ref, ours = torch.load(pilot_file), torch.load(ours_file)
+    assert sorted(ref) == sorted(ours), "different parameter names"
+    start = {f"backbone.{k}": v for k, v in torch.load(inputs / "vit.pt").items()}
+    start.update({f"heads.{k}": v for k, v in torch.load(inputs / "heads.pt").items()})
+    print("| part | entries | max abs diff PILOT - cilbench | max abs change by training |")
+    print("|---|---|---|---|")
+    for part in ("backbone.", "heads.0."):
+        keys = [k for k in sorted(ref) if k.startswith(part)]
+        a, b, s0 = (torch.cat([d[k].flatten().double() for k in keys]) for d in (ref, ours, start))
+        print(
+            f"| {part[:-1]} | {a.numel()} | {float((a - b).abs().max()):.3g} | "
+            f"{float((a - s0).abs().max()):.3g} |"
+        )
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -341,12 +431,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("inputs").add_argument("out", type=Path)
-    for name in ("fisher-pilot", "fisher-cilbench", "pilot", "cilbench", "compare"):
+    names = ("fisher-pilot", "fisher-cilbench", "stage1-pilot", "stage1-cilbench", "pilot")
+    for name in (*names, "cilbench", "compare"):
         p = sub.add_parser(name)
         p.add_argument("--inputs", type=Path, required=True)
-        if name in ("fisher-pilot", "pilot", "compare"):
+        if name in ("fisher-pilot", "stage1-pilot", "pilot", "compare"):
             p.add_argument("--pilot", type=Path, required=True, help="LAMDA-PILOT checkout")
-        if name.startswith("fisher"):
+        if name.startswith(("fisher", "stage1")):
             p.add_argument("--out", type=Path, required=True)
         if name in ("pilot", "cilbench"):
             p.add_argument("--settings", required=True, help="JSON, as compare writes it")
@@ -377,6 +468,10 @@ def main() -> None:
         fisher_pilot(args.pilot, args.inputs, args.out)
     elif args.command == "fisher-cilbench":
         fisher_cilbench(args.inputs, args.out)
+    elif args.command == "stage1-pilot":
+        stage1_pilot(args.pilot, args.inputs, args.out)
+    elif args.command == "stage1-cilbench":
+        stage1_cilbench(args.inputs, args.out)
     elif args.command == "pilot":
         settings = json.loads(args.settings)
         result = run_pilot(args.pilot, args.inputs, settings, args.seed, args.new_head_weights)
