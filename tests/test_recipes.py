@@ -24,6 +24,7 @@ RC = "zhoudw-zdw/RevisitingCIL exps/"
 PILOT = "LAMDA-CL/LAMDA-PILOT exps/"
 RANPAC = "RanPAC/RanPAC args/"
 SLCA = "GengDavid/SLCA "
+COFIMA = "IemProg/CoFiMA "
 JANSON = "Pauljanson002/pretrained-cl "
 LAMDA = {"augment.scale": (0.05, 1.0), "augment.interpolation": "bilinear", "augment.flip": True}
 """PILOT / RevisitingCIL / RanPAC utils/data.py build_transform: RandomResizedCrop scale
@@ -268,6 +269,31 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
     ("slca", "split-imagenet-r", {"recipe": "pilot"}, {
         "epochs": 5, "milestones": (40,), "batch_size": 64, "ca_epochs": 3, "backbone": IN1K,
     }, f"{PILOT}slca_inr.json"),
+    ("cofima", "split-cifar100", {}, {
+        "epochs": 20, "milestones": (18,), "lr": 0.01, "backbone_lr_scale": 0.01,
+        "weight_decay": 5e-4, "batch_size": 128, "ca_epochs": 5, "ca_lr": None,
+        "ca_samples_per_class": 256, "logit_temperature": 0.1, "fresh_final_norm": True,
+        "fisher_weighting": True, "new_model_weight": 0.5, "fisher_max": 1e-4,
+        "backbone": IN21K, "backbone.normalization": "cifar100",
+        "augment.scale": (0.08, 1.0), "augment.interpolation": "bicubic",
+        "augment.brightness": 63 / 255,
+    }, f"{COFIMA}exps/cofima/cofima_cifar.json; main.py --wt_alpha; models/cofima.py"),
+    ("cofima", "split-imagenet-r", {}, {
+        "epochs": 50, "milestones": (40,), "batch_size": 128, "ca_epochs": 5,
+        "fresh_final_norm": True, "new_model_weight": 0.5, "backbone": IN21K,
+        "backbone.normalization": "imagenet", "augment.scale": (0.08, 1.0),
+        "augment.interpolation": "bicubic", "augment.brightness": 0.0,
+    }, f"{COFIMA}exps/cofima/cofima_imgnetr.json; main.py --wt_alpha"),
+    ("cofima", "split-cifar100", {"recipe": "pilot"}, {
+        "epochs": 20, "milestones": (18,), "lr": 0.01, "backbone_lr_scale": 0.01,
+        "weight_decay": 5e-4, "batch_size": 64, "ca_epochs": 3, "ca_lr": None,
+        "logit_temperature": 0.1, "fresh_final_norm": False, "fisher_weighting": True,
+        "new_model_weight": 0.4, "fisher_max": 1e-4, "backbone": IN1K, **NO_NORM, **LAMDA,
+    }, f"{PILOT}cofima.json; models/cofima.py"),
+    ("cofima", "split-imagenet-r", {"recipe": "pilot"}, {
+        "epochs": 50, "milestones": (40,), "batch_size": 64, "ca_epochs": 3,
+        "fresh_final_norm": False, "new_model_weight": 0.4, "backbone": IN1K,
+    }, f"{PILOT}cofima_inr.json"),
     # Lower and upper bounds.
     *[
         ("finetune", stream, {}, {

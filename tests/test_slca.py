@@ -12,11 +12,11 @@ from cilbench.core.errors import CilbenchError
 from cilbench.data.augment import resolve_augmentation
 from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
+from cilbench.learn.alignment import normalize_logits
 from cilbench.learn.gaussians import ClassGaussians
 from cilbench.learn.training import make_optimizer
 from cilbench.profiles import PROFILES
 from cilbench.profiles.slca_alignment import train_on_features
-from cilbench.strategies.slca import normalize_logits
 from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
 
 

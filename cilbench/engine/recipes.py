@@ -83,6 +83,7 @@ class Repository:
 PILOT = Repository("LAMDA-CL/LAMDA-PILOT", "5240714d3d6071aca824f8aed4a92a46ac6f883c")
 REVISITING_CIL = Repository("zhoudw-zdw/RevisitingCIL", "a2e6b71f6a2fed4421609a0917eea861fa387c76")
 SLCA = Repository("GengDavid/SLCA", "169d4e6b91e3ca30caa717200c1944981c4426d1")
+COFIMA = Repository("IemProg/CoFiMA", "dc96bf16f7854ddfe88df06640027bf54137133b")
 RANPAC = Repository("RanPAC/RanPAC", "012927f86e8d95dc9e7c6015a5e1048e6604c8b6")
 JANSON = Repository("Pauljanson002/pretrained-cl", "19f2d864cc451156afeb5283c34d1a2b9beb55ed")
 DKVB_EXPERIMENTS = Repository(

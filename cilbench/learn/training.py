@@ -146,7 +146,9 @@ def fit(
     workers = loader_workers(num_workers, getattr(data, "sources", ()), device)
     loader = DataLoader(
         data,
-        **batching(data, _shuffled(data, generator), settings.batch_size, settings.drop_last),
+        **batching(
+            data, shuffled_sampler(data, generator), settings.batch_size, settings.drop_last
+        ),
         # The loader draws its workers' base seed from this generator whenever it starts them:
         # every epoch without workers, once with persistent ones. A private generator keeps
         # those draws off `generator`, so the data order does not depend on the worker count.
@@ -190,7 +192,7 @@ def fit(
     return epoch_losses
 
 
-def _shuffled(data: Dataset, generator: torch.Generator) -> Sampler:
+def shuffled_sampler(data: Dataset, generator: torch.Generator) -> Sampler:
     """The dataset's own seeded sampler if it has one, else a random order from `generator`."""
     own = getattr(data, "sampler", None)
     return own(generator) if own is not None else RandomSampler(data, generator=generator)  # type: ignore[arg-type]
@@ -233,7 +235,7 @@ class WithPositions(Dataset):
         return getattr(self.data, "sources", ())
 
     def sampler(self, generator: torch.Generator) -> Sampler:
-        return _shuffled(self.data, generator)
+        return shuffled_sampler(self.data, generator)
 
     def __getitem__(self, keys: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         if getattr(self.data, "fetches_batches", False):
