@@ -1,4 +1,5 @@
-"""Seeded random-init presets: a tiny ViT for tests and a ViT-B/16 for speed measurements."""
+"""Seeded random-init presets: a tiny ViT for tests, a ViT-B/16 for speed measurements and an
+EfficientNet-Lite0 beside the pre-trained one."""
 
 from __future__ import annotations
 
@@ -26,5 +27,18 @@ register_backbone(
         interpolation="bicubic",
         normalization="inception",
         description="ViT-B/16 at 224 px, seeded random init: the real model's cost, offline",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        name="efficientnet-lite0-random",
+        architecture="tf_efficientnet_lite0",
+        weights="random:0",
+        image_size=224,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        normalization="inception",
+        description="EfficientNet-Lite0 as efficientnet-lite0-pypi, seeded random init: what "
+        "pre-training adds",
     )
 )
