@@ -49,7 +49,16 @@ Where cilbench differs, and why:
   `merge_scalar` (0.99), `head_merge_ratio` (0.5), `ot_reg` (0.02) or `epc_re` (5).
 - Training randomness (data order, task-0 rows) comes from the experience's generator; the
   reference also evaluates the test set every 5 epochs (no effect beyond RNG use).
-Per-task accuracies against PILOT's own learner: `tools/parity/duct.py`, `duct-results.md`.
+Per-task accuracies against PILOT's own learner: `tools/parity/duct.py`, `duct-results.md`
+(PILOT's learner cannot run at 5240714d without a repair the harness makes: its
+`_compute_class_mean` is nested inside another method).
+
+Noticed in the reference, kept: a zero row's first SGD step goes through `F.normalize`'s 1 / eps
+(1e12) gradient, so from task 1 on the new rows reach norms ~1e9 while task 0's stay ~0.6, and
+the transport then gives task 0's rows the direction of the carried new rows (with two classes a
+task the two new rows are exact opposites and old and new classes tie; `duct-results.md`). With
+`ot_reg` 0.02, `exp(-cost / reg)` underflows for class means more than ~15 apart; POT then stops
+with a warning and returns its last finite iterate (its first: the kernel / n^2).
 """
 
 from __future__ import annotations
