@@ -350,6 +350,21 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
             ("split-omnibenchmark", {}, IN21K, f"{RC}simplecil/omni_30_30_vit-b_simplecil.json"),
         ]
     ],
+    # DUCT: LAMDA-PILOT exps/duct.json and duct_inr.json (same values, B0 Inc10 / Inc20).
+    *[
+        (
+            "duct", stream, {},
+            {"epochs": 10, "lr": 0.1, "backbone_lr_scale": 0.01, "batch_size": 128,
+             "weight_decay": 5e-4, "merge_scalar": 0.25, "head_merge_ratio": 0.25,
+             "ot_reg": 0.02, "retrain_epochs": 5, "schedule": "constantlr-default",
+             "backbone": IN1K, "stream.init_classes": 0, "stream.increment": increment,
+             **LAMDA, **NO_NORM},
+            f"{PILOT}{config}",
+        )
+        for stream, config, increment in [
+            ("split-cifar100", "duct.json", 10), ("split-imagenet-r", "duct_inr.json", 20),
+        ]
+    ],
     ("dkvb", "split-cifar100", {}, {
         "epochs": 500, "num_codebooks": 256, "keys_per_codebook": 4096, "key_dim": 14,
         "lr": 0.3, "grad_clip": 1.0, "batch_size": 256,

@@ -33,7 +33,7 @@ class NonFiniteLossError(CilbenchError):
 
 
 OptimizerName = Literal["sgd", "adam", "adamw"]
-Schedule = Literal["constant", "cosine", "multistep", "coda-cosine"]
+Schedule = Literal["constant", "cosine", "multistep", "coda-cosine", "constantlr-default"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,9 @@ def make_scheduler(
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch schedule: constant, cosine to `min_lr` over `epochs`, step decay, or CODA's.
 
+    "constantlr-default" is torch's `ConstantLR` built without arguments (factor 1/3 for 5
+    epochs): lr / 3 for epochs 0-4, then lr; LAMDA-PILOT's DUCT builds it so.
+
     "coda-cosine" is CODA-Prompt's `CosineSchedule` (GT-RIPL/CODA-Prompt utils/schedulers.py):
     epoch e of K trains at lr * cos(99 pi e / (200 (K - 1))), ending near 1.6 % of lr.
     """
@@ -108,6 +111,8 @@ def make_scheduler(
         return torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=list(settings.milestones), gamma=settings.gamma
         )
+    if settings.schedule == "constantlr-default":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0 / 3, total_iters=5)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
