@@ -50,7 +50,7 @@ def ls_command(
     for kind, registry in kinds.items():
         if what not in ("all", kind):
             continue
-        rows = [[name, _first_line(registry.get(name))] for name in registry.names()]
+        rows = [[name, _summary(registry.get(name))] for name in registry.names()]
         show_table(console.stdout, kind, ["name", "description"], rows)
     if what in ("all", "backbones"):
         console.stdout.print(
@@ -58,9 +58,9 @@ def ls_command(
         )
 
 
-def _first_line(obj: Any) -> str:
+def _summary(obj: Any) -> str:
     text = getattr(obj, "description", "") or (obj.__doc__ or "")
-    return text.strip().splitlines()[0] if text.strip() else ""
+    return " ".join(text.strip().split("\n\n")[0].split())  # the first paragraph, on one line
 
 
 @console.user_errors
