@@ -30,7 +30,23 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from cilbench.api import register_strategy
-from cilbench.strategies.l2p import L2P, L2PConfig
+from cilbench.engine.recipes import own_recipe, pilot_recipe
+from cilbench.strategies.l2p import L2P, PILOT_PROMPTS, L2PConfig
+
+DUALPROMPT_PILOT: dict[str, Any] = {
+    **PILOT_PROMPTS,
+    "lr": 0.001,
+    "batch_size": 24,
+    "pull_coeff": 0.1,
+    "general_length": 5,
+    "general_layers": (0, 1),
+    "prompt_length": 5,
+    "prompt_layers": (2, 3, 4),
+    "pool_size": 10,
+    "top_k": 1,
+}
+"""LAMDA-PILOT's DualPrompt (`exps/dualprompt.json`, `exps/dualprompt_inr.json`): lr 0.001, pull
+0.1, E-prompt length 5 on ImageNet-R too, on top of what it shares with its L2P."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +71,19 @@ class DualPrompt(L2P):
     """G-prompt + task-keyed E-prompts, prefix-tuned (L2P with DualPrompt's configuration)."""
 
     Config = DualPromptConfig
-    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+    recipes: ClassVar[Mapping[str, Any]] = {
         # google-research/l2p configs/cifar100_dualprompt.py
-        "split-cifar100": {"epochs": 5},
+        "split-cifar100": [
+            own_recipe({"epochs": 5}),
+            pilot_recipe("dualprompt.json", "CIFAR B0 Inc10", {**DUALPROMPT_PILOT, "epochs": 5}),
+        ],
         # google-research/l2p configs/imr_dualprompt.py
-        "split-imagenet-r": {"epochs": 50, "prompt_length": 20, "lr": 0.005 * 24 / 256},
+        "split-imagenet-r": [
+            own_recipe({"epochs": 50, "prompt_length": 20, "lr": 0.005 * 24 / 256}),
+            pilot_recipe(
+                "dualprompt_inr.json", "ImageNet-R B0 Inc20", {**DUALPROMPT_PILOT, "epochs": 10}
+            ),
+        ],
         # CPU demos: the tiny test ViT has two blocks.
         "synthetic": {"epochs": 1, "batch_size": 16, "general_layers": (0,), "prompt_layers": (1,)},
         "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},

@@ -42,12 +42,14 @@ import torch
 
 from cilbench.api import register_strategy
 from cilbench.data.streams import StreamInfo
+from cilbench.engine.recipes import own_recipe, pilot_recipe
 from cilbench.learn.prompt_learner import PromptLearner, PromptLearnerConfig
 from cilbench.learn.prompts import (
     KeyedPrompter,
     Prompter,
     PromptPool,
     Readout,
+    VoteTies,
     check_prompt_layers,
     class_position,
 )
@@ -73,7 +75,40 @@ class L2PConfig(PromptLearnerConfig):
     share_previous: bool = False
     readout: Literal["prompts", "token"] = "prompts"
     init_scale: float = 0.01
+    init_symmetric: bool = False
+    """Prompts and keys uniform in [-init_scale, init_scale) (LAMDA-PILOT: scale 1), not [0, s)."""
     prompt_position: Literal["none", "cls"] = "none"
+    vote_ties: VoteTies = "lower-id"
+    """How the batch vote breaks equal counts: lower id, or as LAMDA-PILOT's `torch.topk`."""
+
+
+PILOT_PROMPTS: dict[str, Any] = {
+    "optimizer": "adam",
+    "schedule": "constant",
+    "weight_decay": 0.0,
+    "grad_clip": None,
+    "init_symmetric": True,
+    "init_scale": 1.0,
+    "batchwise_prompt": True,
+    "vote_ties": "topk",
+}
+"""What LAMDA-PILOT's L2P and DualPrompt share (`exps/l2p*.json`, `exps/dualprompt*.json`,
+`models/l2p.py`, `backbone/prompt.py`): Adam, constant lr, no weight decay, no gradient clipping,
+prompts and keys uniform in [-1, 1), the batch vote with `torch.topk`'s tie order."""
+
+
+L2P_PILOT: dict[str, Any] = {
+    **PILOT_PROMPTS,
+    "lr": 0.001875,
+    "pull_coeff": 0.1,
+    "pool_size": 10,
+    "prompt_length": 5,
+    "top_k": 5,
+    "readout": "prompts",
+    "prompt_position": "cls",
+}
+"""LAMDA-PILOT's L2P on top of `PILOT_PROMPTS` (`exps/l2p.json`; prompts get the [CLS] position:
+`backbone/vit_l2p.py` `resize_pos_embed`)."""
 
 
 @register_strategy("l2p")
@@ -81,11 +116,21 @@ class L2P(PromptLearner):
     """A keyed prompt pool on a frozen ViT; DualPrompt is this with another Config."""
 
     Config = L2PConfig
-    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+    recipes: ClassVar[Mapping[str, Any]] = {
         # google-research/l2p configs/cifar100_l2p.py (first release); batch 16 as LAMDA-PILOT.
-        "split-cifar100": {"epochs": 5, "batch_size": 16},
+        "split-cifar100": [
+            own_recipe({"epochs": 5, "batch_size": 16}),
+            pilot_recipe(
+                "l2p.json", "CIFAR B0 Inc10", {**L2P_PILOT, "epochs": 5, "batch_size": 16}
+            ),
+        ],
         # LAMDA-PILOT exps/l2p_inr.json (methods.md 2.4): 10 epochs, batch 32.
-        "split-imagenet-r": {"epochs": 10, "batch_size": 32},
+        "split-imagenet-r": [
+            own_recipe({"epochs": 10, "batch_size": 32}),
+            pilot_recipe(
+                "l2p_inr.json", "ImageNet-R B0 Inc20", {**L2P_PILOT, "epochs": 10, "batch_size": 32}
+            ),
+        ],
         "synthetic": {"epochs": 1},
         "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},
     }
@@ -103,13 +148,13 @@ class L2P(PromptLearner):
         pool = PromptPool(
             dim, config.pool_size, config.prompt_length, config.prompt_layers, config.prefix
         )
-        pool.reset_parameters(generator, config.init_scale)
+        pool.reset_parameters(generator, config.init_scale, config.init_symmetric)
         general = None
         if config.general_length > 0 and config.general_layers:
             general = PromptPool(
                 dim, 1, config.general_length, config.general_layers, prefix=True, keyed=False
             )
-            general.reset_parameters(generator, config.init_scale)
+            general.reset_parameters(generator, config.init_scale, config.init_symmetric)
         position: torch.Tensor | None = None
         if config.prompt_position == "cls":
             position = class_position(model)
@@ -121,4 +166,5 @@ class L2P(PromptLearner):
             task_masked=config.task_masked,
             share_previous=config.share_previous,
             position=position,
+            ties=config.vote_ties,
         )
