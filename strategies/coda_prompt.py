@@ -17,11 +17,23 @@ Class order: the reference's first run (seed 0) keeps the natural class order (`
 shuffles only for seed > 0), so the CIFAR-100 and ImageNet-R recipes set
 `stream.class_order=natural`; the result's stream options and class order record it.
 
-Where cilbench differs: the orthogonality penalty (weight 0 in the reference runs) is not
-implemented; new components are orthogonal to the span of the earlier ones (see
-`cilbench.learn.prompts`); prompt weights use the shared frozen backbone's cached query at
-evaluation; `query_from_cache=true` also trains on cached queries (the reference: augmented view);
-cilbench's growing head (trunc-normal init) replaces one `nn.Linear` over all classes. CPU demo
+Recipes: `default` (the authors' configs above) and `pilot`, LAMDA-PILOT's `exps/coda_prompt.json`
+/ `exps/coda_prompt_inr.json` (IN-1k ViT, `shuffle: false`: natural order; the same lr, batch,
+schedule, `drop_last` and component sizes) with its code's choices: the head is PyTorch's
+default `nn.Linear` (`head_init=torch-linear`: weights and bias U(+-1/sqrt(D)); cilbench's
+default is trunc-normal 0.02 with zero bias) and new components are made orthogonal one earlier
+component at a time (`gram_schmidt=sequential`, see `cilbench.learn.prompt_components`).
+
+Where cilbench differs, and why: the orthogonality penalty (weight 0 in every reference run) is
+not implemented. By default new components are orthogonal to the *span* of the earlier ones
+(exact; the references' per-component projection is not, once training bent the earlier ones;
+`sequential` restores it). Prompt weights use the shared frozen backbone's query, cached at
+evaluation (same values as the reference's second forward); `query_from_cache=true` also trains
+on cached queries (the reference: augmented view). cilbench's growing head replaces one
+`nn.Linear` over all classes (unseen ones masked: same logits; with `torch-linear` each row is
+drawn from the same distribution). Remains with `pilot`: random draws come from cilbench's
+seeded generators; a 1-epoch run works (PILOT's `CosineSchedule` divides by K - 1 = 0); a
+near-zero earlier component is skipped by `sequential` where PILOT redraws forever. CPU demo
 recipes use fewer components so they fit the tiny test ViT's 64 dimensions.
 """
 

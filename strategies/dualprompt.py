@@ -16,11 +16,23 @@ prefix-tuning (key and value prefixes of `length` tokens each, the original layo
 1.0; Adam, constant lr 0.03 x 24 / 256 (the reference's linear scaling rule with batch 24),
 `grad_clip` 1.0, 5 epochs. The other fields are L2P's (see `cilbench.strategies.l2p`).
 
-Where cilbench differs: as L2P (per-sample prompt choice by default, shared frozen backbone as
-the query model with cached evaluation queries, cilbench's growing head). LAMDA-PILOT's version
-drifted to pull 0.1 and lr 0.001, and GT-RIPL/CODA-Prompt's DualPrompt splits one prompt into
-key and value halves; cilbench follows the original. ImageNet-R uses the original's
-`imr_dualprompt.py` (50 epochs, E-prompt length 20, lr 0.005 x 24 / 256).
+Recipes: `default` (the original's, above) and `pilot`, LAMDA-PILOT's `exps/dualprompt.json` /
+`exps/dualprompt_inr.json` (IN-1k ViT): lr 0.001, pull 0.1, batch 24, E-prompt length 5 on
+ImageNet-R too, 5 / 10 epochs, with L2P's `pilot` choices (prompts and keys uniform in [-1, 1),
+no gradient clipping, the batch vote with `torch.topk` ties; see `cilbench.strategies.l2p`).
+
+Where cilbench differs: as L2P (per-sample prompt choice by default; with the vote on, PILOT's
+test batches straddle tasks and cilbench's do not; shared frozen backbone as the query model with
+cached evaluation queries; cilbench's growing head, same initialisation as PILOT's). Kept with
+`pilot`: LAMDA-PILOT's E-prompt prefixes are reshaped from (layers, 2, B, k, length, heads, hd)
+to (layers, B, 2, ...) without a permute (`backbone/prompt.py` `EPrompt.forward`,
+LAMDA-PILOT#29), which mixes the key/value axis with the batch axis: with the batch vote, the
+first half of a batch gets the key prefix as both keys and values and the second half the value
+prefix. That is a bug, so cilbench keeps the original layout (each sample its own key and value
+prefixes) and no setting reproduces it; PILOT's DualPrompt numbers may differ for that reason.
+GT-RIPL/CODA-Prompt's DualPrompt splits one prompt into key and value halves; cilbench follows
+the original. ImageNet-R's `default` uses the original's `imr_dualprompt.py` (50 epochs,
+E-prompt length 20, lr 0.005 x 24 / 256).
 """
 
 from __future__ import annotations

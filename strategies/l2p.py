@@ -18,17 +18,36 @@ LAMDA-PILOT's single-GPU runs), `grad_clip` 1.0, `epochs` 5 (CIFAR-100). `genera
 `general_layers`, `task_masked`, `share_previous`: DualPrompt's additions, off here.
 `batchwise_prompt`, `query_from_cache`, `prompt_position`: see below.
 
+Recipes (`cilbench recipes l2p`): `default` (cilbench's own: the first release's settings above,
+batch 16 / 32 as LAMDA-PILOT) and `pilot`, LAMDA-PILOT's `exps/l2p.json` / `exps/l2p_inr.json`
+(IN-1k ViT, class order seed 1993) with its code's choices: prompts and keys uniform in [-1, 1)
+(`init_symmetric=true`, `init_scale=1`; `backbone/prompt.py`), the [CLS] position on prompt
+tokens (`prompt_position=cls`; `vit_l2p.py` `resize_pos_embed`), no gradient clipping
+(`grad_clip=None`; `models/l2p.py` has none), the batch vote (`batchwise_prompt=true`) with ties
+ranked by `torch.topk` as PILOT does (`vote_ties=topk`), lr 0.001875, Adam, no weight decay.
+
 Where cilbench differs from the reference, and why:
-- Prompt ids are chosen per sample; the reference votes them per batch (`batchwise_prompt: True`,
-  at test time too, so a test prediction depends on its batch). `batchwise_prompt=true` restores
-  the vote and the report says so.
-- The query comes from the shared frozen backbone, not a second copy of the ViT; at evaluation it
-  is read from the feature cache (identical values, no second forward). `query_from_cache=true`
-  also trains on the cached un-augmented query (the reference: augmented view).
-- Prompt tokens get no position embedding, as in the original code; LAMDA-PILOT / l2p-pytorch give
-  them the [CLS] position (`prompt_position=cls`) and initialise prompts and keys in [-1, 1).
-- The head is cilbench's growing linear head (trunc-normal 0.02 init) over the seen classes;
-  the reference uses one zero-initialised head over all classes with the unseen ones masked.
+- Prompt ids are chosen per sample by default; the references vote them per batch
+  (`batchwise_prompt`, at test time too, so a test prediction depends on its batch: a leak, hence
+  not cilbench's default). `batchwise_prompt=true` restores the vote (the `pilot` recipe does) and
+  the report says so. Ties: the flax original's sorted ids give the lower id (cilbench's
+  default); PILOT's `torch.topk` over its padded count array breaks them otherwise
+  (`vote_ties=topk`).
+- Remains with `pilot`: PILOT evaluates one loader over every seen class in label order, in
+  batches of the *training* batch size, so its vote groups straddle task boundaries; cilbench
+  votes within each experience's test set, in batches of the run's evaluation batch size
+  (`--batch-size`). The vote groups therefore differ whenever the vote is on.
+- The query comes from the shared frozen backbone, not a second copy of the ViT (identical
+  values); at evaluation it is read from the feature cache. `query_from_cache=true` also trains on
+  the cached un-augmented query (the references: augmented view).
+- Defaults (not `pilot`): prompt tokens get no position embedding and prompts/keys are uniform in
+  [0, 0.01) with gradient clipping at 1.0, as the original flax code.
+- The head is cilbench's growing linear head (trunc-normal 0.02, zero bias, as PILOT's timm
+  head) over the seen classes; the references hold one head over all classes and mask the unseen
+  ones (the same logits and gradients; the random draws differ).
+- Random draws (prompts, keys, head, shuffling) come from cilbench's seeded generators, not the
+  global torch generator, so a run matches PILOT's in distribution, not bit for bit
+  (`tools/parity/prompts.py`).
 - The `split-fashion-mnist-mini` and `synthetic` recipes are short CPU demos, not the reference's.
 """
 
