@@ -116,7 +116,8 @@ def _args(method: str, settings: dict, seed: int) -> dict:
     return {
         **common, "model_name": "l2p", "backbone_type": "vit_base_patch16_224_l2p",
         "get_original_backbone": True, "scheduler": "constant", "global_pool": "token",
-        "head_type": "prompt", "freeze": ["blocks", "patch_embed", "cls_token", "norm", "pos_embed"],
+        "head_type": "prompt",
+        "freeze": ["blocks", "patch_embed", "cls_token", "norm", "pos_embed"],
         "prompt_pool": True, "size": L2P_POOL, "length": L2P_LENGTH, "top_k": L2P_TOP_K,
         "initializer": "uniform", "prompt_key": True, "prompt_key_init": "uniform",
         "use_prompt_mask": False, "shared_prompt_pool": False, "shared_prompt_key": False,
@@ -203,16 +204,25 @@ def compare(args: argparse.Namespace) -> None:
         return subprocess.Popen(command + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     for method in args.methods:
+        variants = [args.set, *args.ablate]
         print(
             f"\n## {method}: {args.epochs} epochs a task, Adam lr {args.lr}, batch {args.batch}, "
-            f"seeds 0..{args.seeds - 1} a side; cilbench `recipe=pilot`{' ' + args.set if args.set else ''}"
+            f"seeds 0..{args.seeds - 1} a side"
         )
-        pairs = []
+        theirs, ours = [], {v: [] for v in variants}
         for seed in range(args.seeds):
-            theirs = start(args.pilot_python, "pilot", method, seed, ["--pilot", str(args.pilot)])
-            ours = start(sys.executable, "cilbench", method, seed, ["--set", args.set])
-            pairs.append((accuracy_of(theirs), accuracy_of(ours)))
-        print_seed_table(pairs)
+            reference = start(
+                args.pilot_python, "pilot", method, seed, ["--pilot", str(args.pilot)]
+            )
+            mine = {
+                v: start(sys.executable, "cilbench", method, seed, ["--set", v]) for v in variants
+            }
+            theirs.append(accuracy_of(reference))
+            for v, process in mine.items():
+                ours[v].append(accuracy_of(process))
+        for v in variants:
+            print(f"\n### cilbench `recipe=pilot` {v}".rstrip())
+            print_seed_table(list(zip(theirs, ours[v])))
 
 
 def _parse_set(text: str) -> dict[str, str]:
@@ -235,6 +245,7 @@ def main() -> None:
         if name == "compare":
             p.add_argument("--methods", nargs="+", default=["l2p", "coda"])
             p.add_argument("--seeds", type=int, default=3)
+            p.add_argument("--ablate", nargs="*", default=[], help="more cilbench --set variants")
             p.add_argument("--pilot-python", default="/tmp/pilot-venv/bin/python")
         else:
             p.add_argument("--method", choices=("l2p", "coda"), required=True)
