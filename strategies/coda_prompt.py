@@ -17,11 +17,23 @@ Class order: the reference's first run (seed 0) keeps the natural class order (`
 shuffles only for seed > 0), so the CIFAR-100 and ImageNet-R recipes set
 `stream.class_order=natural`; the result's stream options and class order record it.
 
-Where cilbench differs: the orthogonality penalty (weight 0 in the reference runs) is not
-implemented; new components are orthogonal to the span of the earlier ones (see
-`cilbench.learn.prompts`); prompt weights use the shared frozen backbone's cached query at
-evaluation; `query_from_cache=true` also trains on cached queries (the reference: augmented view);
-cilbench's growing head (trunc-normal init) replaces one `nn.Linear` over all classes. CPU demo
+Recipes: `default` (the authors' configs above) and `pilot`, LAMDA-PILOT's `exps/coda_prompt.json`
+/ `exps/coda_prompt_inr.json` (IN-1k ViT, `shuffle: false`: natural order; the same lr, batch,
+schedule, `drop_last` and component sizes) with its code's choices: the head is PyTorch's
+default `nn.Linear` (`head_init=torch-linear`: weights and bias U(+-1/sqrt(D)); cilbench's
+default is trunc-normal 0.02 with zero bias) and new components are made orthogonal one earlier
+component at a time (`gram_schmidt=sequential`, see `cilbench.learn.prompt_components`).
+
+Where cilbench differs, and why: the orthogonality penalty (weight 0 in every reference run) is
+not implemented. By default new components are orthogonal to the *span* of the earlier ones
+(exact; the references' per-component projection is not, once training bent the earlier ones;
+`sequential` restores it). Prompt weights use the shared frozen backbone's query, cached at
+evaluation (same values as the reference's second forward); `query_from_cache=true` also trains
+on cached queries (the reference: augmented view). cilbench's growing head replaces one
+`nn.Linear` over all classes (unseen ones masked: same logits; with `torch-linear` each row is
+drawn from the same distribution). Remains with `pilot`: random draws come from cilbench's
+seeded generators; a 1-epoch run works (PILOT's `CosineSchedule` divides by K - 1 = 0); a
+near-zero earlier component is skipped by `sequential` where PILOT redraws forever. CPU demo
 recipes use fewer components so they fit the tiny test ViT's 64 dimensions.
 """
 
@@ -33,8 +45,10 @@ from typing import Any, ClassVar, Literal
 
 from cilbench.api import register_strategy
 from cilbench.data.streams import StreamInfo
+from cilbench.engine.recipes import own_recipe, pilot_recipe
+from cilbench.learn.prompt_components import ComponentPool, GramSchmidt
 from cilbench.learn.prompt_learner import PromptLearner, PromptLearnerConfig
-from cilbench.learn.prompts import ComponentPool, Prompter, check_prompt_layers
+from cilbench.learn.prompts import Prompter, check_prompt_layers
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,26 @@ class CodaPromptConfig(PromptLearnerConfig):
     components: int = 100
     prompt_length: int = 8
     prompt_layers: tuple[int, ...] = (0, 1, 2, 3, 4)
+    gram_schmidt: GramSchmidt = "span"
+    """New components orthogonal to the earlier ones' span, or LAMDA-PILOT's "sequential"."""
+
+
+CODA_PILOT: dict[str, Any] = {
+    "lr": 0.001,
+    "batch_size": 128,
+    "optimizer": "adam",
+    "weight_decay": 0.0,
+    "schedule": "coda-cosine",
+    "drop_last": True,
+    "components": 100,
+    "prompt_length": 8,
+    "head_init": "torch-linear",
+    "gram_schmidt": "sequential",
+    "stream.class_order": "natural",
+}
+"""LAMDA-PILOT's CODA-Prompt (`exps/coda_prompt*.json`: `prompt_param` [100, 8, 0], Adam lr 0.001,
+batch 128, its `CosineSchedule`, `shuffle: false`; `models/coda_prompt.py`: `drop_last`;
+`utils/inc_net.py` `CodaPromptVitNet`: an `nn.Linear` head; `backbone/prompt.py`: Gram-Schmidt)."""
 
 
 @register_strategy("coda-prompt")
@@ -56,11 +90,19 @@ class CodaPrompt(PromptLearner):
     """Attention-weighted sums of per-experience prompt components, prefix-tuned."""
 
     Config = CodaPromptConfig
-    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+    recipes: ClassVar[Mapping[str, Any]] = {
         # GT-RIPL/CODA-Prompt configs/cifar-100_prompt.yaml, natural order (trainer.py, seed 0)
-        "split-cifar100": {"epochs": 20, "stream.class_order": "natural"},
+        "split-cifar100": [
+            own_recipe({"epochs": 20, "stream.class_order": "natural"}),
+            pilot_recipe("coda_prompt.json", "CIFAR B0 Inc10", {**CODA_PILOT, "epochs": 20}),
+        ],
         # GT-RIPL/CODA-Prompt configs/imnet-r_prompt.yaml
-        "split-imagenet-r": {"epochs": 50, "stream.class_order": "natural"},
+        "split-imagenet-r": [
+            own_recipe({"epochs": 50, "stream.class_order": "natural"}),
+            pilot_recipe(
+                "coda_prompt_inr.json", "ImageNet-R B0 Inc20", {**CODA_PILOT, "epochs": 50}
+            ),
+        ],
         # CPU demos
         "synthetic": {"epochs": 1, "batch_size": 16, "components": 12, "prompt_layers": (0, 1)},
         "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},
@@ -75,4 +117,5 @@ class CodaPrompt(PromptLearner):
             config.prompt_length,
             config.prompt_layers,
             info.num_experiences,
+            config.gram_schmidt,
         )

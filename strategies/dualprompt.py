@@ -16,11 +16,23 @@ prefix-tuning (key and value prefixes of `length` tokens each, the original layo
 1.0; Adam, constant lr 0.03 x 24 / 256 (the reference's linear scaling rule with batch 24),
 `grad_clip` 1.0, 5 epochs. The other fields are L2P's (see `cilbench.strategies.l2p`).
 
-Where cilbench differs: as L2P (per-sample prompt choice by default, shared frozen backbone as
-the query model with cached evaluation queries, cilbench's growing head). LAMDA-PILOT's version
-drifted to pull 0.1 and lr 0.001, and GT-RIPL/CODA-Prompt's DualPrompt splits one prompt into
-key and value halves; cilbench follows the original. ImageNet-R uses the original's
-`imr_dualprompt.py` (50 epochs, E-prompt length 20, lr 0.005 x 24 / 256).
+Recipes: `default` (the original's, above) and `pilot`, LAMDA-PILOT's `exps/dualprompt.json` /
+`exps/dualprompt_inr.json` (IN-1k ViT): lr 0.001, pull 0.1, batch 24, E-prompt length 5 on
+ImageNet-R too, 5 / 10 epochs, with L2P's `pilot` choices (prompts and keys uniform in [-1, 1),
+no gradient clipping, the batch vote with `torch.topk` ties; see `cilbench.strategies.l2p`).
+
+Where cilbench differs: as L2P (per-sample prompt choice by default; with the vote on, PILOT's
+test batches straddle tasks and cilbench's do not; shared frozen backbone as the query model with
+cached evaluation queries; cilbench's growing head, same initialisation as PILOT's). Kept with
+`pilot`: LAMDA-PILOT's E-prompt prefixes are reshaped from (layers, 2, B, k, length, heads, hd)
+to (layers, B, 2, ...) without a permute (`backbone/prompt.py` `EPrompt.forward`,
+LAMDA-PILOT#29), which mixes the key/value axis with the batch axis: with the batch vote, the
+first half of a batch gets the key prefix as both keys and values and the second half the value
+prefix. That is a bug, so cilbench keeps the original layout (each sample its own key and value
+prefixes) and no setting reproduces it; PILOT's DualPrompt numbers may differ for that reason.
+GT-RIPL/CODA-Prompt's DualPrompt splits one prompt into key and value halves; cilbench follows
+the original. ImageNet-R's `default` uses the original's `imr_dualprompt.py` (50 epochs,
+E-prompt length 20, lr 0.005 x 24 / 256).
 """
 
 from __future__ import annotations
@@ -30,7 +42,23 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from cilbench.api import register_strategy
-from cilbench.strategies.l2p import L2P, L2PConfig
+from cilbench.engine.recipes import own_recipe, pilot_recipe
+from cilbench.strategies.l2p import L2P, PILOT_PROMPTS, L2PConfig
+
+DUALPROMPT_PILOT: dict[str, Any] = {
+    **PILOT_PROMPTS,
+    "lr": 0.001,
+    "batch_size": 24,
+    "pull_coeff": 0.1,
+    "general_length": 5,
+    "general_layers": (0, 1),
+    "prompt_length": 5,
+    "prompt_layers": (2, 3, 4),
+    "pool_size": 10,
+    "top_k": 1,
+}
+"""LAMDA-PILOT's DualPrompt (`exps/dualprompt.json`, `exps/dualprompt_inr.json`): lr 0.001, pull
+0.1, E-prompt length 5 on ImageNet-R too, on top of what it shares with its L2P."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +83,19 @@ class DualPrompt(L2P):
     """G-prompt + task-keyed E-prompts, prefix-tuned (L2P with DualPrompt's configuration)."""
 
     Config = DualPromptConfig
-    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+    recipes: ClassVar[Mapping[str, Any]] = {
         # google-research/l2p configs/cifar100_dualprompt.py
-        "split-cifar100": {"epochs": 5},
+        "split-cifar100": [
+            own_recipe({"epochs": 5}),
+            pilot_recipe("dualprompt.json", "CIFAR B0 Inc10", {**DUALPROMPT_PILOT, "epochs": 5}),
+        ],
         # google-research/l2p configs/imr_dualprompt.py
-        "split-imagenet-r": {"epochs": 50, "prompt_length": 20, "lr": 0.005 * 24 / 256},
+        "split-imagenet-r": [
+            own_recipe({"epochs": 50, "prompt_length": 20, "lr": 0.005 * 24 / 256}),
+            pilot_recipe(
+                "dualprompt_inr.json", "ImageNet-R B0 Inc20", {**DUALPROMPT_PILOT, "epochs": 10}
+            ),
+        ],
         # CPU demos: the tiny test ViT has two blocks.
         "synthetic": {"epochs": 1, "batch_size": 16, "general_layers": (0,), "prompt_layers": (1,)},
         "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},

@@ -18,17 +18,36 @@ LAMDA-PILOT's single-GPU runs), `grad_clip` 1.0, `epochs` 5 (CIFAR-100). `genera
 `general_layers`, `task_masked`, `share_previous`: DualPrompt's additions, off here.
 `batchwise_prompt`, `query_from_cache`, `prompt_position`: see below.
 
+Recipes (`cilbench recipes l2p`): `default` (cilbench's own: the first release's settings above,
+batch 16 / 32 as LAMDA-PILOT) and `pilot`, LAMDA-PILOT's `exps/l2p.json` / `exps/l2p_inr.json`
+(IN-1k ViT, class order seed 1993) with its code's choices: prompts and keys uniform in [-1, 1)
+(`init_symmetric=true`, `init_scale=1`; `backbone/prompt.py`), the [CLS] position on prompt
+tokens (`prompt_position=cls`; `vit_l2p.py` `resize_pos_embed`), no gradient clipping
+(`grad_clip=None`; `models/l2p.py` has none), the batch vote (`batchwise_prompt=true`) with ties
+ranked by `torch.topk` as PILOT does (`vote_ties=topk`), lr 0.001875, Adam, no weight decay.
+
 Where cilbench differs from the reference, and why:
-- Prompt ids are chosen per sample; the reference votes them per batch (`batchwise_prompt: True`,
-  at test time too, so a test prediction depends on its batch). `batchwise_prompt=true` restores
-  the vote and the report says so.
-- The query comes from the shared frozen backbone, not a second copy of the ViT; at evaluation it
-  is read from the feature cache (identical values, no second forward). `query_from_cache=true`
-  also trains on the cached un-augmented query (the reference: augmented view).
-- Prompt tokens get no position embedding, as in the original code; LAMDA-PILOT / l2p-pytorch give
-  them the [CLS] position (`prompt_position=cls`) and initialise prompts and keys in [-1, 1).
-- The head is cilbench's growing linear head (trunc-normal 0.02 init) over the seen classes;
-  the reference uses one zero-initialised head over all classes with the unseen ones masked.
+- Prompt ids are chosen per sample by default; the references vote them per batch
+  (`batchwise_prompt`, at test time too, so a test prediction depends on its batch: a leak, hence
+  not cilbench's default). `batchwise_prompt=true` restores the vote (the `pilot` recipe does) and
+  the report says so. Ties: the flax original's sorted ids give the lower id (cilbench's
+  default); PILOT's `torch.topk` over its padded count array breaks them otherwise
+  (`vote_ties=topk`).
+- Remains with `pilot`: PILOT evaluates one loader over every seen class in label order, in
+  batches of the *training* batch size, so its vote groups straddle task boundaries; cilbench
+  votes within each experience's test set, in batches of the run's evaluation batch size
+  (`--batch-size`). The vote groups therefore differ whenever the vote is on.
+- The query comes from the shared frozen backbone, not a second copy of the ViT (identical
+  values); at evaluation it is read from the feature cache. `query_from_cache=true` also trains on
+  the cached un-augmented query (the references: augmented view).
+- Defaults (not `pilot`): prompt tokens get no position embedding and prompts/keys are uniform in
+  [0, 0.01) with gradient clipping at 1.0, as the original flax code.
+- The head is cilbench's growing linear head (trunc-normal 0.02, zero bias, as PILOT's timm
+  head) over the seen classes; the references hold one head over all classes and mask the unseen
+  ones (the same logits and gradients; the random draws differ).
+- Random draws (prompts, keys, head, shuffling) come from cilbench's seeded generators, not the
+  global torch generator, so a run matches PILOT's in distribution, not bit for bit
+  (`tools/parity/prompts.py`).
 - The `split-fashion-mnist-mini` and `synthetic` recipes are short CPU demos, not the reference's.
 """
 
@@ -42,12 +61,14 @@ import torch
 
 from cilbench.api import register_strategy
 from cilbench.data.streams import StreamInfo
+from cilbench.engine.recipes import own_recipe, pilot_recipe
 from cilbench.learn.prompt_learner import PromptLearner, PromptLearnerConfig
 from cilbench.learn.prompts import (
     KeyedPrompter,
     Prompter,
     PromptPool,
     Readout,
+    VoteTies,
     check_prompt_layers,
     class_position,
 )
@@ -73,7 +94,40 @@ class L2PConfig(PromptLearnerConfig):
     share_previous: bool = False
     readout: Literal["prompts", "token"] = "prompts"
     init_scale: float = 0.01
+    init_symmetric: bool = False
+    """Prompts and keys uniform in [-init_scale, init_scale) (LAMDA-PILOT: scale 1), not [0, s)."""
     prompt_position: Literal["none", "cls"] = "none"
+    vote_ties: VoteTies = "lower-id"
+    """How the batch vote breaks equal counts: lower id, or as LAMDA-PILOT's `torch.topk`."""
+
+
+PILOT_PROMPTS: dict[str, Any] = {
+    "optimizer": "adam",
+    "schedule": "constant",
+    "weight_decay": 0.0,
+    "grad_clip": None,
+    "init_symmetric": True,
+    "init_scale": 1.0,
+    "batchwise_prompt": True,
+    "vote_ties": "topk",
+}
+"""What LAMDA-PILOT's L2P and DualPrompt share (`exps/l2p*.json`, `exps/dualprompt*.json`,
+`models/l2p.py`, `backbone/prompt.py`): Adam, constant lr, no weight decay, no gradient clipping,
+prompts and keys uniform in [-1, 1), the batch vote with `torch.topk`'s tie order."""
+
+
+L2P_PILOT: dict[str, Any] = {
+    **PILOT_PROMPTS,
+    "lr": 0.001875,
+    "pull_coeff": 0.1,
+    "pool_size": 10,
+    "prompt_length": 5,
+    "top_k": 5,
+    "readout": "prompts",
+    "prompt_position": "cls",
+}
+"""LAMDA-PILOT's L2P on top of `PILOT_PROMPTS` (`exps/l2p.json`; prompts get the [CLS] position:
+`backbone/vit_l2p.py` `resize_pos_embed`)."""
 
 
 @register_strategy("l2p")
@@ -81,11 +135,21 @@ class L2P(PromptLearner):
     """A keyed prompt pool on a frozen ViT; DualPrompt is this with another Config."""
 
     Config = L2PConfig
-    recipes: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+    recipes: ClassVar[Mapping[str, Any]] = {
         # google-research/l2p configs/cifar100_l2p.py (first release); batch 16 as LAMDA-PILOT.
-        "split-cifar100": {"epochs": 5, "batch_size": 16},
+        "split-cifar100": [
+            own_recipe({"epochs": 5, "batch_size": 16}),
+            pilot_recipe(
+                "l2p.json", "CIFAR B0 Inc10", {**L2P_PILOT, "epochs": 5, "batch_size": 16}
+            ),
+        ],
         # LAMDA-PILOT exps/l2p_inr.json (methods.md 2.4): 10 epochs, batch 32.
-        "split-imagenet-r": {"epochs": 10, "batch_size": 32},
+        "split-imagenet-r": [
+            own_recipe({"epochs": 10, "batch_size": 32}),
+            pilot_recipe(
+                "l2p_inr.json", "ImageNet-R B0 Inc20", {**L2P_PILOT, "epochs": 10, "batch_size": 32}
+            ),
+        ],
         "synthetic": {"epochs": 1},
         "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},
     }
@@ -103,13 +167,13 @@ class L2P(PromptLearner):
         pool = PromptPool(
             dim, config.pool_size, config.prompt_length, config.prompt_layers, config.prefix
         )
-        pool.reset_parameters(generator, config.init_scale)
+        pool.reset_parameters(generator, config.init_scale, config.init_symmetric)
         general = None
         if config.general_length > 0 and config.general_layers:
             general = PromptPool(
                 dim, 1, config.general_length, config.general_layers, prefix=True, keyed=False
             )
-            general.reset_parameters(generator, config.init_scale)
+            general.reset_parameters(generator, config.init_scale, config.init_symmetric)
         position: torch.Tensor | None = None
         if config.prompt_position == "cls":
             position = class_position(model)
@@ -121,4 +185,5 @@ class L2P(PromptLearner):
             task_masked=config.task_masked,
             share_previous=config.share_previous,
             position=position,
+            ties=config.vote_ties,
         )

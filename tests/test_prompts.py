@@ -15,13 +15,16 @@ from cilbench.engine.evaluation import evaluate
 from cilbench.engine.loop import run
 from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
-from cilbench.learn.prompts import (
+from cilbench.learn.prompt_components import (
     ComponentPool,
+    orthonormal_rows,
+    sequential_orthonormal_rows,
+)
+from cilbench.learn.prompts import (
     KeyedPrompter,
     LayerPrompts,
     PromptPool,
     _prefixed_attention,
-    orthonormal_rows,
     prompted_features,
     pull_constraint,
     select_top_k,
@@ -72,6 +75,85 @@ def test_top_k_per_sample_and_batch_vote_by_hand():
     ids = select_top_k(similarity, 2)
     assert ids.tolist() == [[0, 2], [1, 2], [1, 2]]
     assert pull_constraint(similarity, ids).item() == pytest.approx((1.4 + 1.5 + 1.2) / 3)
+
+
+def test_batch_vote_ties_as_lamda_pilot_by_hand():
+    """Four samples pick {0,1}, {1,2}, {2,3}, {0,3}: ids 0-3 twice each, 4-5 never. LAMDA-PILOT
+    ranks the counts of the unique ids padded to the pool size with the least id and count 0
+    ([0, 1, 2, 3, 0, 0] / [2, 2, 2, 2, 0, 0]) with `torch.topk`; cilbench's default: lower ids."""
+    picks = [(0, 1), (1, 2), (2, 3), (0, 3)]
+    similarity = torch.zeros(4, 6)
+    for row, (a, b) in enumerate(picks):
+        similarity[row, a], similarity[row, b] = 0.9, 0.8
+    lower = select_top_k(similarity, 2, batchwise=True)
+    assert lower.tolist() == [[0, 1]] * 4
+    layout = torch.tensor([0, 1, 2, 3, 0, 0])
+    expected = layout[torch.tensor([2, 2, 2, 2, 0, 0]).topk(2).indices]
+    pilot = select_top_k(similarity, 2, batchwise=True, ties="topk")
+    assert pilot.tolist() == [expected.tolist()] * 4
+    assert set(expected.tolist()) <= {0, 1, 2, 3}  # never an unchosen (count 0) id
+    clear = torch.tensor([[0.9, 0.8, 0, 0, 0, 0], [0.9, 0.1, 0.8, 0, 0, 0]])  # id 0 twice: no tie
+    assert select_top_k(clear, 1, batchwise=True, ties="topk").tolist() == [[0], [0]]
+
+
+def test_symmetric_initialisation_range():
+    """[0, s) by default (flax), [-s, s) with `symmetric` (LAMDA-PILOT's uniform_(-1, 1))."""
+    pool = PromptPool(64, size=10, length=5, layers=(0,), prefix=False)
+    pool.reset_parameters(torch.Generator().manual_seed(0), 0.01)
+    assert pool.prompts.min() >= 0 and pool.prompts.max() < 0.01 and pool.keys.min() >= 0
+    pool.reset_parameters(torch.Generator().manual_seed(0), 1.0, symmetric=True)
+    for values in (pool.prompts, pool.keys):
+        assert -1 <= values.min() < -0.95 and 0.95 < values.max() < 1
+        assert abs(values.mean().item()) < 0.05
+
+
+def test_l2p_pilot_settings_reach_the_prompter():
+    stream, backbone = synthetic_stream(), tiny_backbone()
+    strategy = make_strategy(
+        "l2p", backbone, stream, init_symmetric=True, init_scale=1.0, vote_ties="topk"
+    )
+    assert strategy.prompter.ties == "topk"
+    assert strategy.prompter.pool.keys.min() < -0.5
+
+
+def test_torch_linear_head_init_by_hand():
+    """`nn.Linear`'s own initialisation: weights and bias U(-1/sqrt(dim), 1/sqrt(dim))."""
+    from cilbench.learn.heads import TaskHeads
+
+    heads = TaskHeads(16)
+    head = heads.grow(400, torch.Generator().manual_seed(0), init="torch-linear")
+    bound = 16**-0.5
+    for values in (head.weight, head.bias):
+        assert -bound <= values.min() < -0.9 * bound and 0.9 * bound < values.max() < bound
+    default = heads.grow(400, torch.Generator().manual_seed(0))
+    assert torch.equal(default.bias, torch.zeros(400))
+    assert abs(default.weight.std().item() - 0.02) < 0.002
+
+
+def test_sequential_gram_schmidt_by_hand():
+    """LAMDA-PILOT's variant subtracts the projection on each earlier row separately: against
+    e1 and e1 + e2 (not orthogonal) the new row r = v - v1 e1 - (v1 + v2)/2 (e1 + e2), normalised;
+    against orthonormal rows it agrees with the span variant's orthogonality."""
+    old = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    v = torch.randn(4, generator=torch.Generator().manual_seed(3))
+    r = v - v[0] * old[0] - (v[0] + v[1]) / 2 * old[1]
+    row = sequential_orthonormal_rows(old, 1, torch.Generator().manual_seed(3))
+    assert torch.allclose(row[0], r / r.norm(), atol=1e-6)
+    assert row[0, 0].abs() > 1e-3  # not orthogonal to the old span (the span variant's is)
+    assert orthonormal_rows(old, 1, torch.Generator().manual_seed(3))[0, :2].abs().max() < 1e-6
+    rows = sequential_orthonormal_rows(torch.eye(5)[:2], 3, torch.Generator().manual_seed(0))
+    assert torch.allclose(rows @ rows.T, torch.eye(3), atol=1e-5)
+    assert rows[:, :2].abs().max() < 1e-6
+
+
+def test_coda_pilot_settings_reach_the_pool_and_head():
+    stream, backbone = synthetic_stream(), tiny_backbone()
+    strategy = make_strategy(
+        "coda-prompt", backbone, stream, gram_schmidt="sequential", head_init="torch-linear"
+    )
+    assert strategy.prompter.orthonormal is sequential_orthonormal_rows
+    strategy.train_experience(stream.experiences[0])
+    assert strategy.heads.heads[0].bias.abs().max() > 0  # PyTorch's default bias is not zero
 
 
 def test_dualprompt_task_prompts_shared_start_and_general_prefix():
@@ -259,10 +341,13 @@ def test_run_finishes_and_records_the_query_flags(name: str, tmp_path):
 def test_coda_recipe_sets_the_natural_class_order(tmp_path, monkeypatch):
     """A recipe's `stream.*` keys reach the stream, and the resolved config records them."""
     from cilbench.engine.loop import prepare
+    from cilbench.engine.recipes import recipes_of
     from cilbench.strategies.coda_prompt import CodaPrompt
 
     for stream in ("split-cifar100", "split-imagenet-r"):
-        assert CodaPrompt.recipes[stream]["stream.class_order"] == "natural"
+        recipes = recipes_of(CodaPrompt, stream)
+        assert [r.name for r in recipes] == ["default", "pilot"]
+        assert all(r.settings["stream.class_order"] == "natural" for r in recipes)
     demo = {**CodaPrompt.recipes["synthetic"], "stream.class_order": "natural"}
     monkeypatch.setattr(CodaPrompt, "recipes", {"synthetic": demo})
     prepared = prepare(RunSpec(strategy="coda-prompt", stream="synthetic", out_dir=tmp_path))

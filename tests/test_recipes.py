@@ -370,6 +370,47 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
         "lr": 0.3, "grad_clip": 1.0, "batch_size": 256,
     }, "ftraeuble/experiments_discrete_key_value_bottleneck sweeps/icml2023/"
        "cifar100_split2_clip_resnet50_ours_base.yaml"),
+    # The prompt methods' LAMDA-PILOT recipes (exps/l2p*.json, dualprompt*.json, coda_prompt*.json;
+    # no gradient clipping in models/l2p.py, uniform_(-1, 1) in backbone/prompt.py, nn.Linear head
+    # and per-component Gram-Schmidt in CODA)
+    *[
+        ("l2p", stream, {"recipe": "pilot"}, {
+            "epochs": epochs, "batch_size": batch, "lr": 0.001875, "optimizer": "adam",
+            "schedule": "constant", "weight_decay": 0.0, "grad_clip": None, "pull_coeff": 0.1,
+            "pool_size": 10, "prompt_length": 5, "top_k": 5, "readout": "prompts",
+            "prompt_position": "cls", "init_symmetric": True, "init_scale": 1.0,
+            "batchwise_prompt": True, "vote_ties": "topk", "backbone": IN1K,
+            "stream.class_order": "pycil-1993",
+        }, f"{PILOT}{config}")
+        for stream, config, epochs, batch in [
+            ("split-cifar100", "l2p.json", 5, 16), ("split-imagenet-r", "l2p_inr.json", 10, 32),
+        ]
+    ],
+    *[
+        ("dualprompt", stream, {"recipe": "pilot"}, {
+            "epochs": epochs, "batch_size": 24, "lr": 0.001, "grad_clip": None, "pull_coeff": 0.1,
+            "general_length": 5, "general_layers": (0, 1), "prompt_length": 5,
+            "prompt_layers": (2, 3, 4), "top_k": 1, "task_masked": True, "share_previous": True,
+            "init_symmetric": True, "init_scale": 1.0, "batchwise_prompt": True,
+            "vote_ties": "topk", "readout": "token", "backbone": IN1K,
+        }, f"{PILOT}{config}")
+        for stream, config, epochs in [
+            ("split-cifar100", "dualprompt.json", 5),
+            ("split-imagenet-r", "dualprompt_inr.json", 10),
+        ]
+    ],
+    *[
+        ("coda-prompt", stream, {"recipe": "pilot"}, {
+            "epochs": epochs, "batch_size": 128, "lr": 0.001, "schedule": "coda-cosine",
+            "drop_last": True, "components": 100, "prompt_length": 8, "grad_clip": None,
+            "head_init": "torch-linear", "gram_schmidt": "sequential", "backbone": IN1K,
+            "stream.class_order": "natural",
+        }, f"{PILOT}{config}")
+        for stream, config, epochs in [
+            ("split-cifar100", "coda_prompt.json", 20),
+            ("split-imagenet-r", "coda_prompt_inr.json", 50),
+        ]
+    ],
 ]  # fmt: skip
 
 

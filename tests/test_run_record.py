@@ -14,11 +14,13 @@ from cilbench.core.results import load_result
 from cilbench.data.augment import AUGMENTATION_PRESETS
 from cilbench.engine.recipes import RECIPE_KEY, recipes_of
 from cilbench.engine.spec import (
+    LATER_STRATEGY_FIELDS,
     RunSpec,
     identity_of,
     resolve_run,
     run_id_of,
     run_record,
+    same_run,
 )
 
 BOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
@@ -130,3 +132,20 @@ def test_run_from_replays_a_run_with_a_non_default_augmentation(tmp_path):
     assert "metrics match the stored result exactly" in outcome.output
     refused = CliRunner().invoke(app, [*replay, "--seed", "1"])
     assert refused.exit_code == 2 and "--seed is not used with --from" in refused.output
+
+
+@pytest.mark.parametrize("strategy", sorted(LATER_STRATEGY_FIELDS))
+def test_a_strategy_field_added_later_changes_the_run_id_only_away_from_its_old_value(strategy):
+    """Results of the prompt methods predate their LAMDA-PILOT settings: a record without those
+    fields has the run id of one holding them at their old values; another value gets a new id."""
+    record, _ = _record_and_id(RunSpec(strategy=strategy, stream="synthetic"))
+    later = LATER_STRATEGY_FIELDS[strategy]
+    assert all(record["strategy_config"][k] == v for k, v in later.items())
+    config = {k: v for k, v in record["strategy_config"].items() if k not in later}
+    older = {**record, "strategy_config": config}
+    assert run_id_of(older, FINGERPRINTS, "t") == run_id_of(record, FINGERPRINTS, "t")
+    assert same_run(older, record)
+    field = next(iter(later))
+    changed = {**record, "strategy_config": {**record["strategy_config"], field: "other"}}
+    assert run_id_of(changed, FINGERPRINTS, "t") != run_id_of(record, FINGERPRINTS, "t")
+    assert not same_run(changed, record)

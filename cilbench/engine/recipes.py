@@ -163,6 +163,22 @@ def pilot_adapter_recipe(
     return Recipe(settings, PILOT.file(f"exps/{config}", table), name="pilot", backbone=IN1K)
 
 
+def pilot_recipe(
+    config: str, protocol: str, settings: Mapping[str, Any], notes: str = ""
+) -> Recipe:
+    """LAMDA-PILOT's `exps/<config>` on its IN-1k ViT; `protocol` names the split (e.g. "CIFAR B0
+    Inc10"). The class order stays the stream's default unless `settings` set it."""
+    table = f"LAMDA-PILOT README curve, {protocol}, IN-1k"
+    source = PILOT.file(f"exps/{config}", table)
+    return Recipe(dict(settings), source, name="pilot", backbone=IN1K, notes=notes)
+
+
+def own_recipe(settings: Mapping[str, Any]) -> Recipe:
+    """cilbench's own recipe exactly as a plain mapping declares it (see `recipes_of`), for a
+    stream that also has sourced recipes: the result records the same recipe as before."""
+    return Recipe(dict(settings), name="default", notes="cilbench's own settings")
+
+
 def lamda_recipes(
     code: Repository,
     config: str,

@@ -312,13 +312,34 @@ a key only when it differs from that value, so every older result keeps its run 
 `RunSpec.from_record` replays a record without the key at that value."""
 
 
+LATER_STRATEGY_FIELDS: dict[str, dict[str, Any]] = {
+    "l2p": {"head_init": "trunc-normal", "init_symmetric": False, "vote_ties": "lower-id"},
+    "dualprompt": {"head_init": "trunc-normal", "init_symmetric": False, "vote_ties": "lower-id"},
+    "coda-prompt": {"head_init": "trunc-normal", "gram_schmidt": "span"},
+}
+"""Per strategy, Config fields added after results of it were published, each with the value that
+gives what those results computed (LAMDA-PILOT alignment of the prompt methods). As `LATER_KEYS`:
+the run id hashes such a field only away from that value."""
+
+
 def identity_of(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a record that the run id hashes (see `RECORDED_ONLY` and `LATER_KEYS`)."""
-    return {
+    """The part of a record that the run id hashes (see `RECORDED_ONLY`, `LATER_KEYS` and
+    `LATER_STRATEGY_FIELDS`)."""
+    identity = {
         k: v
         for k, v in record.items()
         if k not in RECORDED_ONLY and not (k in LATER_KEYS and v == LATER_KEYS[k])
     }
+    if "strategy_config" in identity:
+        identity["strategy_config"] = _without_later_fields(identity)
+    return identity
+
+
+def _without_later_fields(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's strategy config without `LATER_STRATEGY_FIELDS` at their old values."""
+    later = LATER_STRATEGY_FIELDS.get(str(record.get("strategy")), {})
+    config: Mapping[str, Any] = record["strategy_config"]
+    return {k: v for k, v in config.items() if not (k in later and v == later[k])}
 
 
 EQUAL_RESULT_KEYS = frozenset({"compile"})
@@ -331,7 +352,10 @@ def same_run(record: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
     """Whether two records describe the same computation (equal except `EQUAL_RESULT_KEYS`)."""
 
     def compared(r: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in r.items() if k not in EQUAL_RESULT_KEYS}
+        kept = {k: v for k, v in r.items() if k not in EQUAL_RESULT_KEYS}
+        if "strategy_config" in kept:
+            kept["strategy_config"] = _without_later_fields(kept)
+        return kept
 
     return compared(record) == compared(other)
 

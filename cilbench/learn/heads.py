@@ -17,6 +17,8 @@ from torch import nn
 from cilbench.backbones.model import Backbone
 from cilbench.core.errors import ConfigError
 
+HeadInit = Literal["trunc-normal", "kaiming-uniform", "torch-linear"]
+
 
 class TaskHeads(nn.Module):
     """One `Linear(dim, size)` per experience; logits concatenate them in label order."""
@@ -41,25 +43,29 @@ class TaskHeads(nn.Module):
         size: int,
         generator: torch.Generator | None = None,
         freeze_old: bool = False,
-        init: Literal["trunc-normal", "kaiming-uniform"] = "trunc-normal",
+        init: HeadInit = "trunc-normal",
     ) -> nn.Linear:
         """Append a head for `size` new classes (zero bias; weights trunc-normal std 0.02, as
         SLCA, or "kaiming-uniform": U(-sqrt(3 / dim), sqrt(3 / dim)), LAMDA-PILOT's
-        `SimpleLinear`, i.e. `kaiming_uniform_` with the linear gain).
+        `SimpleLinear`, i.e. `kaiming_uniform_` with the linear gain), or "torch-linear":
+        PyTorch's own `nn.Linear` initialisation, weights and (not zero) bias U(+-1/sqrt(dim)).
 
         Pass `generator` for a reproducible initialisation; `freeze_old` stops the earlier heads
         from training.
         """
         head = nn.Linear(self.dim, size)
         with torch.no_grad():
-            if init == "kaiming-uniform":
-                bound = (3.0 / self.dim) ** 0.5
+            if init == "trunc-normal":
+                head.weight.copy_(_trunc_normal(head.weight.shape, 0.02, generator))
+            else:
+                bound = (3.0 / self.dim) ** 0.5 if init == "kaiming-uniform" else self.dim**-0.5
                 uniform = torch.rand(head.weight.shape, generator=generator)
                 head.weight.copy_(uniform * 2 * bound - bound)
-            else:
-                head.weight.copy_(_trunc_normal(head.weight.shape, 0.02, generator))
+            head.bias.zero_()
+            if init == "torch-linear":
+                uniform = torch.rand(head.bias.shape, generator=generator)
+                head.bias.copy_(uniform * 2 * bound - bound)
         head.to(self.device)
-        nn.init.zeros_(head.bias)
         if freeze_old:
             self.heads.requires_grad_(False)
         self.heads.append(head)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from cilbench.api import BaseStrategy, RunContext
 from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience, StreamInfo
-from cilbench.learn.heads import TaskHeads, heads_state, load_heads
+from cilbench.learn.heads import HeadInit, TaskHeads, heads_state, load_heads
 from cilbench.learn.prompts import Prompter, Readout, prompted_features
 from cilbench.learn.training import TrainSettings, WithPositions, count_trainable, fit
 
@@ -47,6 +47,9 @@ class PromptLearnerConfig(TrainSettings):
     query_from_cache: bool = False
     """Training queries from the cached un-augmented features instead of a second forward."""
     num_workers: int = 0
+    head_init: HeadInit = "trunc-normal"
+    """Initialisation of each new head: trunc-normal 0.02, zero bias (timm's, LAMDA-PILOT's L2P
+    and DualPrompt head) or "torch-linear" (`nn.Linear`'s own: LAMDA-PILOT's CODA-Prompt head)."""
 
 
 class PromptLearner(BaseStrategy):
@@ -78,7 +81,7 @@ class PromptLearner(BaseStrategy):
         self.prompter.start_task(experience.index, generator)
         extra = experience.num_seen_classes - self.heads.num_classes
         if extra > 0:
-            self.heads.grow(extra, generator)
+            self.heads.grow(extra, generator, init=config.head_init)
         self.num_seen = experience.num_seen_classes
         data, prepare = training_data(self.backbone, [experience.train], self.context.augmentation)
         cached = None

@@ -9,16 +9,16 @@ per-layer prompts, plus a linear head. The pieces:
   view, so evaluation can read it instead of running the model twice.
 - `PromptPool`: `size` prompts with one key each. Matching is the cosine similarity of the query
   with every key, top-k per sample; the reference code's batch vote (`batchwise_prompt`: the k ids
-  chosen most often in the batch serve every sample) is `select_top_k(..., batchwise=True)`.
+  chosen most often in the batch serve every sample) is `select_top_k(..., batchwise=True)`, ties
+  broken towards the lower id or, `ties="topk"`, as LAMDA-PILOT's `torch.topk` breaks them.
   `pull_constraint` is the reference's `reduce_sim`: the sum of cos(query, selected key) over the
   selected keys, averaged over the batch (the loss subtracts coefficient x this).
 - **Prompt-tuning** inserts prompt tokens into the sequence before a block (they stay for the later
   blocks); **prefix-tuning** concatenates prefix keys and values to one block's attention (they do
   not enter the sequence). A pool holds, per prompted layer, `length` tokens per prompt, or
   `length` key and `length` value tokens (the original DualPrompt layout, l2p `models/prompt.py`).
-- `ComponentPool`: CODA-Prompt's prompt, a sum of components weighted by
-  cos(query * attention_m, key_m); each experience adds `size / num_tasks` components, keys and
-  attention vectors, initialised orthonormal to the earlier ones, which stay frozen.
+- CODA-Prompt's `ComponentPool` (prompts as weighted sums of components) is in
+  `cilbench.learn.prompt_components`.
 - `prompted_features`: the timm forward with the prompts in place, read out either by timm's own
   pooling of the image tokens ([CLS]; prompts removed first) or as the mean of the output prompt
   tokens (L2P's `prompt` head).
@@ -30,10 +30,6 @@ Where it differs from the reference codes, and why:
   sit after the prefix tokens ([CLS], registers); without a position the order does not matter.
 - Prefix keys and values join the keys and values after the qkv projection (and after timm's
   optional q/k norm), per head, as in every reference code (none of them has a q/k norm).
-- CODA's new components are made orthogonal to the *span* of the earlier ones (Gram-Schmidt as a
-  QR factorisation with Gram-Schmidt's sign convention). The reference (GT-RIPL/CODA-Prompt
-  `models/zoo.py` `gram_schmidt`) subtracts the projection on each earlier component separately,
-  which is only exact while the earlier components are still orthogonal; training breaks that.
 - The prefix block re-states timm's `Block.forward` and `Attention.forward` with the prefixes
   added (timm has no prefix hook); `check_prompt_layers` refuses blocks of another layout.
 - `compensate=True` is LAE's compensatory prefix (LAMDA-PILOT `backbone/vit_lae.py`
@@ -55,6 +51,7 @@ from cilbench.core.errors import ConfigError
 from cilbench.learn.adapters import is_vit
 
 Readout = Literal["token", "prompts"]
+VoteTies = Literal["lower-id", "topk"]
 BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 
 
@@ -106,19 +103,37 @@ def cosine_similarity(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).T
 
 
-def select_top_k(similarity: torch.Tensor, k: int, batchwise: bool = False) -> torch.Tensor:
+def select_top_k(
+    similarity: torch.Tensor, k: int, batchwise: bool = False, ties: VoteTies = "lower-id"
+) -> torch.Tensor:
     """(B, k) ids of the most similar keys per sample, or the batch vote of the reference code.
 
-    The vote takes the k ids selected most often across the batch (ties: the lower id, as the
-    reference's sorted `unique` + `top_k`) for every sample, so a prediction depends on the
-    other images of its batch.
+    The vote takes the k ids selected most often across the batch for every sample, so a
+    prediction depends on the other images of its batch. Equal counts: `ties="lower-id"` prefers
+    the lower id (what the flax original's sorted unique ids and `top_k` give); `ties="topk"`
+    ranks the counts as LAMDA-PILOT's `backbone/prompt.py` does (see `_pilot_vote`).
     """
     ids = similarity.topk(k, dim=1).indices
     if not batchwise:
         return ids
-    counts = torch.bincount(ids.flatten(), minlength=similarity.shape[1])
-    voted = torch.argsort(-counts, stable=True)[:k]
+    if ties == "topk":
+        voted = _pilot_vote(ids, similarity.shape[1], k)
+    else:
+        counts = torch.bincount(ids.flatten(), minlength=similarity.shape[1])
+        voted = torch.argsort(-counts, stable=True)[:k]
     return voted.expand(len(similarity), k)
+
+
+def _pilot_vote(ids: torch.Tensor, size: int, k: int) -> torch.Tensor:
+    """The k most chosen ids, ranked by `torch.topk` over the counts of the chosen ids in
+    ascending id order, padded to `size` with zero counts: LAMDA-PILOT's layout, so ties fall as
+    `torch.topk` (unspecified order; on the CPU often not the lower id) lets them fall there."""
+    chosen, counts = torch.unique(ids, return_counts=True, sorted=True)
+    missing = size - len(chosen)
+    if missing > 0:
+        chosen = torch.cat([chosen, chosen.new_full((missing,), int(ids.min()))])
+        counts = torch.cat([counts, counts.new_zeros(missing)])
+    return chosen[counts.topk(k).indices]
 
 
 def pull_constraint(similarity: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -165,11 +180,15 @@ class PromptPool(nn.Module):
     def size(self) -> int:
         return self.prompts.shape[2]
 
-    def reset_parameters(self, generator: torch.Generator, scale: float) -> None:
-        """Uniform [0, scale) prompts and keys (flax's `uniform()` has scale 0.01)."""
+    def reset_parameters(
+        self, generator: torch.Generator, scale: float, symmetric: bool = False
+    ) -> None:
+        """Uniform [0, scale) prompts and keys (flax's `uniform()` has scale 0.01), or
+        [-scale, scale) with `symmetric` (LAMDA-PILOT's `uniform_(-1, 1)`: scale 1)."""
         with torch.no_grad():
             for parameter in self.parameters():
-                values = torch.rand(parameter.shape, generator=generator) * scale
+                values = torch.rand(parameter.shape, generator=generator)
+                values = (2 * values - 1) * scale if symmetric else values * scale
                 parameter.copy_(values.to(parameter.device))
 
     def chosen(self, ids: torch.Tensor, position: torch.Tensor | None = None) -> LayerPrompts:
@@ -194,7 +213,8 @@ class KeyedPrompter(Prompter):
     `task_masked`: during training experience t uses prompts [t*k, (t+1)*k) instead of matching
     keys (DualPrompt's `use_prompt_mask`), while that range fits the pool; `share_previous`: each
     experience's prompts start as a copy of the previous experience's (`shared_prompt_pool`).
-    `general`: a key-less pool of size 1 every sample uses (DualPrompt's G-prompt).
+    `general`: a key-less pool of size 1 every sample uses (DualPrompt's G-prompt). `ties`: how
+    the batch vote breaks equal counts (see `select_top_k`).
     """
 
     def __init__(
@@ -207,6 +227,7 @@ class KeyedPrompter(Prompter):
         task_masked: bool = False,
         share_previous: bool = False,
         position: torch.Tensor | None = None,
+        ties: VoteTies = "lower-id",
     ):
         super().__init__()
         if not 1 <= top_k <= pool.size:
@@ -218,6 +239,7 @@ class KeyedPrompter(Prompter):
         self.task_masked = task_masked
         self.share_previous = share_previous
         self.position = position
+        self.ties: VoteTies = ties
 
     def _task_range(self, task: int) -> slice | None:
         """Experience `task`'s own prompts, or None once the pool has no room left for them."""
@@ -241,7 +263,7 @@ class KeyedPrompter(Prompter):
         if own is not None:
             ids = torch.arange(own.start, own.stop, device=query.device).expand(len(query), -1)
         else:
-            ids = select_top_k(similarity, self.top_k, self.batchwise)
+            ids = select_top_k(similarity, self.top_k, self.batchwise, self.ties)
         prompts = self.pool.chosen(ids, self.position)
         if self.general is not None:
             shared = torch.zeros(len(query), 1, dtype=torch.long, device=query.device)
@@ -257,84 +279,6 @@ def class_position(model: Any) -> torch.Tensor:
             "use prompt_position='none'."
         )
     return model.pos_embed[:, :1]
-
-
-def orthonormal_rows(old: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` orthonormal rows, each orthogonal to every row of `old` (s, n): Gram-Schmidt.
-
-    Gaussian draws, minus their projection on the span of `old`, orthonormalised by a QR
-    factorisation whose signs follow Gram-Schmidt (positive diagonal of R).
-    """
-    width = old.shape[1]
-    if len(old) + count > width:
-        raise ConfigError(
-            f"CODA-Prompt needs {len(old) + count} orthogonal components of size {width}; "
-            f"lower `components` to at most {width} (or the per-experience share below "
-            f"{width - len(old) + 1})."
-        )
-    draws = torch.randn(count, width, generator=generator, dtype=torch.float64)
-    if len(old):
-        basis = torch.linalg.qr(old.detach().cpu().double().T).Q  # n, s
-        draws = draws - (draws @ basis) @ basis.T
-    q, r = torch.linalg.qr(draws.T)
-    return (q * torch.sign(torch.diagonal(r))).T.float()
-
-
-class ComponentPool(Prompter):
-    """CODA-Prompt: per layer, prompt = sum_m cos(q * A_m, K_m) P_m, prefix-tuned.
-
-    `size` components P (length tokens, split into length/2 prefix keys and length/2 values), keys
-    K and attention vectors A per layer; experience t owns components [t*s, (t+1)*s) with
-    s = size // num_tasks, uses components [0, (t+1)*s) and trains only its own.
-    """
-
-    def __init__(self, dim: int, size: int, length: int, layers: tuple[int, ...], num_tasks: int):
-        super().__init__()
-        if length % 2 or length < 2:
-            raise ConfigError(f"CODA-Prompt's prompt length must be even (keys | values); {length}")
-        self.layers = layers
-        self.per_task = size // num_tasks
-        if self.per_task < 1:
-            raise ConfigError(
-                f"CODA-Prompt needs at least one component per experience: components={size} "
-                f"for {num_tasks} experiences."
-            )
-        self.components = nn.Parameter(torch.zeros(len(layers), size, length, dim))
-        self.keys = nn.Parameter(torch.zeros(len(layers), size, dim))
-        self.attention = nn.Parameter(torch.zeros(len(layers), size, dim))
-
-    def owned(self, task: int) -> slice:
-        """The components experience `task` trains."""
-        return slice(task * self.per_task, (task + 1) * self.per_task)
-
-    def start_task(self, task: int, generator: torch.Generator) -> None:
-        """Gram-Schmidt initialisation of the new components, keys and attention vectors."""
-        new = self.owned(task)
-        with torch.no_grad():
-            for parameter in (self.components, self.keys, self.attention):
-                for n in range(len(self.layers)):
-                    rows = parameter[n].flatten(1)
-                    fresh = orthonormal_rows(rows[: new.start], self.per_task, generator)
-                    parameter[n, new] = fresh.view_as(parameter[n, new]).to(parameter.device)
-
-    def forward(
-        self, query: torch.Tensor, task: int, training: bool = False
-    ) -> tuple[LayerPrompts, torch.Tensor]:
-        """Each layer's prefix for every query (earlier experiences' parts get no gradient), and
-        a zero pull constraint (CODA has none; its orthogonality penalty is off by default)."""
-        new = self.owned(task)
-        prompts = LayerPrompts()
-        half = self.components.shape[2] // 2
-        for n, layer in enumerate(self.layers):
-            keys, attention, components = (
-                torch.cat([p[n, : new.start].detach(), p[n, new]])
-                for p in (self.keys, self.attention, self.components)
-            )
-            attended = F.normalize(query[:, None, :] * attention[None], dim=2)
-            weights = torch.einsum("bmd,md->bm", attended, F.normalize(keys, dim=1))
-            prompt = torch.einsum("bm,mld->bld", weights, components)
-            prompts.prefixes[layer] = (prompt[:, :half], prompt[:, half:])
-        return prompts, query.new_zeros(())
 
 
 def prompted_features(

@@ -18,6 +18,7 @@ PILOT's own adapter ViT class and loaded from the saved weights), the dataset lo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -195,9 +196,12 @@ def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int, pe
     }
 
 
-def run_strategy(inputs: Path, strategy: str, overrides: dict, seed: int) -> list[float]:
+def run_strategy(
+    inputs: Path, strategy: str, overrides: dict, seed: int, eval_batch: int | None = None
+) -> list[float]:
     """A cilbench strategy through cilbench.run on the npz stream and weights: accuracy (%) over
-    the classes seen so far after each task."""
+    the classes seen so far after each task (`eval_batch`: the evaluation batch size, if not the
+    run's default)."""
     from cilbench.backbones.spec import BackboneSpec
     from cilbench.data.sources import ArraySource
     from cilbench.data.streams import ClassIncrementalOptions, class_incremental_stream
@@ -223,6 +227,8 @@ def run_strategy(inputs: Path, strategy: str, overrides: dict, seed: int) -> lis
             strategy=strategy, stream=stream, backbone=backbone, seed=seed, overrides=overrides,
             out_dir=Path(scratch) / "runs", cache_dir=None, device="cpu", num_workers=0,
         )  # fmt: skip
+        if eval_batch is not None:
+            spec = dataclasses.replace(spec, batch_size=eval_batch)
         result = run(spec)
     matrix = np.array(result.accuracy_matrix, dtype=float)
     # equal test sets per task: accuracy over seen classes = mean of the row's seen entries
