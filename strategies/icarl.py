@@ -153,7 +153,8 @@ class ICaRL(BaseStrategy):
         self.memory = ExemplarMemory(self.config)
         self.num_seen = 0
         self.class_means = torch.zeros(0, 0)
-        self.losses: list[float] = []
+        self.losses: dict[str, list[float]] = {}
+        """Mean loss of every epoch, per experience trained in this process."""
 
     def train_experience(self, experience: Experience) -> None:
         generator = self.generator(experience.index)
@@ -201,7 +202,7 @@ class ICaRL(BaseStrategy):
             network.heads.parameters(), network.backbone, config.lr, 1.0
         )
         network.train()
-        self.losses = fit(
+        self.losses[str(experience.index)] = fit(
             loss_fn,
             groups,
             data,
@@ -217,7 +218,7 @@ class ICaRL(BaseStrategy):
         )
         network.eval()
 
-    def _workers(self) -> int:
+    def _workers(self) -> int | None:
         workers = self.config.num_workers
         return self.context.num_workers if workers is None else workers
 
@@ -271,7 +272,7 @@ class ICaRL(BaseStrategy):
         return {
             **self.memory.report(),
             "classifier": self.config.classifier,
-            "last_losses": self.losses,
+            "epoch_losses": self.losses,
         }
 
     def state_dict(self) -> dict[str, torch.Tensor]:

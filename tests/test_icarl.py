@@ -67,6 +67,7 @@ def test_nearest_mean_of_exemplars_by_hand():
 def test_the_memory_holds_its_budget_after_every_experience():
     stream, backbone = synthetic_stream(), tiny_backbone()
     strategy = make_strategy("icarl", backbone, stream, memory_size=20)
+    labels_of: dict[int, int] = {}  # training image position -> stream label, so far
     for experience in stream.experiences:
         strategy.train_experience(experience)
         seen = experience.num_seen_classes
@@ -74,12 +75,12 @@ def test_the_memory_holds_its_budget_after_every_experience():
         assert sorted(int(c) for c in per_class) == list(range(seen))
         assert set(per_class.values()) == {20 // seen}
         assert strategy.exemplar_images() == (20 // seen) * seen <= 20
-        # every kept image is a training image of its own class
-        kept = strategy.memory.view(experience.train.source)
-        targets = experience.train.source.targets
-        train_labels = dict(zip(experience.train.indices.tolist(), experience.train.labels))
-        assert all(train_labels.get(int(i), label) == label for i, label in zip(kept.indices, kept.labels))
-        assert len(set(kept.indices.tolist())) == len(kept) and len(targets) > 0
+        # every kept image is a distinct training image of its own class
+        train = experience.train
+        labels_of.update(zip(train.indices.tolist(), train.labels.tolist()))
+        kept = strategy.memory.view(train.source)
+        assert [labels_of[int(i)] for i in kept.indices] == kept.labels.tolist()
+        assert len(set(kept.indices.tolist())) == len(kept)
         assert strategy.class_means.shape[0] == seen
     assert strategy.exemplar_budget() == "20 total, herding"
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def distillation_loss(logits: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def distillation_loss(
+    logits: torch.Tensor, old_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Soft-target cross-entropy of `logits` (B, C) against `old_logits` (B, C) at `temperature`."""
     log_probs = torch.log_softmax(logits / temperature, dim=1)
     targets = torch.softmax(old_logits.detach() / temperature, dim=1)

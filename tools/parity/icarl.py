@@ -9,8 +9,8 @@ Subcommands (see tools/parity/README.md); the inputs are fecam.py's (`fecam.py i
 Same images, class order (natural, 3 tasks of 2 classes), ViT weights and transform (ToTensor +
 Normalize(0.5, 0.5), no augmentation) as fecam.py; a shared exemplar total (`memory_size`, PILOT's
 `fixed_memory` false: 24 -> 12, 6, 4 per class). On the PILOT side the harness replaces the
-backbone factory (`utils.inc_net.get_backbone`: timm 0.6's `VisionTransformer` at the small size loaded from
-vit.pt, `out_dim` = its width instead of ViT-B's 768), the dataset lookup
+backbone factory (`utils.inc_net.get_backbone`: timm 0.6's `VisionTransformer` at the small
+size, loaded from vit.pt, `out_dim` = its width instead of ViT-B's 768), the dataset lookup
 (`utils.data_manager._get_idata`), the training loaders' worker count
 (`models.icarl.num_workers = 0`; `models/base.py`'s exemplar loaders keep their literal 4) and
 `learner.topk = 1` (top-5 of 2 classes fails in `torch.topk`). Both accuracies PILOT reports are
@@ -27,8 +27,6 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fecam import (
@@ -144,7 +142,14 @@ def compare(args: argparse.Namespace) -> None:
     )
     pairs = [sides(s, args.lr, "nme") for s in range(args.seeds)]
     print_seed_table([(p["nme"], c["nme"]) for p, c in pairs])
-    print("\nPILOT's CNN accuracy in the same runs (per seed):", [p["cnn"] for p, _ in pairs])
+    if not args.cnn:
+        return
+    print("\n## the same, CNN (the head's logits; PILOT's from the runs above)")
+    cnn = []
+    for seed, (reference, _) in enumerate(pairs):
+        mine = start(sys.executable, "cilbench", seed, args.lr, ["--classifier", "cnn"])
+        cnn.append((reference["cnn"], accuracy_of(mine)["cnn"]))
+    print_seed_table(cnn)
 
 
 def main() -> None:
@@ -166,6 +171,7 @@ def main() -> None:
             p.add_argument("--pilot-python", default="/tmp/pilot-venv/bin/python")
             p.add_argument("--seeds", type=int, default=5)
             p.add_argument("--frozen-lr", type=float, default=1e-12)
+            p.add_argument("--cnn", action="store_true", help="also cilbench's classifier=cnn")
     args = parser.parse_args()
     settings = {"epochs": args.epochs, "lr": args.lr, "batch": args.batch, "memory": args.memory}
     if args.command == "pilot":
