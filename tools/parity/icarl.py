@@ -129,8 +129,8 @@ def compare(args: argparse.Namespace) -> None:
         return accuracy_of(runs), accuracy_of(mine)
 
     print(
-        f"## frozen network (lr {args.frozen_lr:g}: the weights do not move), herding on fixed "
-        f"features, NME; memory_size {args.memory}"
+        f"## frozen network (lr {args.frozen_lr:g}: the weights move < 1e-11), herding on "
+        f"fixed features, NME; memory_size {args.memory}"
     )
     reference, ours = sides(0, args.frozen_lr, "nme")
     print_identical_table(reference["nme"], ours["nme"])
