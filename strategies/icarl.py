@@ -31,9 +31,9 @@ on the stream's EfficientNet-Lite0, not a reference setting.
 Where cilbench differs, and why:
 - Step decay: PILOT's milestones (first experience 60,120,170; later 80,120) are never reached in
   20 epochs; the recipes keep the later ones (80,120) for every experience, the same schedule.
-- The head: PILOT grows one `SimpleLinear` (Kaiming-uniform rows, zero bias); cilbench's
-  `TaskHeads` adds a linear block per experience with its own initialisation. The logits are the
-  same concatenation; only the new rows' random start differs.
+- The head: PILOT grows one `SimpleLinear` and copies the old rows into it; cilbench's
+  `TaskHeads` appends a linear block per experience, initialised as `SimpleLinear` is
+  (Kaiming-uniform rows, zero bias) but from the experience's generator: the same logits.
 - Herding runs in float64 on features normalised without PILOT's +1e-8 in the norm (a tie between
   candidates could break differently; the class means and NME scores do use the +1e-8).
 - The memory holds positions into the training source, not pixels (identical images, small
@@ -161,7 +161,7 @@ class ICaRL(BaseStrategy):
         known, seen = self.num_seen, experience.num_seen_classes
         extra = seen - self.network.heads.num_classes
         if extra > 0:
-            self.network.heads.grow(extra, generator)
+            self.network.heads.grow(extra, generator, init="kaiming-uniform")
         old = self._frozen_copy() if known > 0 else None
         self._train(experience, generator, known, seen, old)
         self.num_seen = seen
