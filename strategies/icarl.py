@@ -38,6 +38,8 @@ Where cilbench differs, and why:
   candidates could break differently; the class means and NME scores do use the +1e-8).
 - The memory holds positions into the training source, not pixels (identical images, small
   checkpoints), so the method runs on class-incremental streams only (one training source).
+- A run reports one classifier's accuracy (`classifier`, NME by default); PILOT's trainer logs
+  both the CNN and the NME curve of the same run. `--set classifier=cnn` gives PILOT's CNN one.
 - Data augmentation and preprocessing are the run's (`--set augment.*`), as for every trained
   strategy; PILOT's are its per-dataset transforms.
 """
