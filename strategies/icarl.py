@@ -26,8 +26,9 @@ method is traced to PILOT's implementation. `pilot` recipes: SGD momentum 0.9, l
 experience, 20 epochs, weight decay 5e-4 on the first experience and 2e-4 after, T = 2, IN-1k
 ViT-B/16; CIFAR-100: batch 128, 2000 exemplars in total (`fixed_memory` false); ImageNet-R: batch
 32, 20 per class (`fixed_memory` true). The `split-fashion-mnist-mini` recipe is a short CPU demo
-on the stream's EfficientNet-Lite0, not a reference setting (SGD lr 0.01, 3 epochs: first-session
-epoch losses 0.645, 0.495, 0.424; lr 0.05 does not train: 0.66, 0.73).
+on the stream's EfficientNet-Lite0, not a reference setting (SGD lr 0.01, 5 epochs: first-session
+epoch losses 0.645, 0.495, 0.424, 0.365, 0.355 and NME accuracy 86.0 % on the first test set,
+measured on experience 0 alone; lr 0.05 does not train: 0.66, 0.73).
 
 Where cilbench differs, and why:
 - Step decay: PILOT's milestones (first experience 60,120,170; later 80,120) are never reached in
@@ -135,7 +136,7 @@ RECIPES: dict[str, Any] = {
     ],
     "synthetic": {"epochs": 1, "batch_size": 16, "memory_size": 20},
     "split-fashion-mnist-mini": {
-        "epochs": 3, "batch_size": 32, "lr": 0.01, "memory_size": 100,
+        "epochs": 5, "batch_size": 32, "lr": 0.01, "memory_size": 100,
         "first_weight_decay": None,
     },
 }  # fmt: skip
