@@ -26,7 +26,7 @@ The papers define this bound differently; each definition is a named recipe (`--
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
@@ -41,7 +41,12 @@ from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, SLCA, Recipe, shared_head_recipe
 from cilbench.learn.heads import HeadedNetwork, load_network, network_state
-from cilbench.learn.training import TrainSettings, fit, head_and_backbone_groups
+from cilbench.learn.training import (
+    TrainSettings,
+    fit,
+    for_experience,
+    head_and_backbone_groups,
+)
 
 
 @dataclass(frozen=True)
@@ -197,10 +202,7 @@ class Finetune(BaseStrategy):
         network.eval()
 
     def _settings(self, index: int) -> TrainSettings:
-        settings = self.config.train_settings()
-        if index == 0 and self.config.first_weight_decay is not None:
-            return replace(settings, weight_decay=self.config.first_weight_decay)
-        return settings
+        return for_experience(self.config.train_settings(), index, self.config.first_weight_decay)
 
     def _data(self, views: list[DatasetView]) -> tuple[Dataset, Any, torch.nn.Module]:
         """(dataset, prepare, model): augmented images, or cached features for a linear probe."""

@@ -305,6 +305,19 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
             ("split-cifar100", "finetune.json"), ("split-imagenet-r", "finetune_inr.json")
         ]
     ],
+    # iCaRL: LAMDA-PILOT exps/icarl*.json (fixed_memory false on CIFAR, true on ImageNet-R).
+    *[
+        ("icarl", stream, {}, {
+            "epochs": 20, "lr": 1e-3, "weight_decay": 2e-4, "first_weight_decay": 5e-4,
+            "batch_size": batch, "schedule": "multistep", "milestones": (80, 120),
+            "temperature": 2.0, "classifier": "nme", "selection": "herding", **memory,
+            "backbone": IN1K, **LAMDA,
+        }, f"{PILOT}{config}; models/icarl.py")
+        for stream, config, batch, memory in [
+            ("split-cifar100", "icarl.json", 128, {"memory_size": 2000, "memory_per_class": 0}),
+            ("split-imagenet-r", "icarl_inr.json", 32, {"memory_per_class": 20}),
+        ]
+    ],
     ("finetune", "split-cifar100", {"recipe": "slca-seqft"}, {
         "epochs": 20, "milestones": (18,), "lr": 0.01, "backbone_lr_scale": 1.0,
         "weight_decay": 5e-4, "batch_size": 128, "loss": "new", "freeze_old_heads": True,

@@ -160,3 +160,17 @@ class ExemplarMemory:
             for key, value in state.items()
             if key.startswith(prefix)
         }
+
+
+def exemplar_mean(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """A class's prototype for the nearest-mean classifier: the mean of its exemplars' features,
+    each L2-normalised (norm + `eps`, as PILOT), and the mean normalised again."""
+    vectors = features.double() / (features.double().norm(dim=1, keepdim=True) + eps)
+    return F.normalize(vectors.mean(dim=0), dim=0)
+
+
+def nme_scores(features: torch.Tensor, means: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scores (B, C) of the nearest-mean-of-exemplars rule: minus the squared Euclidean distance
+    of each L2-normalised feature (norm + `eps`) to each class mean (C, D); argmax = nearest."""
+    vectors = features.double() / (features.double().norm(dim=1, keepdim=True) + eps)
+    return -torch.cdist(vectors, means.double()).pow(2).float()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Annotated, Any, Literal
 
 import torch
@@ -61,6 +61,16 @@ class TrainSettings:
     def train_settings(self) -> TrainSettings:
         """The training settings of a Config that extends this class: its TrainSettings part."""
         return TrainSettings(**{f.name: getattr(self, f.name) for f in fields(TrainSettings)})
+
+
+def for_experience(
+    settings: TrainSettings, index: int, first_weight_decay: float | None
+) -> TrainSettings:
+    """`settings` for experience `index`: on experience 0 with `first_weight_decay` set, that
+    weight decay instead (PILOT's `init_weight_decay`; finetune, iCaRL)."""
+    if index == 0 and first_weight_decay is not None:
+        return replace(settings, weight_decay=first_weight_decay)
+    return settings
 
 
 def head_and_backbone_groups(
