@@ -60,6 +60,8 @@ def test_the_cost_model_counts_passes_by_hand():
     assert cost_model("joint", Trained(), Config(), sizes) == (2, 600 * 2.5 + 50)
     # extraction 120 + first task 25 images x 2 epochs x 3 + adapted branch 120
     assert cost_model("adam", Frozen(), Peft(), sizes) == (2, 120 + 150 + 120)
+    # an adapter set trained on every task: 600 + the seen test sets 50 + its features 120
+    assert cost_model("mos", Frozen(), Peft(), sizes) == (2, 600 + 50 + 120)
 
 
 def _grid(path: Path) -> Path:

@@ -148,6 +148,11 @@ def estimate(specs: Sequence[RunSpec]) -> list[Estimate]:
     return found
 
 
+EVERY_TASK_PEFT = frozenset({"ease", "mos"})
+"""PEFT strategies that train an adapter set on every task, not only the first: priced as a
+trained model (every image, `epochs` times) plus one evaluation of the seen test sets per task."""
+
+
 def cost_model(
     name: str, strategy: Any, config: Any, sizes: tuple[int, int, int]
 ) -> tuple[int, float]:
@@ -156,6 +161,8 @@ def cost_model(
     epochs = int(getattr(config, "epochs", 0) or 0)
     peft = getattr(config, "peft", None)
     seen_tests = test * (tasks + 1) / 2  # test sets seen after each task, summed
+    if name in EVERY_TASK_PEFT:
+        return epochs, train * epochs * BACKWARD_FACTOR + seen_tests + float(train + test)
     if peft is not None:
         extraction = float(train + test)
         if str(peft) == "none":
