@@ -18,12 +18,15 @@ import torch
 
 from cilbench.api import STRATEGIES, STREAMS, BaseStrategy, RunContext
 from cilbench.backbones.model import Backbone, create_backbone
+from cilbench.core.callbacks import RunCallback
 from cilbench.core.config import resolve
+from cilbench.core.results import RunResult
 from cilbench.data.augment import Augmentation
 from cilbench.data.streams import Stream
 from cilbench.engine.evaluation import evaluate
-from cilbench.engine.loop import unlabelled_images
+from cilbench.engine.loop import run, unlabelled_images
 from cilbench.engine.recipes import recipes_of
+from cilbench.engine.spec import RunSpec
 from cilbench.features import FeatureStore
 
 TINY_BACKBONE = "tiny-vit-random"
@@ -214,3 +217,30 @@ def _check_views(name: str, stream: Stream) -> None:
     assert first == [(e.index, e.classes, len(e.train)) for e in stream], (
         f"{name}: iterating twice gives different experiences"
     )
+
+
+class _StopAfter(RunCallback):
+    """Interrupts a run, as Ctrl-C would, once `experiences` experiences have ended."""
+
+    def __init__(self, experiences: int) -> None:
+        self.left = experiences
+
+    def on_experience_end(self, experience: Any, accuracies: Any) -> None:
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+def interrupted_and_unbroken(spec: RunSpec, stop_after: int = 1) -> tuple[RunResult, RunResult]:
+    """(resumed, unbroken): `spec` run once whole, and once stopped after `stop_after`
+    experiences and resumed from its checkpoint. A strategy checkpoints all it needs when the two
+    agree; the caller compares what matters for it (matrix, report, exemplar counts)."""
+    unbroken = run(spec)
+    assert len(unbroken.accuracy_matrix) > stop_after, "the stream must outlast the interruption"
+    try:
+        run(spec, callbacks=[_StopAfter(stop_after)])
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError(f"the run was not interrupted after {stop_after} experiences")
+    return run(spec, resume=True), unbroken

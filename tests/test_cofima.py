@@ -8,14 +8,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, SequentialSampler
 
-from cilbench.core.callbacks import RunCallback
 from cilbench.core.config import resolve
 from cilbench.core.errors import ConfigError
-from cilbench.engine.loop import run
 from cilbench.engine.spec import RunSpec
 from cilbench.learn.fisher import diagonal_fisher, fisher_average
 from cilbench.strategies.cofima import CoFiMAConfig
-from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
+from cilbench.testing import (
+    interrupted_and_unbroken,
+    make_strategy,
+    synthetic_stream,
+    tiny_backbone,
+)
 
 
 class InOrder(Dataset):
@@ -125,24 +128,11 @@ def test_strategy_averages_with_the_fisher_of_both_experiences(stream, monkeypat
     assert all(torch.equal(after[k], merged[k]) for k in merged)
 
 
-class StopAfterSecondExperience(RunCallback):
-    def __init__(self) -> None:
-        self.ended = 0
-
-    def on_experience_end(self, experience, accuracies) -> None:
-        self.ended += 1
-        if self.ended == 2:
-            raise KeyboardInterrupt
-
-
 def test_resumed_run_equals_an_unbroken_one(tmp_path):
     spec = RunSpec(
         strategy="cofima", stream="synthetic", out_dir=tmp_path, cache_dir=None, num_workers=0
     )
-    whole = run(spec)
-    with pytest.raises(KeyboardInterrupt):
-        run(spec, callbacks=[StopAfterSecondExperience()])
-    resumed = run(spec, resume=True)
+    resumed, whole = interrupted_and_unbroken(spec, stop_after=2)
     assert resumed.accuracy_matrix == whole.accuracy_matrix
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cilbench.api import RunContext
-from cilbench.core.callbacks import RunCallback, SilentProgress
+from cilbench.core.callbacks import SilentProgress
 from cilbench.core.config import resolve
 from cilbench.core.errors import CilbenchError, ConfigError
 from cilbench.data.sources import ArraySource, DatasetView
@@ -24,7 +24,13 @@ from cilbench.strategies.dkvb import (
     key_coverage,
     nearest_keys,
 )
-from cilbench.testing import check_strategy, context_for, synthetic_stream, tiny_backbone
+from cilbench.testing import (
+    check_strategy,
+    context_for,
+    interrupted_and_unbroken,
+    synthetic_stream,
+    tiny_backbone,
+)
 
 
 class ArrayStore:
@@ -268,16 +274,8 @@ def test_runner_hands_over_unlabelled_views_and_writes_the_report(tmp_path):
     assert result.metrics["forgetting"] is not None
 
 
-class StopAfterFirstExperience(RunCallback):
-    def on_experience_end(self, experience, accuracies):
-        raise KeyboardInterrupt
-
-
 def test_resumed_run_restores_keys_instead_of_refitting_them(tmp_path):
     spec = RunSpec(strategy="dkvb", stream="synthetic", out_dir=tmp_path, cache_dir=None)
-    whole = run(spec)
-    with pytest.raises(KeyboardInterrupt):
-        run(spec, callbacks=[StopAfterFirstExperience()])
-    resumed = run(spec, resume=True)
+    resumed, whole = interrupted_and_unbroken(spec)
     assert resumed.accuracy_matrix == whole.accuracy_matrix
     assert resumed.strategy_report == whole.strategy_report

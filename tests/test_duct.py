@@ -8,10 +8,8 @@ import math
 import pytest
 import torch
 
-from cilbench.core.callbacks import RunCallback
 from cilbench.core.config import resolve
 from cilbench.core.errors import ConfigError
-from cilbench.engine.loop import run
 from cilbench.engine.spec import RunSpec
 from cilbench.learn.training import TrainSettings, make_optimizer, make_scheduler
 from cilbench.strategies.duct import (
@@ -20,7 +18,12 @@ from cilbench.strategies.duct import (
     transport_plan,
     transport_rows,
 )
-from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
+from cilbench.testing import (
+    interrupted_and_unbroken,
+    make_strategy,
+    synthetic_stream,
+    tiny_backbone,
+)
 
 
 def test_task_vector_merge_by_hand():
@@ -119,18 +122,9 @@ def test_constantlr_default_schedule_is_a_third_for_five_epochs():
     assert rates == pytest.approx([0.1] * 5 + [0.3] * 2)
 
 
-class StopAfterFirstExperience(RunCallback):
-    def on_experience_end(self, experience, accuracies):
-        raise KeyboardInterrupt
-
-
 def test_resume_equals_an_unbroken_run(tmp_path):
     spec = RunSpec(strategy="duct", stream="synthetic", out_dir=tmp_path, cache_dir=None)
-    whole = run(spec)
-    assert len(whole.accuracy_matrix) >= 2
-    with pytest.raises(KeyboardInterrupt):
-        run(spec, callbacks=[StopAfterFirstExperience()])
-    resumed = run(spec, resume=True)
+    resumed, whole = interrupted_and_unbroken(spec)
     assert resumed.accuracy_matrix == whole.accuracy_matrix
     assert resumed.strategy_report == whole.strategy_report
 

@@ -9,15 +9,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cilbench.core.callbacks import RunCallback
 from cilbench.core.config import resolve
 from cilbench.core.errors import ConfigError
-from cilbench.engine.loop import run
 from cilbench.engine.spec import RunSpec
 from cilbench.learn.distillation import distillation_loss
 from cilbench.learn.exemplars import exemplar_mean, nme_scores
 from cilbench.strategies.icarl import ICaRLConfig
-from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
+from cilbench.testing import (
+    interrupted_and_unbroken,
+    make_strategy,
+    synthetic_stream,
+    tiny_backbone,
+)
 
 
 def test_distillation_loss_by_hand():
@@ -108,24 +111,11 @@ def test_nme_predictions_use_the_exemplar_means_and_cnn_the_head():
         assert torch.allclose(strategy.predict(prepared), strategy.network(prepared)[:, :2])
 
 
-class StopAfterSecondExperience(RunCallback):
-    def __init__(self) -> None:
-        self.ended = 0
-
-    def on_experience_end(self, experience, accuracies) -> None:
-        self.ended += 1
-        if self.ended == 2:
-            raise KeyboardInterrupt
-
-
 def test_resumed_run_equals_an_unbroken_one(tmp_path):
     spec = RunSpec(
         strategy="icarl", stream="synthetic", out_dir=tmp_path, cache_dir=None, num_workers=0
     )
-    whole = run(spec)
-    with pytest.raises(KeyboardInterrupt):
-        run(spec, callbacks=[StopAfterSecondExperience()])
-    resumed = run(spec, resume=True)
+    resumed, whole = interrupted_and_unbroken(spec, stop_after=2)
     assert resumed.accuracy_matrix == whole.accuracy_matrix
     assert resumed.cost["exemplar_images"] == whole.cost["exemplar_images"] == 20
     assert whole.flags["exemplar_budget"] == "20 total, herding"

@@ -8,14 +8,17 @@ import math
 import pytest
 import torch
 
-from cilbench.core.callbacks import RunCallback
 from cilbench.core.config import resolve
 from cilbench.core.errors import ConfigError
-from cilbench.engine.loop import run
 from cilbench.engine.spec import RunSpec
 from cilbench.learn.adapter_sets import LinearHead, orthogonality_loss, retrieve
 from cilbench.strategies.mos import MosConfig
-from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
+from cilbench.testing import (
+    interrupted_and_unbroken,
+    make_strategy,
+    synthetic_stream,
+    tiny_backbone,
+)
 
 
 def _strategy(**overrides):
@@ -133,18 +136,9 @@ def test_orthogonality_loss_by_hand():
     assert float(loss) == pytest.approx(math.log(1 + math.exp(-1.25)))
 
 
-class StopAfterFirstExperience(RunCallback):
-    def on_experience_end(self, experience, accuracies):
-        raise KeyboardInterrupt
-
-
 def test_resume_equals_an_unbroken_run(tmp_path):
     spec = RunSpec(strategy="mos", stream="synthetic", out_dir=tmp_path, cache_dir=None)
-    whole = run(spec)
-    assert len(whole.accuracy_matrix) >= 2
-    with pytest.raises(KeyboardInterrupt):
-        run(spec, callbacks=[StopAfterFirstExperience()])
-    resumed = run(spec, resume=True)
+    resumed, whole = interrupted_and_unbroken(spec)
     assert resumed.accuracy_matrix == whole.accuracy_matrix
     assert resumed.strategy_report == whole.strategy_report
 
