@@ -42,6 +42,7 @@ from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, SLCA, Recipe, shared_head_recipe
 from cilbench.learn.heads import HeadedNetwork, load_network, network_state
 from cilbench.learn.training import (
+    EpochLosses,
     TrainSettings,
     fit,
     for_experience,
@@ -146,6 +147,7 @@ class Finetune(BaseStrategy):
         self.network = self.new_network()
         self.num_seen = 0
         self.known = 0
+        self.losses = EpochLosses()
 
     def new_network(self) -> HeadedNetwork:
         """The pre-trained backbone (a trainable copy, or the frozen one) with no heads yet."""
@@ -185,7 +187,7 @@ class Finetune(BaseStrategy):
             network.heads.parameters(), backbone, config.lr, config.backbone_lr_scale
         )
         network.train()
-        fit(
+        losses = fit(
             loss_fn,
             groups,
             data,
@@ -200,6 +202,7 @@ class Finetune(BaseStrategy):
             compile=self.backbone.compile,
         )
         network.eval()
+        self.losses.record(index, losses)
 
     def _settings(self, index: int) -> TrainSettings:
         return for_experience(self.config.train_settings(), index, self.config.first_weight_decay)
@@ -223,13 +226,21 @@ class Finetune(BaseStrategy):
         return self.network.heads(features)[:, : self.num_seen]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**network_state(self.network), "num_seen": torch.tensor(self.num_seen)}
+        return {
+            **network_state(self.network),
+            "num_seen": torch.tensor(self.num_seen),
+            **self.losses.state_dict(),
+        }
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         load_network(self.network, state)
         self.num_seen = int(state["num_seen"])
+        self.losses.load_state_dict(state)
         if self.config.freeze_old_heads:  # as `grow` left them: only the newest head trains
             self.network.heads.heads[:-1].requires_grad_(False)
+
+    def report(self) -> dict[str, Any]:
+        return {"epoch_losses": self.losses.report()}
 
     def trainable_parameters(self) -> int:
         return self.network.parameter_count()

@@ -516,6 +516,36 @@ def test_a_trained_row_that_did_not_train_is_flagged(tmp_path: Path):
     assert result.exit_code == 0 and "did not train" in result.output
 
 
+@pytest.mark.parametrize(
+    ("report", "expected"),
+    [
+        ({"first_session_losses": [0.69, 0.5]}, [0.69, 0.5]),  # ADAM: the first session only
+        ({"epoch_losses": {"0": [0.69, 0.6], "1": [0.1]}}, [0.69, 0.6]),  # EpochLosses
+        ({"adapter_losses": [[0.7, 0.4], [0.3]]}, [0.7, 0.4]),  # one list per experience
+        ({"losses": [[0.5], [0.1]], "merge_similarities": [[0.9]]}, [0.5]),  # DUCT
+        ({"epoch_losses": {"1": [0.2]}}, []),  # a report without the first experience
+    ],
+)
+def test_first_session_losses_read_every_report_shape(report, expected):
+    from cilbench.boards.training_checks import first_session_losses
+
+    result = _result(0, SEED0, strategy_report=report)
+    assert first_session_losses(result) == expected
+
+
+def test_epoch_losses_survive_a_checkpoint():
+    from cilbench.learn.training import EpochLosses
+
+    losses = EpochLosses()
+    losses.record(0, [0.7, 0.5, 0.25])
+    losses.record(2, [0.125])
+    restored = EpochLosses()
+    restored.load_state_dict(losses.state_dict())
+    assert restored.report() == {"0": [0.7, 0.5, 0.25], "2": [0.125]}
+    restored.load_state_dict({})  # a checkpoint written before losses were kept
+    assert restored.report() == {}
+
+
 def _trained(seed: int, matrix: list[list[float | None]], **changes: Any) -> RunResult:
     result = _result(seed, matrix, config={"strategy": "slca"}, digest=f"t{seed}", **changes)
     result.cost["trainable_parameters"] = 1000

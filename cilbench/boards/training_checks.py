@@ -1,8 +1,8 @@
 """Rows that did not train: a trained strategy whose result says training changed nothing.
 
 Two signs, both read from result files only:
-- the first-session training loss never left chance: every recorded epoch loss (a
-  `*_losses` list in `strategy_report`, e.g. ADAM's `first_session_losses`) within
+- the first-session training loss never left chance: every recorded epoch loss of the first
+  experience (see `first_session_losses`) within
   `CHANCE_TOLERANCE` of ln(classes of the first task), the cross-entropy of a uniform guess;
 - the accuracy matrix equals, cell for cell, a frozen baseline's (`FROZEN_BASELINES`) of the same
   seed, backbone and backbone settings on the same board: whatever trained did not move a single
@@ -30,12 +30,25 @@ def trains(result: RunResult) -> bool:
 
 
 def first_session_losses(result: RunResult) -> list[float]:
-    """Every per-epoch loss the strategy reported for its first experience."""
+    """Every per-epoch loss the strategy reported for its first experience.
+
+    A `losses` or `*_losses` entry of `strategy_report` is the first session's list (ADAM's
+    `first_session_losses`), one list per experience (MOS, LAE, DUCT), or lists keyed by the
+    experience index (`EpochLosses`: SLCA, the prompt methods, iCaRL).
+    """
     losses: list[float] = []
     for key, value in sorted(result.strategy_report.items()):
-        if key.endswith("_losses") and isinstance(value, list):
-            losses += [float(v) for v in value if isinstance(v, (int, float))]
+        if key == "losses" or key.endswith("_losses"):
+            losses += [float(v) for v in _first_experience(value) if isinstance(v, (int, float))]
     return losses
+
+
+def _first_experience(value: object) -> list:
+    if isinstance(value, dict):
+        value = value.get("0", [])
+    elif isinstance(value, list) and value and isinstance(value[0], list):
+        value = value[0]
+    return value if isinstance(value, list) else []
 
 
 def loss_at_chance(result: RunResult) -> str | None:

@@ -42,6 +42,7 @@ from cilbench.learn.heads import (
     network_state,
 )
 from cilbench.learn.training import (
+    EpochLosses,
     NonFiniteLossError,
     TrainSettings,
     fit,
@@ -125,6 +126,7 @@ class SlowLearnerAlignment(BaseStrategy):
         )
         self.num_seen = 0
         self.seconds = {"slow_learner": 0.0, "statistics": 0.0, "alignment": 0.0}
+        self.losses = EpochLosses()
 
     def train_experience(self, experience: Experience) -> None:
         known = self.network.heads.num_classes
@@ -178,7 +180,7 @@ class SlowLearnerAlignment(BaseStrategy):
 
     def _slow_learner(self, experience: Experience, generator: torch.Generator, known: int) -> None:
         data, prepare = training_data(self.backbone, [experience.train], self.context.augmentation)
-        self.train_new_task(
+        losses = self.train_new_task(
             data,
             prepare,
             generator,
@@ -186,6 +188,7 @@ class SlowLearnerAlignment(BaseStrategy):
             num_workers=self._workers(),
             description=f"{self.method}: slow learner, experience {experience.index}",
         )
+        self.losses.record(experience.index, losses)
 
     def train_new_task(
         self,
@@ -196,16 +199,17 @@ class SlowLearnerAlignment(BaseStrategy):
         *,
         num_workers: int | None = 0,
         description: str = "slca: slow learner",
-    ) -> None:
+    ) -> list[float]:
         """Stage 1 on `data` (`prepare` readies a batch for the network): cross-entropy over the
-        new head's logits, backbone at the slow learning rate, older heads frozen."""
+        new head's logits, backbone at the slow learning rate, older heads frozen. Returns the
+        epoch losses."""
         network = self.network
 
         def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(network(images)[:, known:], labels - known)
 
         network.train()
-        fit(
+        losses = fit(
             loss_fn,
             self.slow_learner_groups(),
             data,
@@ -220,6 +224,7 @@ class SlowLearnerAlignment(BaseStrategy):
             compile=self.backbone.compile,
         )
         network.eval()
+        return losses
 
     def _workers(self) -> int | None:
         """Loader processes: the config's `num_workers`, else the run's `--workers` setting."""
@@ -315,6 +320,7 @@ class SlowLearnerAlignment(BaseStrategy):
             **heads_state(self.unaligned, "unaligned."),
             **self.gaussians.state_dict("gaussians."),
             "num_seen": torch.tensor(self.num_seen),
+            **self.losses.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -322,10 +328,13 @@ class SlowLearnerAlignment(BaseStrategy):
         load_heads(self.unaligned, state, "unaligned.")
         self.gaussians.load_state_dict(state, "gaussians.")
         self.num_seen = int(state["num_seen"])
+        self.losses.load_state_dict(state)
 
     def report(self) -> dict[str, Any]:
-        """Wall seconds of each stage in this process (a resumed run reports its own part)."""
-        return {f"{phase}_seconds": round(value, 3) for phase, value in self.seconds.items()}
+        """Wall seconds of each stage in this process (a resumed run reports its own part), and
+        the slow learner's epoch losses."""
+        seconds = {f"{phase}_seconds": round(value, 3) for phase, value in self.seconds.items()}
+        return {**seconds, "epoch_losses": self.losses.report()}
 
     def trainable_parameters(self) -> int:
         return self.network.parameter_count()

@@ -31,7 +31,13 @@ from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience, StreamInfo
 from cilbench.learn.heads import HeadInit, TaskHeads, heads_state, load_heads
 from cilbench.learn.prompts import Prompter, Readout, prompted_features
-from cilbench.learn.training import TrainSettings, WithPositions, count_trainable, fit
+from cilbench.learn.training import (
+    EpochLosses,
+    TrainSettings,
+    WithPositions,
+    count_trainable,
+    fit,
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class PromptLearner(BaseStrategy):
         self.heads = TaskHeads(backbone.feature_dim, backbone.device)
         self.num_seen = 0
         self.task = 0
+        self.losses = EpochLosses()
 
     def train_experience(self, experience: Experience) -> None:
         config = self.config
@@ -101,7 +108,7 @@ class PromptLearner(BaseStrategy):
             return F.cross_entropy(logits, labels) - config.pull_coeff * pull
 
         self.prompter.train()
-        fit(
+        losses = fit(
             loss_fn,
             [{"params": self.prompter.parameters()}, {"params": self.heads.parameters()}],
             data,
@@ -116,6 +123,7 @@ class PromptLearner(BaseStrategy):
             compile=self.backbone.compile,
         )
         self.prompter.eval()
+        self.losses.record(experience.index, losses)
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen model's pooled features of prepared images (no gradient)."""
@@ -141,6 +149,7 @@ class PromptLearner(BaseStrategy):
             **heads_state(self.heads, "heads."),
             "num_seen": torch.tensor(self.num_seen),
             "task": torch.tensor(self.task),
+            **self.losses.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -149,6 +158,7 @@ class PromptLearner(BaseStrategy):
         load_heads(self.heads, state, "heads.")
         self.num_seen = int(state["num_seen"])
         self.task = int(state["task"])
+        self.losses.load_state_dict(state)
 
     def leaderboard_flags(self) -> dict[str, bool | str | None]:
         """The reference codes' per-batch prompt vote makes a prediction depend on its batch."""
@@ -156,9 +166,10 @@ class PromptLearner(BaseStrategy):
         return {**flags, "batchwise_prompt_vote": self.config.batchwise_prompt}
 
     def report(self) -> dict[str, Any]:
-        """How queries and prompt ids were obtained (leaderboard flags)."""
+        """How queries and prompt ids were obtained (leaderboard flags), and the epoch losses."""
         config = self.config
         return {
+            "epoch_losses": self.losses.report(),
             "batchwise_prompt": config.batchwise_prompt,
             "query_from_cache": config.query_from_cache,
             "training_query": "cached un-augmented view"

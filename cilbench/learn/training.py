@@ -13,7 +13,7 @@ inside the loop. Image files are decoded by worker processes that live for the w
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Annotated, Any, Literal
 
@@ -259,3 +259,46 @@ class WithPositions(Dataset):
             images, labels = default_collate([self.data[key] for key in keys])
         positions = torch.as_tensor([key[0] if isinstance(key, tuple) else key for key in keys])
         return images, torch.stack([torch.as_tensor(labels), positions], dim=1)
+
+
+class EpochLosses:
+    """Each experience's per-epoch training losses: reported in the result (the board's
+    did-not-train check reads the first experience's) and checkpointed, so a resumed run
+    reports the losses of the experiences it did not train itself."""
+
+    def __init__(self) -> None:
+        self.by_experience: dict[int, list[float]] = {}
+
+    def record(self, experience: int, losses: Iterable[float]) -> None:
+        self.by_experience[experience] = [float(loss) for loss in losses]
+
+    def report(self) -> dict[str, list[float]]:
+        """Experience index (as text, for JSON) -> that experience's epoch losses."""
+        return {str(index): losses for index, losses in sorted(self.by_experience.items())}
+
+    def state_dict(self, prefix: str = "epoch_losses.") -> dict[str, torch.Tensor]:
+        items = sorted(self.by_experience.items())
+        return {
+            f"{prefix}experiences": torch.tensor([index for index, _ in items], dtype=torch.long),
+            f"{prefix}epochs": torch.tensor([len(losses) for _, losses in items], dtype=torch.long),
+            f"{prefix}values": torch.tensor(
+                [loss for _, losses in items for loss in losses], dtype=torch.float64
+            ),
+        }
+
+    def load_state_dict(
+        self, state: Mapping[str, torch.Tensor], prefix: str = "epoch_losses."
+    ) -> None:
+        """Restores what `state_dict` saved; a checkpoint from before losses were kept has none."""
+        if f"{prefix}values" not in state:
+            self.by_experience = {}
+            return
+        values = state[f"{prefix}values"].tolist()
+        epochs = state[f"{prefix}epochs"].tolist()
+        starts = [sum(epochs[:i]) for i in range(len(epochs))]
+        self.by_experience = {
+            int(index): values[start : start + count]
+            for index, start, count in zip(
+                state[f"{prefix}experiences"].tolist(), starts, epochs, strict=True
+            )
+        }
