@@ -34,7 +34,14 @@ import torch
 from cilbench.api import RunContext, register_strategy
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
-from cilbench.engine.recipes import IN1K, PILOT, REVISITING_CIL, Recipe
+from cilbench.engine.recipes import (
+    IN1K,
+    PILOT,
+    REVISITING_CIL,
+    Recipe,
+    own_recipe,
+    vit_demo_recipe,
+)
 from cilbench.learn.adapters import PeftVariant
 from cilbench.learn.first_session import (
     FirstSessionConfig,
@@ -110,7 +117,14 @@ class Adam(PrototypeStrategy):
     variant_key: ClassVar[str] = "peft"
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16},
-        "split-fashion-mnist-mini": {"peft": "finetune", "epochs": 1, "batch_size": 64},
+        "split-fashion-mnist-mini": [
+            own_recipe({"peft": "finetune", "epochs": 1, "batch_size": 64}),
+            *(
+                vit_demo_recipe({"peft": peft, "epochs": 10, "batch_size": 16, "lr": 0.1})
+                for peft in ("adapter", "ssf", "vpt-shallow", "vpt-deep", "lora")
+            ),
+            vit_demo_recipe({"peft": "finetune", "epochs": 10, "batch_size": 16, "lr": 0.01}),
+        ],
         "split-cifar100": [
             _paper("adapter", 20, 0.01, 48, 5e-4, "cifar224_5_5", "85.15 / 90.65"),
             _paper("ssf", 20, 0.01, 48, 5e-4, "cifar224_5_5"),

@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Literal
 
 from cilbench.api import register_strategy
 from cilbench.data.streams import StreamInfo
-from cilbench.engine.recipes import own_recipe, pilot_recipe
+from cilbench.engine.recipes import own_recipe, pilot_recipe, vit_demo_recipe
 from cilbench.learn.prompt_components import ComponentPool, GramSchmidt
 from cilbench.learn.prompt_learner import PromptLearner, PromptLearnerConfig
 from cilbench.learn.prompts import Prompter, check_prompt_layers
@@ -105,7 +105,10 @@ class CodaPrompt(PromptLearner):
         ],
         # CPU demos
         "synthetic": {"epochs": 1, "batch_size": 16, "components": 12, "prompt_layers": (0, 1)},
-        "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},
+        "split-fashion-mnist-mini": [
+            own_recipe({"epochs": 1, "batch_size": 32}),
+            vit_demo_recipe({"epochs": 3, "batch_size": 16, "lr": 0.01}),
+        ],
     }
 
     def build_prompter(self, model: Any, info: StreamInfo) -> Prompter:

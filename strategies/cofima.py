@@ -80,7 +80,7 @@ from cilbench.core.config import Positive, Range
 from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import COFIMA as COFIMA_CODE
-from cilbench.engine.recipes import IN1K, PILOT, Recipe
+from cilbench.engine.recipes import IN1K, PILOT, Recipe, own_recipe, vit_demo_recipe
 from cilbench.learn.alignment import SlowLearnerAlignment, SlowLearnerConfig
 from cilbench.learn.fisher import diagonal_fisher, fisher_average
 
@@ -147,9 +147,12 @@ class CoFiMA(SlowLearnerAlignment):
             ),
         ],
         "synthetic": {"epochs": 1, "milestones": (), "batch_size": 16, "ca_epochs": 2},
-        "split-fashion-mnist-mini": {
-            "epochs": 1, "milestones": (), "batch_size": 32, "fresh_final_norm": False,
-        },
+        "split-fashion-mnist-mini": [
+            own_recipe({"epochs": 1, "milestones": (), "batch_size": 32,
+                        "fresh_final_norm": False}),
+            vit_demo_recipe({"epochs": 3, "milestones": (), "batch_size": 16,
+                             "fresh_final_norm": False}),
+        ],
     }  # fmt: skip
 
     def setup(self, context: Any) -> None:

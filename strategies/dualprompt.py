@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from cilbench.api import register_strategy
-from cilbench.engine.recipes import own_recipe, pilot_recipe
+from cilbench.engine.recipes import own_recipe, pilot_recipe, vit_demo_recipe
 from cilbench.strategies.l2p import L2P, PILOT_PROMPTS, L2PConfig
 
 DUALPROMPT_PILOT: dict[str, Any] = {
@@ -98,5 +98,8 @@ class DualPrompt(L2P):
         ],
         # CPU demos: the tiny test ViT has two blocks.
         "synthetic": {"epochs": 1, "batch_size": 16, "general_layers": (0,), "prompt_layers": (1,)},
-        "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},
+        "split-fashion-mnist-mini": [
+            own_recipe({"epochs": 1, "batch_size": 32}),
+            vit_demo_recipe({"epochs": 3, "batch_size": 16, "lr": 0.01}),
+        ],
     }

@@ -79,7 +79,7 @@ from cilbench.core.errors import CilbenchError
 from cilbench.data.augment import training_data
 from cilbench.data.sources import loader_workers
 from cilbench.data.streams import Experience
-from cilbench.engine.recipes import IN1K, PILOT, Recipe
+from cilbench.engine.recipes import IN1K, PILOT, Recipe, vit_demo_recipe
 from cilbench.features import extract_features
 from cilbench.learn.first_session import CosineHead
 from cilbench.learn.prototypes import class_means_of
@@ -191,6 +191,9 @@ class DUCT(BaseStrategy):
     class_incremental_only = True
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16, "retrain_epochs": 1},
+        "split-fashion-mnist-mini": vit_demo_recipe(
+            {"epochs": 3, "batch_size": 16, "lr": 0.1, "retrain_epochs": 2}
+        ),
         "split-cifar100": [_stream_recipe("duct.json", 10, "CIFAR B0 Inc10")],
         "split-imagenet-r": [_stream_recipe("duct_inr.json", 20, "IN-R B0 Inc20")],
     }

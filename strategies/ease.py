@@ -33,8 +33,11 @@ Defaults are the authors' `exps/ease_cifar.json` (= LAMDA-PILOT `exps/ease.json`
 lr 0.025 momentum 0.9, batch 48, weight decay 5e-4, cosine to 0, bottleneck 64, alpha 0.1, beta 0,
 no pre-trained subspace. Recipes (`cilbench recipes ease`): `paper` from the authors' IN-21k
 configs, `paper-in1k` from their IN-1k ones, `pilot` from LAMDA-PILOT's `exps/ease*.json` (IN-1k;
-the same values as `paper-in1k`), for CIFAR-100 (B0 Inc5), ImageNet-R (B0 Inc20) and VTAB (B0
-Inc10).
+the same values as `paper-in1k`), for CIFAR-100 (B0 Inc5), ImageNet-R (B0 Inc20), VTAB (B0
+Inc10), CUB-200 (B0 Inc10), ImageNet-A (B0 Inc20) and ObjectNet (B0 Inc10); where an IN-1k file's
+values differ from its IN-21k twin's (CUB: lr, batch, alpha, the pre-trained subspace; ObjectNet:
+epochs, lr, Adam, alpha), `paper-in1k` has the IN-1k file's. The `vit-demo` recipe is cilbench's
+own CPU demo on split-fashion-mnist-mini.
 
 Where cilbench differs, and why:
 - Class ranges come from the stream's experiences, not from `init_cls`/`increment` arithmetic, so
@@ -44,8 +47,9 @@ Where cilbench differs, and why:
   own) and its features are cached per subspace (`AdaptedBranch`); the reference runs all adapters
   over every image at every evaluation. Same features, less time.
 - Only the reference configs' choices are implemented: `use_old_data` (exemplar prototypes),
-  `use_diagonal` and `moni_adam` (ablations, and the OmniBenchmark config, a stream cilbench lacks)
-  are not; `later_lr`/`later_epochs` equal the first task's in every config and have no field.
+  `use_diagonal` and `moni_adam` (ablations, and the OmniBenchmark configs, which set
+  `moni_adam` and `adapter_num` 1: hence no split-omnibenchmark recipe) are not;
+  `later_lr`/`later_epochs` equal the first task's in every config and have no field.
 - Training randomness (adapter and head initialisation, shuffling, dropout) comes from the
   experience's generator, not torch's global RNG. Per-task accuracies agree with LAMDA-PILOT's own
   learner within seed noise on identical inputs (`tools/parity/ease.py`, `ease-results.md`).
@@ -66,7 +70,7 @@ from cilbench.core.config import NonNegative
 from cilbench.core.errors import CilbenchError
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
-from cilbench.engine.recipes import Recipe, Repository, lamda_recipes
+from cilbench.engine.recipes import Recipe, Repository, lamda_recipes, vit_demo_recipe
 from cilbench.learn.first_session import AdaptedBranch, FirstSessionConfig
 from cilbench.learn.prototypes import class_means_of, transfer_prototypes
 
@@ -88,13 +92,21 @@ class EaseConfig(FirstSessionConfig):
 
 
 def _recipe(
-    config: str, epochs: int, lr: float, batch: int, decay: float, protocol: str, **extra: Any
+    config: str,
+    epochs: int,
+    lr: float,
+    batch: int,
+    decay: float,
+    protocol: str,
+    in1k: Mapping[str, Any] | None = None,
+    **extra: Any,
 ) -> list[Recipe]:
-    """The authors' IN-21k and IN-1k configs for one data set, and PILOT's IN-1k twin if any."""
+    """The authors' IN-21k and IN-1k configs for one data set (`in1k`: the IN-1k file's values
+    where they differ), and PILOT's IN-1k twin if any."""
     settings = {"epochs": epochs, "lr": lr, "batch_size": batch, "weight_decay": decay, **extra}
     pilot = {"ease_cifar": "ease.json", "ease_inr": "ease_inr.json"}.get(config, "")
     paper = "EASE (CVPR 2024) repository log"
-    return lamda_recipes(EASE_CODE, config, settings, paper, protocol, pilot)
+    return lamda_recipes(EASE_CODE, config, settings, paper, protocol, pilot, in1k=in1k)
 
 
 @register_strategy("ease")
@@ -107,6 +119,7 @@ class EASE(BaseStrategy):
     class_incremental_only = True
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16},
+        "split-fashion-mnist-mini": vit_demo_recipe({"epochs": 3, "batch_size": 16, "lr": 0.1}),
         "split-cifar100": _recipe(
             "ease_cifar", 20, 0.025, 48, 5e-4, "CIFAR B0 Inc5",
             **{"stream.increment": 5, "stream.init_classes": 0},
@@ -117,6 +130,21 @@ class EASE(BaseStrategy):
         ),
         "vtab": _recipe(
             "ease_vtab", 45, 0.03, 16, 5e-3, "VTAB B0 Inc10", adapter_bottleneck=16,
+            **{"stream.increment": 10, "stream.init_classes": 0},
+        ),
+        "split-cub200": _recipe(
+            "ease_cub", 20, 0.008, 32, 5e-4, "CUB B0 Inc10", alpha=0.05,
+            in1k={"lr": 0.005, "batch_size": 16, "alpha": 0.005, "use_init_ptm": True,
+                  "beta": 1.0},
+            **{"stream.increment": 10, "stream.init_classes": 0},
+        ),
+        "split-imagenet-a": _recipe(
+            "ease_ina", 20, 0.05, 32, 5e-3, "IN-A B0 Inc20",
+            **{"stream.increment": 20, "stream.init_classes": 0},
+        ),
+        "split-objectnet": _recipe(
+            "ease_obj", 25, 0.05, 48, 5e-3, "ObjectNet B0 Inc10", alpha=0.2,
+            in1k={"epochs": 20, "lr": 0.03, "optimizer": "adam", "alpha": 0.1},
             **{"stream.increment": 10, "stream.init_classes": 0},
         ),
     }  # fmt: skip

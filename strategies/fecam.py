@@ -59,7 +59,14 @@ import torch.nn.functional as F
 from cilbench.api import register_strategy
 from cilbench.core.config import NonNegative, Range
 from cilbench.data.streams import Experience
-from cilbench.engine.recipes import IN21K, Recipe, Repository, pilot_adapter_recipe
+from cilbench.engine.recipes import (
+    IN21K,
+    Recipe,
+    Repository,
+    own_recipe,
+    pilot_adapter_recipe,
+    vit_demo_recipe,
+)
 from cilbench.learn.first_session import (
     FirstSessionConfig,
     FirstSessionFeatures,
@@ -109,6 +116,10 @@ class FeCAM(FirstSessionFeatures):
     variant_key: ClassVar[str] = "peft"
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16},
+        "split-fashion-mnist-mini": [
+            own_recipe({"peft": "none"}),  # any backbone: the Mahalanobis classifier alone
+            vit_demo_recipe({"peft": "adapter", "epochs": 10, "batch_size": 16, "lr": 0.1}),
+        ],
         "split-cifar100": [
             _paper(
                 "FeCAM_vit_cifar100.py", "CIFAR-100 B0 Inc10, natural class order", 1.0, 0.0,

@@ -61,7 +61,7 @@ import torch
 
 from cilbench.api import register_strategy
 from cilbench.data.streams import StreamInfo
-from cilbench.engine.recipes import own_recipe, pilot_recipe
+from cilbench.engine.recipes import own_recipe, pilot_recipe, vit_demo_recipe
 from cilbench.learn.prompt_learner import PromptLearner, PromptLearnerConfig
 from cilbench.learn.prompts import (
     KeyedPrompter,
@@ -151,7 +151,10 @@ class L2P(PromptLearner):
             ),
         ],
         "synthetic": {"epochs": 1},
-        "split-fashion-mnist-mini": {"epochs": 1, "batch_size": 32},
+        "split-fashion-mnist-mini": [
+            own_recipe({"epochs": 1, "batch_size": 32}),
+            vit_demo_recipe({"epochs": 3, "batch_size": 16, "lr": 0.01}),
+        ],
     }
 
     @property

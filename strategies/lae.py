@@ -66,7 +66,7 @@ from cilbench.core.config import AtMostField, NonEmpty, NonNegative, Positive, R
 from cilbench.core.errors import CilbenchError, ConfigError
 from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
-from cilbench.engine.recipes import IN1K, PILOT, Recipe
+from cilbench.engine.recipes import IN1K, PILOT, Recipe, vit_demo_recipe
 from cilbench.learn.heads import TaskHeads, heads_state, load_heads
 from cilbench.learn.prompts import LayerPrompts, check_prompt_layers, prompted_features
 from cilbench.learn.training import TrainSettings, fit
@@ -149,6 +149,9 @@ class LAE(BaseStrategy):
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 2, "num_freeze_epochs": 1, "batch_size": 16, "lr": 0.01,
                       "ema_decay": 0.9, "pet_layers": (0, 1)},
+        "split-fashion-mnist-mini": vit_demo_recipe(
+            {"epochs": 3, "num_freeze_epochs": 1, "batch_size": 16, "lr": 0.01, "ema_decay": 0.9}
+        ),
         "split-cifar100": _pilot(
             "lae.json", "CIFAR B0 Inc10", epochs=5, lr=0.0028125, batch_size=128,
             num_freeze_epochs=3, ema_decay=0.9999, pet_length=10,

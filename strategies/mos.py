@@ -76,7 +76,7 @@ from cilbench.core.errors import CilbenchError
 from cilbench.data.augment import training_data
 from cilbench.data.sources import DatasetView, loader_options, loader_workers
 from cilbench.data.streams import Experience
-from cilbench.engine.recipes import Recipe, Repository, lamda_recipes
+from cilbench.engine.recipes import Recipe, Repository, lamda_recipes, vit_demo_recipe
 from cilbench.learn.adapter_sets import (
     LinearHead,
     orthogonality_loss,
@@ -146,6 +146,9 @@ class MOS(BaseStrategy):
     class_incremental_only = True
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16, "ca_epochs": 2},
+        "split-fashion-mnist-mini": vit_demo_recipe(
+            {"epochs": 3, "batch_size": 16, "lr": 0.1, "ca_epochs": 5}
+        ),
         "split-cifar100": _recipe("mos_cifar", 20, 0.03, 48, 5e-4, "CIFAR B0 Inc5",
                                   **_stream(0, 5)),
         "split-imagenet-r": _recipe("mos_inr", 10, 0.05, 16, 5e-3, "IN-R B0 Inc20",

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cilbench.api import register_strategy
-from cilbench.engine.recipes import IN1K, PILOT, Recipe
+from cilbench.engine.recipes import IN1K, PILOT, Recipe, own_recipe, vit_demo_recipe
 from cilbench.engine.recipes import SLCA as SLCA_CODE
 from cilbench.learn.alignment import SlowLearnerAlignment, SlowLearnerConfig
 
@@ -109,7 +109,10 @@ class SLCA(SlowLearnerAlignment):
             ),
         ],
         "synthetic": {"epochs": 1, "milestones": (), "batch_size": 16, "ca_epochs": 2},
-        "split-fashion-mnist-mini": {
-            "epochs": 1, "milestones": (), "batch_size": 32, "fresh_final_norm": False,
-        },
+        "split-fashion-mnist-mini": [
+            own_recipe({"epochs": 1, "milestones": (), "batch_size": 32,
+                        "fresh_final_norm": False}),
+            vit_demo_recipe({"epochs": 3, "milestones": (), "batch_size": 16,
+                             "fresh_final_norm": False}),
+        ],
     }  # fmt: skip

@@ -173,6 +173,28 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
         ]
         for sets, backbone, suffix in [({}, IN21K, "_in21k"), ({"recipe": "paper-in1k"}, IN1K, "")]
     ],
+    # EASE configs whose IN-1k file differs from its IN-21k twin: one row per file.
+    *[
+        (
+            "ease", stream, sets,
+            {**first(*values), **EASE_DEFAULTS, **extra, "backbone": backbone,
+             "stream.increment": increment, "stream.init_classes": 0, **LAMDA, **NO_NORM},
+            f"{EASE}{config}.json",
+        )
+        for stream, config, sets, backbone, values, increment, extra in [
+            ("split-cub200", "ease_cub_in21k", {}, IN21K, (20, 0.008, 32, 5e-4), 10,
+             {"alpha": 0.05}),
+            ("split-cub200", "ease_cub", {"recipe": "paper-in1k"}, IN1K, (20, 0.005, 16, 5e-4),
+             10, {"alpha": 0.005, "use_init_ptm": True, "beta": 1.0}),
+            ("split-imagenet-a", "ease_ina_in21k", {}, IN21K, (20, 0.05, 32, 5e-3), 20, {}),
+            ("split-imagenet-a", "ease_ina", {"recipe": "paper-in1k"}, IN1K,
+             (20, 0.05, 32, 5e-3), 20, {}),
+            ("split-objectnet", "ease_obj_in21k", {}, IN21K, (25, 0.05, 48, 5e-3), 10,
+             {"alpha": 0.2}),
+            ("split-objectnet", "ease_obj", {"recipe": "paper-in1k"}, IN1K,
+             (20, 0.03, 48, 5e-3), 10, {"optimizer": "adam"}),
+        ]
+    ],
     *[
         (
             "ease", stream, {"recipe": "pilot"},
@@ -614,3 +636,31 @@ def test_recipes_command_prints_every_variant_with_its_source(monkeypatch: pytes
     assert fallback.exit_code == 0 and "no recipe for stream 'vtab'" in fallback.stdout
     unknown = runner.invoke(app, ["recipes", "slcaa"])
     assert unknown.exit_code == 2 and "Did you mean 'slca'" in unknown.output
+
+
+@pytest.mark.parametrize(
+    ("strategy", "overrides", "steps_per_task"),
+    [
+        ("adam", {"peft": "vpt-deep"}, 10 * (600 // 16)),
+        ("slca", {}, 3 * (600 // 16)),
+        ("l2p", {}, 3 * (600 // 16)),
+        ("ease", {}, 3 * (600 // 16)),
+    ],
+)
+def test_vit_demo_recipes_run_the_real_vit_at_56_px_with_hundreds_of_steps(
+    strategy: str, overrides: dict, steps_per_task: int
+):
+    """`recipe=vit-demo` picks the ViT preset and its size itself, and trains for enough steps
+    (600 training images a task) that the loss leaves chance (the one-epoch demo took ~10-20)."""
+    spec = RunSpec(
+        strategy=strategy,
+        stream="split-fashion-mnist-mini",
+        overrides={"recipe": "vit-demo", **overrides},
+    )
+    settings = resolve_run(spec)
+    assert settings.backbone == "dinov2-vits14-imgfocus-9b"
+    assert settings.backbone_settings["image_size"] == 56
+    config = settings.config
+    assert config.epochs * (600 // config.batch_size) == steps_per_task >= 100
+    if "peft" in overrides:  # ADAM's variant recipe, not the first vit-demo one
+        assert config.peft == overrides["peft"]
