@@ -107,7 +107,7 @@ class CodaPrompt(PromptLearner):
         "synthetic": {"epochs": 1, "batch_size": 16, "components": 12, "prompt_layers": (0, 1)},
         "split-fashion-mnist-mini": [
             own_recipe({"epochs": 1, "batch_size": 32}),
-            vit_demo_recipe({"epochs": 3, "batch_size": 16, "lr": 0.01}),
+            vit_demo_recipe({"epochs": 2, "batch_size": 16, "lr": 0.01}),
         ],
     }
 

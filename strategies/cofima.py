@@ -150,7 +150,7 @@ class CoFiMA(SlowLearnerAlignment):
         "split-fashion-mnist-mini": [
             own_recipe({"epochs": 1, "milestones": (), "batch_size": 32,
                         "fresh_final_norm": False}),
-            vit_demo_recipe({"epochs": 3, "milestones": (), "batch_size": 16,
+            vit_demo_recipe({"epochs": 2, "milestones": (), "batch_size": 16,
                              "fresh_final_norm": False}),
         ],
     }  # fmt: skip

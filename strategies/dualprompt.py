@@ -100,6 +100,6 @@ class DualPrompt(L2P):
         "synthetic": {"epochs": 1, "batch_size": 16, "general_layers": (0,), "prompt_layers": (1,)},
         "split-fashion-mnist-mini": [
             own_recipe({"epochs": 1, "batch_size": 32}),
-            vit_demo_recipe({"epochs": 3, "batch_size": 16, "lr": 0.01}),
+            vit_demo_recipe({"epochs": 2, "batch_size": 16, "lr": 0.01}),
         ],
     }

@@ -192,7 +192,7 @@ class DUCT(BaseStrategy):
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16, "retrain_epochs": 1},
         "split-fashion-mnist-mini": vit_demo_recipe(
-            {"epochs": 3, "batch_size": 16, "lr": 0.1, "retrain_epochs": 2}
+            {"epochs": 2, "batch_size": 16, "lr": 0.1, "retrain_epochs": 2}
         ),
         "split-cifar100": [_stream_recipe("duct.json", 10, "CIFAR B0 Inc10")],
         "split-imagenet-r": [_stream_recipe("duct_inr.json", 20, "IN-R B0 Inc20")],

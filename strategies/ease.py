@@ -119,7 +119,7 @@ class EASE(BaseStrategy):
     class_incremental_only = True
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16},
-        "split-fashion-mnist-mini": vit_demo_recipe({"epochs": 3, "batch_size": 16, "lr": 0.1}),
+        "split-fashion-mnist-mini": vit_demo_recipe({"epochs": 2, "batch_size": 16, "lr": 0.1}),
         "split-cifar100": _recipe(
             "ease_cifar", 20, 0.025, 48, 5e-4, "CIFAR B0 Inc5",
             **{"stream.increment": 5, "stream.init_classes": 0},

@@ -153,7 +153,7 @@ class L2P(PromptLearner):
         "synthetic": {"epochs": 1},
         "split-fashion-mnist-mini": [
             own_recipe({"epochs": 1, "batch_size": 32}),
-            vit_demo_recipe({"epochs": 3, "batch_size": 16, "lr": 0.01}),
+            vit_demo_recipe({"epochs": 2, "batch_size": 16, "lr": 0.01}),
         ],
     }
 

@@ -150,7 +150,7 @@ class LAE(BaseStrategy):
         "synthetic": {"epochs": 2, "num_freeze_epochs": 1, "batch_size": 16, "lr": 0.01,
                       "ema_decay": 0.9, "pet_layers": (0, 1)},
         "split-fashion-mnist-mini": vit_demo_recipe(
-            {"epochs": 3, "num_freeze_epochs": 1, "batch_size": 16, "lr": 0.01, "ema_decay": 0.9}
+            {"epochs": 2, "num_freeze_epochs": 1, "batch_size": 16, "lr": 0.01, "ema_decay": 0.9}
         ),
         "split-cifar100": _pilot(
             "lae.json", "CIFAR B0 Inc10", epochs=5, lr=0.0028125, batch_size=128,

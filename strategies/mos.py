@@ -147,7 +147,7 @@ class MOS(BaseStrategy):
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16, "ca_epochs": 2},
         "split-fashion-mnist-mini": vit_demo_recipe(
-            {"epochs": 3, "batch_size": 16, "lr": 0.1, "ca_epochs": 5}
+            {"epochs": 2, "batch_size": 16, "lr": 0.1, "ca_epochs": 5}
         ),
         "split-cifar100": _recipe("mos_cifar", 20, 0.03, 48, 5e-4, "CIFAR B0 Inc5",
                                   **_stream(0, 5)),

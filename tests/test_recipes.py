@@ -643,15 +643,15 @@ def test_recipes_command_prints_every_variant_with_its_source(monkeypatch: pytes
     [
         ("adam", {"peft": "vpt-deep"}, 10 * (600 // 16)),
         ("slca", {}, 3 * (600 // 16)),
-        ("l2p", {}, 3 * (600 // 16)),
-        ("ease", {}, 3 * (600 // 16)),
+        ("l2p", {}, 2 * (600 // 16)),
+        ("ease", {}, 2 * (600 // 16)),
     ],
 )
-def test_vit_demo_recipes_run_the_real_vit_at_56_px_with_hundreds_of_steps(
+def test_vit_demo_recipes_run_the_real_vit_at_56_px_with_enough_steps(
     strategy: str, overrides: dict, steps_per_task: int
 ):
     """`recipe=vit-demo` picks the ViT preset and its size itself, and trains for enough steps
-    (600 training images a task) that the loss leaves chance (the one-epoch demo took ~10-20)."""
+    (600 training images a task) that the loss leaves chance: 3-4x the one-epoch demo's 10-20."""
     spec = RunSpec(
         strategy=strategy,
         stream="split-fashion-mnist-mini",
@@ -661,6 +661,6 @@ def test_vit_demo_recipes_run_the_real_vit_at_56_px_with_hundreds_of_steps(
     assert settings.backbone == "dinov2-vits14-imgfocus-9b"
     assert settings.backbone_settings["image_size"] == 56
     config = settings.config
-    assert config.epochs * (600 // config.batch_size) == steps_per_task >= 100
+    assert config.epochs * (600 // config.batch_size) == steps_per_task >= 70
     if "peft" in overrides:  # ADAM's variant recipe, not the first vit-demo one
         assert config.peft == overrides["peft"]

