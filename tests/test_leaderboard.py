@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -531,6 +532,19 @@ def test_first_session_losses_read_every_report_shape(report, expected):
 
     result = _result(0, SEED0, strategy_report=report)
     assert first_session_losses(result) == expected
+
+
+def test_prompt_methods_report_the_cross_entropy_not_the_objective_with_its_pull_term():
+    """DualPrompt's objective (cross-entropy minus its key pull) goes negative; the reported
+    losses are the cross-entropy alone, so they compare with ln(classes)."""
+    from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
+
+    stream = synthetic_stream()
+    strategy = make_strategy("dualprompt", tiny_backbone(), stream)
+    strategy.config = replace(strategy.config, pull_coeff=100.0)
+    strategy.train_experience(stream.experiences[0])
+    losses = strategy.report()["epoch_losses"]["0"]
+    assert losses and all(loss > 0 for loss in losses)
 
 
 def test_epoch_losses_survive_a_checkpoint():

@@ -33,6 +33,7 @@ from cilbench.learn.heads import HeadInit, TaskHeads, heads_state, load_heads
 from cilbench.learn.prompts import Prompter, Readout, prompted_features
 from cilbench.learn.training import (
     EpochLosses,
+    EpochMeans,
     TrainSettings,
     WithPositions,
     count_trainable,
@@ -98,6 +99,8 @@ class PromptLearner(BaseStrategy):
         outside = torch.ones(self.num_seen, dtype=torch.bool, device=self.device)
         outside[list(experience.classes)] = False
 
+        cross_entropy = EpochMeans()  # the losses reported: comparable with ln(classes)
+
         def loss_fn(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             if cached is None:
                 labels, query = targets, self.query(images)
@@ -105,10 +108,12 @@ class PromptLearner(BaseStrategy):
                 labels, query = targets[:, 0], cached[targets[:, 1]]
             logits, pull = self.scores(images, query, training=True)
             logits = logits.masked_fill(outside, float("-inf"))
-            return F.cross_entropy(logits, labels) - config.pull_coeff * pull
+            loss = F.cross_entropy(logits, labels)
+            cross_entropy.add(loss, len(labels))
+            return loss - config.pull_coeff * pull
 
         self.prompter.train()
-        losses = fit(
+        fit(
             loss_fn,
             [{"params": self.prompter.parameters()}, {"params": self.heads.parameters()}],
             data,
@@ -121,9 +126,10 @@ class PromptLearner(BaseStrategy):
             num_workers=config.num_workers,
             precision=self.backbone.precision,
             compile=self.backbone.compile,
+            before_epoch=cross_entropy.start_epoch,
         )
         self.prompter.eval()
-        self.losses.record(experience.index, losses)
+        self.losses.record(experience.index, cross_entropy.means())
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen model's pooled features of prepared images (no gradient)."""

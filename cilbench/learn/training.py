@@ -264,6 +264,27 @@ class WithPositions(Dataset):
         return images, torch.stack([torch.as_tensor(labels), positions], dim=1)
 
 
+class EpochMeans:
+    """The per-epoch mean of one term of a training loss (e.g. the cross-entropy of a loss with
+    a regulariser), which `fit`'s own epoch losses mix with the rest: `add` it inside the loss
+    function, pass `start_epoch` as `fit`'s `before_epoch`."""
+
+    def __init__(self) -> None:
+        self.sums: list[torch.Tensor] = []
+        self.counts: list[int] = []
+
+    def start_epoch(self, epoch: int) -> None:
+        self.sums.append(torch.zeros(()))
+        self.counts.append(0)
+
+    def add(self, value: torch.Tensor, count: int) -> None:
+        self.sums[-1] = self.sums[-1] + value.detach().float().cpu() * count
+        self.counts[-1] += count
+
+    def means(self) -> list[float]:
+        return [float(total) / max(n, 1) for total, n in zip(self.sums, self.counts, strict=True)]
+
+
 class EpochLosses:
     """Each experience's per-epoch training losses: reported in the result (the board's
     did-not-train check reads the first experience's) and checkpointed, so a resumed run
