@@ -109,6 +109,11 @@ def _recipe(
     return lamda_recipes(EASE_CODE, config, settings, paper, protocol, pilot, in1k=in1k)
 
 
+def _b0(increment: int) -> dict[str, Any]:
+    """B0 Inc`increment`: every task, the first included, holds `increment` classes."""
+    return {"stream.increment": increment, "stream.init_classes": 0}
+
+
 @register_strategy("ease")
 class EASE(BaseStrategy):
     """One frozen adapter set per task; prototypes per subspace, old ones synthesised."""
@@ -122,30 +127,30 @@ class EASE(BaseStrategy):
         "split-fashion-mnist-mini": vit_demo_recipe({"epochs": 2, "batch_size": 16, "lr": 0.1}),
         "split-cifar100": _recipe(
             "ease_cifar", 20, 0.025, 48, 5e-4, "CIFAR B0 Inc5",
-            **{"stream.increment": 5, "stream.init_classes": 0},
+            **_b0(5),
         ),
         "split-imagenet-r": _recipe(
             "ease_inr", 20, 0.05, 16, 5e-3, "IN-R B0 Inc20",
-            **{"stream.increment": 20, "stream.init_classes": 0},
+            **_b0(20),
         ),
         "vtab": _recipe(
             "ease_vtab", 45, 0.03, 16, 5e-3, "VTAB B0 Inc10", adapter_bottleneck=16,
-            **{"stream.increment": 10, "stream.init_classes": 0},
+            **_b0(10),
         ),
         "split-cub200": _recipe(
             "ease_cub", 20, 0.008, 32, 5e-4, "CUB B0 Inc10", alpha=0.05,
             in1k={"lr": 0.005, "batch_size": 16, "alpha": 0.005, "use_init_ptm": True,
                   "beta": 1.0},
-            **{"stream.increment": 10, "stream.init_classes": 0},
+            **_b0(10),
         ),
         "split-imagenet-a": _recipe(
             "ease_ina", 20, 0.05, 32, 5e-3, "IN-A B0 Inc20",
-            **{"stream.increment": 20, "stream.init_classes": 0},
+            **_b0(20),
         ),
         "split-objectnet": _recipe(
             "ease_obj", 25, 0.05, 48, 5e-3, "ObjectNet B0 Inc10", alpha=0.2,
             in1k={"epochs": 20, "lr": 0.03, "optimizer": "adam", "alpha": 0.1},
-            **{"stream.increment": 10, "stream.init_classes": 0},
+            **_b0(10),
         ),
     }  # fmt: skip
 
