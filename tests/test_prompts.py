@@ -193,7 +193,9 @@ def test_coda_schedule_and_position_labels():
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    assert rates == pytest.approx([math.cos(99 * math.pi * e / 800) for e in range(5)])
+    # The references' CosineSchedule takes step 0 in its constructor and resets its epoch count,
+    # so the first step() repeats step 0: epochs 0 and 1 both train at the full lr.
+    assert rates == pytest.approx([1.0] + [math.cos(99 * math.pi * e / 800) for e in range(4)])
     data = WithPositions([(torch.zeros(1), 7), (torch.ones(1), 9)])
     images, pairs = data[[1, 0]]
     assert pairs.tolist() == [[9, 1], [7, 0]] and images.flatten().tolist() == [1.0, 0.0]

@@ -105,13 +105,16 @@ def make_scheduler(
     "constantlr-default" is torch's `ConstantLR` built without arguments (factor 1/3 for 5
     epochs): lr / 3 for epochs 0-4, then lr; LAMDA-PILOT's DUCT builds it so.
 
-    "coda-cosine" is CODA-Prompt's `CosineSchedule` (GT-RIPL/CODA-Prompt utils/schedulers.py):
-    epoch e of K trains at lr * cos(99 pi e / (200 (K - 1))), ending near 1.6 % of lr.
+    "coda-cosine" is CODA-Prompt's `CosineSchedule` (GT-RIPL/CODA-Prompt utils/schedulers.py,
+    copied in LAMDA-PILOT models/coda_prompt.py) as both codes step it: its constructor takes
+    step 0 and then resets its epoch count, so the first `step()` repeats step 0. Epochs 0 and 1
+    train at lr, epoch e >= 1 at lr * cos(99 pi (e - 1) / (200 (K - 1))) of K epochs (the last
+    at about 10 % of lr for K = 20). A 1-epoch run trains at lr (the references divide by 0).
     """
     if settings.schedule == "coda-cosine":
         last = max(settings.epochs - 1, 1)
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda epoch: math.cos(99 * math.pi * epoch / (200 * last))
+            optimizer, lambda epoch: math.cos(99 * math.pi * max(epoch - 1, 0) / (200 * last))
         )
     if settings.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
