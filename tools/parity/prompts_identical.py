@@ -6,6 +6,8 @@ identical initial tensors on identical batches, compared step by step.
   cilbench --method ... --dump FILE                          cilbench's run with PILOT's initial
            tensors copied in; prints the comparison (markdown)
   compare  --pilot DIR --methods ... --out DIR               both, one after the other
+  votes    DUMP ...                                          PILOT's accuracy on its own test
+           batches and on cilbench's, per dump (the vote grouping alone, one model each)
 
 What is made equal, at run time, on both sides (nothing else is changed):
 - the data order: both training loaders draw their order from `FixedOrder` (a numpy permutation
@@ -335,6 +337,28 @@ def check_gram_schmidt(dump: dict, sequential: Any) -> None:
           f"max abs diff {worst:.1e} over {len(dump['gs'])} task starts")  # fmt: skip
 
 
+def votes(args: argparse.Namespace) -> None:
+    """Per dump (one PILOT run each): accuracy (%) after each task on PILOT's own test batches
+    and on cilbench's, from the same trained model; then the mean difference per task."""
+    import torch
+
+    rows = []
+    print("| dump | PILOT's batches | cilbench's batches |\n|---|---|---|")
+    for path in args.dumps:
+        dump = torch.load(path, weights_only=False)
+        own = [float((o.argmax(1) == y).float().mean() * 100)
+               for o, y in zip(dump["own"], dump["own_labels"])]  # fmt: skip
+        ours = [float((o.argmax(1) == y).float().mean() * 100)
+                for o, y in zip(dump["cilbench_batches"], dump["labels"])]  # fmt: skip
+        rows.append((own, ours))
+        print(f"| {Path(path).name} | {np.round(own, 2).tolist()} | {np.round(ours, 2).tolist()} |")
+    gap = np.array([np.subtract(a, b) for a, b in rows])
+    print(
+        f"\nmean (own - cilbench batches) per task: {gap.mean(0).round(2).tolist()}; "
+        f"runs with any difference: {int((gap != 0).any(1).sum())} of {len(rows)}"
+    )
+
+
 def compare(args: argparse.Namespace) -> None:
     here = str(Path(__file__).resolve())
     args.out.mkdir(parents=True, exist_ok=True)
@@ -357,6 +381,7 @@ def compare(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("votes").add_argument("dumps", nargs="+", type=Path)
     for name in ("pilot", "cilbench", "compare"):
         p = sub.add_parser(name)
         p.add_argument("--inputs", type=Path, required=True)
@@ -380,7 +405,8 @@ def main() -> None:
         if name == "cilbench":
             p.add_argument("--own-init", action="store_true", help="no copying (control)")
     args = parser.parse_args()
-    {"pilot": run_pilot, "cilbench": run_cilbench, "compare": compare}[args.command](args)
+    commands = {"pilot": run_pilot, "cilbench": run_cilbench, "compare": compare, "votes": votes}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
