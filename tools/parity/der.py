@@ -134,22 +134,22 @@ def compare(args: argparse.Namespace) -> None:
     here = Path(__file__).resolve()
 
     def start(
-        python: str, name: str, seed: int, lr: float, extra: list[str], batch: int | None = None
+        python: str, name: str, seed: int, lr: float, extra: list[str], fixed: bool = False
     ) -> subprocess.Popen:
+        epochs, batch = (args.fixed_epochs, FULL_BATCH) if fixed else (args.epochs, args.batch)
         command = [python, str(here), name, "--inputs", str(args.inputs), "--seed", str(seed)]
-        command += ["--epochs", str(args.epochs), "--lr", str(lr), "--memory", str(args.memory)]
-        command += ["--batch", str(batch or args.batch)]
+        command += ["--epochs", str(epochs), "--lr", str(lr), "--memory", str(args.memory)]
+        command += ["--batch", str(batch)]
         return subprocess.Popen(command + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def sides(
         seed: int, lr: float, classifier: str, fixed: list[str] | None = None
     ) -> tuple[dict, dict]:
         """PILOT (both accuracies) and cilbench (one classifier) for one seed, side by side."""
-        batch = FULL_BATCH if fixed else None
         pilot = ["--pilot", str(args.pilot), *(fixed or [])]
-        runs = start(args.pilot_python, "pilot", seed, lr, pilot, batch)
+        runs = start(args.pilot_python, "pilot", seed, lr, pilot, bool(fixed))
         ours = ["--classifier", classifier, *(fixed or [])]
-        mine = start(sys.executable, "cilbench", seed, lr, ours, batch)
+        mine = start(sys.executable, "cilbench", seed, lr, ours, bool(fixed))
         return accuracy_of(runs), accuracy_of(mine)
 
     print(
@@ -160,8 +160,8 @@ def compare(args: argparse.Namespace) -> None:
     print_identical_table(reference["nme"], ours["nme"])
     print(
         f"\n## trained from a shared fixed head initialisation (`--fixed-init`), one full batch "
-        f"a step (batch {FULL_BATCH}): {args.epochs} epochs a task, SGD lr {args.fixed_lr}, CNN "
-        "then NME"
+        f"a step (batch {FULL_BATCH}): {args.fixed_epochs} epochs a task, SGD lr "
+        f"{args.fixed_lr}, CNN then NME"
     )
     for classifier in ("cnn", "nme"):
         reference, ours = sides(0, args.fixed_lr, classifier, ["--fixed-init"])
@@ -203,7 +203,8 @@ def main() -> None:
         if name in ("pilot", "cilbench"):
             p.add_argument("--fixed-init", action="store_true", help="fixed_pattern heads")
         if name == "compare":
-            p.add_argument("--fixed-lr", type=float, default=0.05)
+            p.add_argument("--fixed-lr", type=float, default=0.1)
+            p.add_argument("--fixed-epochs", type=int, default=20)
             p.add_argument("--pilot-python", default="/tmp/pilot-venv/bin/python")
             p.add_argument("--seeds", type=int, default=5)
             p.add_argument("--frozen-lr", type=float, default=1e-12)
