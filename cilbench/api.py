@@ -108,6 +108,10 @@ class BaseStrategy:
     frozen_backbone: ClassVar[bool | None] = None
     """Pre-trained weights never updated (None: from `config.train_backbone`, else True when
     predicting from frozen features, else not declared)."""
+    deprecated: ClassVar[str] = ""
+    """Non-empty: a name kept only so that results stored under it load, resolve and replay; the
+    message (what to use instead) the runner logs when it runs. Conformance and the recipe
+    listing skip it."""
 
     def __init__(self, config: Any = None, *, seed: int = 0, device: str | torch.device = "cpu"):
         self.config = config if config is not None else self.Config()

@@ -2,11 +2,12 @@
 
 One thin adapter, not re-implementations: each experience is wrapped as an avalanche dataset
 (uint8 images; transform group "train" = cilbench's augmentation, "eval" = its test preprocessing)
-and passed to avalanche's own training template (`EWC`, `LwF`, `Replay`, `DER`). The model is a
-trainable copy of the backbone with one linear head over all the stream's classes (fixed size, as
-DER's stored logits require); predictions score the classes seen so far. Evaluation is cilbench's,
-so avalanche's evaluator runs with no metrics and no loggers. Avalanche is imported lazily (it
-takes seconds to import).
+and passed to avalanche's own training template (`EWC`, `LwF`, `Replay`, `DER`: Dark Experience
+Replay, registered as `avalanche-dark-er`; cilbench's `der` is Yan et al.'s Dynamically Expandable
+Representation). The model is a trainable copy of the backbone with one linear head over all the
+stream's classes (fixed size, as dark experience replay's stored logits require); predictions
+score the classes seen so far. Evaluation is cilbench's, so avalanche's evaluator runs with no
+metrics and no loggers. Avalanche is imported lazily (it takes seconds to import).
 
 Pitfalls of avalanche 0.6.0 avoided here: experiences are built directly (its
 `class_incremental_benchmark` drops classes on uneven splits and reseeds torch's global RNG),
@@ -15,8 +16,9 @@ checkpoints are cilbench's safetensors (its `save_checkpoint` fails to pickle he
 they are seeded from the experience's generator and restored afterwards.
 
 Resuming: the state holds the model, enough to predict, but not the method's memory (EWC
-importances, LwF's previous model, the replay/DER buffers), so training a further experience after
-a resume is refused with a clear message instead of silently diverging from an uninterrupted run.
+importances, LwF's previous model, the replay and dark-ER buffers), so training a further
+experience after a resume is refused with a clear message instead of silently diverging from an
+uninterrupted run.
 
 Config (all methods): `epochs`, `batch_size`, `lr`, `backbone_lr_scale`, `optimizer`,
 `momentum`, `weight_decay`, `schedule`, `milestones`, `gamma` (reset every experience),
@@ -24,8 +26,10 @@ Config (all methods): `epochs`, `batch_size`, `lr`, `backbone_lr_scale`, `optimi
 by default: one accumulated importance instead of one per experience, so memory stays at two
 copies of the weights; lambda 10 because with full fine-tuning at SGD lr 0.01 + momentum the
 accumulated penalty made training collapse (1000) or diverge at the fourth experience (100) on the
-offline demo); LwF `lwf_alpha`, `lwf_temperature`; replay and DER `mem_size`; DER
-`der_alpha` (logit MSE), `der_beta` (replay cross-entropy; > 0 is DER++).
+offline demo); LwF `lwf_alpha`, `lwf_temperature`; replay and dark ER `mem_size`; dark ER
+`der_alpha` (logit MSE), `der_beta` (replay cross-entropy; > 0 is DER++); the field names keep
+avalanche's (and the results stored under the old name `avalanche-der`, a deprecated alias that
+still runs: its results replay with `run --from` and stay on the boards).
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ class ReplayConfig(AvalancheConfig):
 
 
 @dataclass(frozen=True)
-class DERConfig(ReplayConfig):
+class DarkERConfig(ReplayConfig):
     der_alpha: Annotated[float, NonNegative()] = 0.1
     der_beta: Annotated[float, NonNegative()] = 0.5
 
@@ -348,11 +352,11 @@ class AvalancheReplay(AvalancheStrategy):
         return {"mem_size": self.config.mem_size}
 
 
-@register_strategy("avalanche-der")
-class AvalancheDER(AvalancheStrategy):
+@register_strategy("avalanche-dark-er")
+class AvalancheDarkER(AvalancheStrategy):
     """Dark experience replay, DER++ when der_beta > 0 (Buzzega et al., 2020; avalanche `DER`)."""
 
-    Config = DERConfig
+    Config = DarkERConfig
     template_name = "DER"
     uses_exemplars = True
     memory_selection = "reservoir sampling, balanced over classes"
@@ -360,3 +364,15 @@ class AvalancheDER(AvalancheStrategy):
     def template_arguments(self) -> dict[str, Any]:
         config = self.config
         return {"mem_size": config.mem_size, "alpha": config.der_alpha, "beta": config.der_beta}
+
+
+@register_strategy("avalanche-der")
+class AvalancheDERDeprecated(AvalancheDarkER):
+    """Deprecated name of avalanche-dark-er (Dark Experience Replay), kept so results stored
+    under it load and replay; `der` is Yan et al.'s DER."""
+
+    deprecated = (
+        "avalanche-der is Dark Experience Replay; it is now avalanche-dark-er; `der` is Yan et "
+        "al.'s DER. avalanche-der still runs (same method, same run ids as before) so that "
+        "stored results replay; use avalanche-dark-er for new runs."
+    )

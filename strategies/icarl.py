@@ -53,7 +53,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -68,8 +67,8 @@ from cilbench.learn.distillation import distillation_loss
 from cilbench.learn.exemplars import (
     ExemplarMemory,
     MemoryConfig,
+    class_means,
     describe,
-    exemplar_mean,
     nme_scores,
 )
 from cilbench.learn.heads import HeadedNetwork, load_network, network_state
@@ -243,21 +242,11 @@ class ICaRL(BaseStrategy):
         """Shrink old classes to the new quota, herd the new classes' exemplars, and recompute
         every class's exemplar mean with the trained network (PILOT `build_rehearsal_memory`)."""
         train = experience.train
-        self.memory.rebalance(seen)
         herding = self.config.selection == "herding"
         features = self._features(train, "exemplar selection") if herding else None
-        for label in train.classes():
-            rows = np.flatnonzero(train.labels == label)
-            chosen = features[torch.as_tensor(rows)] if features is not None else None
-            self.memory.add_class(label, train.indices[rows], chosen, generator, seen)
-        self.class_means = self._exemplar_means(train)
-
-    def _exemplar_means(self, train: DatasetView) -> torch.Tensor:
-        """(num_seen, D) means of every class's exemplars' normalised features."""
+        self.memory.add_experience(train, features, generator, seen)
         kept = self.memory.view(train.source)
-        features = self._features(kept, "exemplar means")
-        labels = torch.as_tensor(kept.labels)
-        return torch.stack([exemplar_mean(features[labels == c]) for c in range(self.num_seen)])
+        self.class_means = class_means(self._features(kept, "exemplar means"), kept.labels, seen)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         self.network.eval()

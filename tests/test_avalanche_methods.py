@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from cilbench.testing import make_strategy, synthetic_stream, tiny_backbone
 
 pytest.importorskip("avalanche")
 
-METHODS = ["avalanche-ewc", "avalanche-lwf", "avalanche-replay", "avalanche-der"]
+METHODS = ["avalanche-ewc", "avalanche-lwf", "avalanche-replay", "avalanche-dark-er"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def test_registered_with_the_exemplar_flag():
         "avalanche-ewc": False,
         "avalanche-lwf": False,
         "avalanche-replay": True,
-        "avalanche-der": True,
+        "avalanche-dark-er": True,
     }
 
 
@@ -71,7 +73,7 @@ def test_replay_result_records_exemplars_and_cost(tmp_path: Path):
 
 
 def test_der_buffer_keeps_old_classes_with_logits_of_test_preprocessed_images(stream):
-    strategy = make_strategy("avalanche-der", tiny_backbone(), stream, mem_size=12)
+    strategy = make_strategy("avalanche-dark-er", tiny_backbone(), stream, mem_size=12)
     for experience in stream.experiences[:2]:
         strategy.train_experience(experience)
     buffer = strategy.template.storage_policy.buffer
@@ -147,3 +149,70 @@ def test_a_diverging_loss_stops_with_a_clear_error(stream):
     strategy = make_strategy("avalanche-ewc", tiny_backbone(), stream, lr=1e30, epochs=2)
     with pytest.raises(NonFiniteLossError, match="AvalancheEWC: loss is"):
         strategy.train_experience(stream.experiences[0])
+
+
+BOARD = Path(__file__).resolve().parents[1] / "leaderboards"
+
+
+def test_avalanche_der_is_a_deprecated_alias_of_dark_experience_replay():
+    old, new = STRATEGIES.get("avalanche-der"), STRATEGIES.get("avalanche-dark-er")
+    assert issubclass(old, new) and old.Config is new.Config
+    assert old.template_name == new.template_name == "DER"
+    assert not new.deprecated
+    message = old.deprecated
+    assert "avalanche-der is Dark Experience Replay; it is now avalanche-dark-er" in message
+    assert "`der` is Yan et al.'s DER" in message
+
+
+def test_ls_shows_the_new_name_and_marks_the_old_one():
+    from typer.testing import CliRunner
+
+    from cilbench.cli.app import app
+
+    listed = CliRunner().invoke(app, ["ls", "strategies"])
+    assert listed.exit_code == 0, listed.output
+    text = " ".join(listed.stdout.split())
+    assert re.search(r"avalanche-dark-er\W+(description: )?Dark experience replay", text), text
+    assert re.search(r"avalanche-der\W+(description: )?Deprecated name of avalanche-dark-er", text)
+    recipes = CliRunner().invoke(app, ["recipes"])
+    assert "avalanche-dark-er on synthetic" in recipes.stdout
+    assert "avalanche-der on" not in recipes.stdout  # listed once, under the new name
+
+
+def test_the_old_name_still_runs_warns_and_replays(tmp_path: Path, caplog):
+    from typer.testing import CliRunner
+
+    from cilbench.cli.app import app
+    from cilbench.core.results import load_result
+
+    runner = CliRunner()
+    args = ["--strategy", "avalanche-der", "--stream", "synthetic", "--set", "mem_size=12"]
+    with caplog.at_level(logging.WARNING):
+        first = runner.invoke(app, ["run", *args, "--out", str(tmp_path / "a"), "--json"])
+    assert first.exit_code == 0, first.output
+    assert "avalanche-der is Dark Experience Replay; it is now avalanche-dark-er" in caplog.text
+    (path,) = (tmp_path / "a").rglob("result.json")
+    stored = load_result(path)
+    assert stored.config["strategy"] == "avalanche-der"
+    assert stored.run_id.split("/")[1].startswith("avalanche-der-")
+    replay = ["run", "--from", str(path), "--out", str(tmp_path / "b"), "--json"]
+    same = runner.invoke(app, replay)
+    assert same.exit_code == 0, same.output
+    assert "metrics match the stored result exactly" in same.stderr
+
+
+@pytest.mark.skipif(
+    not list(BOARD.glob("*/avalanche-der-*.json")), reason="no stored avalanche-der result"
+)
+def test_stored_avalanche_der_results_stay_on_a_board(tmp_path: Path):
+    from cilbench.boards.leaderboard import add, aggregate, load_board
+    from cilbench.core.results import load_result
+    from cilbench.engine.spec import RunSpec, resolve_run
+
+    stored = sorted(BOARD.glob("split-fashion-mnist-mini/avalanche-der-*.json"))
+    add(stored, tmp_path)
+    rows = aggregate(load_board(tmp_path, "split-fashion-mnist-mini"))
+    assert [row.strategy for row in rows] == ["avalanche-der"]
+    assert rows[0].seeds == sorted(load_result(p).config["seed"] for p in stored)
+    settings = resolve_run(RunSpec.from_record(load_result(stored[0]).config))
+    assert type(settings.config).__name__ == "DarkERConfig"

@@ -80,8 +80,11 @@ def recipes_command(
     from cilbench.api import STRATEGIES
     from cilbench.engine.recipe_views import view_recipes
 
-    for name in [strategy] if strategy else STRATEGIES.names():
+    names = [strategy] if strategy else STRATEGIES.names()
+    for name in names:
         cls = STRATEGIES.get(name)
+        if cls.deprecated and not strategy:
+            continue  # a name kept for stored results: its recipes are its successor's
         for stream_name in [stream] if stream else list(getattr(cls, "recipes", {})):
             origin, fallback, views = view_recipes(name, stream_name, every_field)
             title = f"{name} on {stream_name}" + (f" (recipes of {origin})" if fallback else "")

@@ -112,12 +112,13 @@ def prepare(spec: RunSpec) -> PreparedRun:
     source = settings.builder
     stream = validate_stream(source if isinstance(source, Stream) else source.build(spec.data_root))
     stream_name = spec.stream if isinstance(spec.stream, str) else stream.info.name
-    _check_scenario(STRATEGIES.get(spec.strategy), spec.strategy, stream)
+    strategy_cls = STRATEGIES.get(spec.strategy)
+    if strategy_cls.deprecated:
+        log.warning("%s", strategy_cls.deprecated)
+    _check_scenario(strategy_cls, spec.strategy, stream)
     record = run_record(spec, settings, stream_name, backbone.tag)
     run_id = run_id_of(record, data_fingerprints(stream), backbone.tag)
-    strategy = STRATEGIES.get(spec.strategy)(
-        settings.config, seed=spec.seed, device=str(backbone.device)
-    )
+    strategy = strategy_cls(settings.config, seed=spec.seed, device=str(backbone.device))
     return PreparedRun(
         spec, stream, backbone, strategy, record, run_id, settings.recipe, settings.augmentation,
     )  # fmt: skip

@@ -120,6 +120,22 @@ class ExemplarMemory:
         quota = per_class_quota(self.config, seen_classes)
         self.positions = {c: p[:quota] for c, p in self.positions.items()}
 
+    def add_experience(
+        self,
+        train: DatasetView,
+        features: torch.Tensor | None,
+        generator: torch.Generator,
+        seen_classes: int,
+    ) -> None:
+        """After an experience (PILOT's `build_rehearsal_memory`): shrink the old classes to the
+        quota for `seen_classes`, then choose each of `train`'s classes' exemplars (`features`:
+        one row per image of `train`, needed for herding; None for random selection)."""
+        self.rebalance(seen_classes)
+        for label in train.classes():
+            rows = np.flatnonzero(train.labels == label)
+            chosen = features[torch.as_tensor(rows)] if features is not None else None
+            self.add_class(label, train.indices[rows], chosen, generator, seen_classes)
+
     def view(self, source: ImageSource) -> DatasetView:
         """The kept images as a dataset view of `source` (classes in label order)."""
         labels = sorted(self.positions)
@@ -167,6 +183,12 @@ def exemplar_mean(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     each L2-normalised (norm + `eps`, as PILOT), and the mean normalised again."""
     vectors = features.double() / (features.double().norm(dim=1, keepdim=True) + eps)
     return F.normalize(vectors.mean(dim=0), dim=0)
+
+
+def class_means(features: torch.Tensor, labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """(num_classes, D): `exemplar_mean` of each class 0..num_classes-1's rows of `features`."""
+    labels_ = torch.as_tensor(labels)
+    return torch.stack([exemplar_mean(features[labels_ == c]) for c in range(num_classes)])
 
 
 def nme_scores(features: torch.Tensor, means: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
