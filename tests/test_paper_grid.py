@@ -62,6 +62,10 @@ def test_the_cost_model_counts_passes_by_hand():
     assert cost_model("adam", Frozen(), Peft(), sizes) == (2, 120 + 150 + 120)
     # an adapter set trained on every task: 600 + the seen test sets 50 + its features 120
     assert cost_model("mos", Frozen(), Peft(), sizes) == (2, 600 + 50 + 120)
+    # DER: each task's 25 images x 2 epochs: its new backbone (x 3) and t frozen ones (x 1), so
+    # 50 x (3 + 0 + 3 + 1 + 3 + 2 + 3 + 3) = 900; after task t, (t + 1) x 5 test images through
+    # t + 1 backbones: 5 x (1 + 4 + 9 + 16) = 150
+    assert cost_model("der", Trained(), Config(), sizes) == (2, 900 + 150)
 
 
 def _grid(path: Path) -> Path:

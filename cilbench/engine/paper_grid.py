@@ -161,6 +161,8 @@ def cost_model(
     epochs = int(getattr(config, "epochs", 0) or 0)
     peft = getattr(config, "peft", None)
     seen_tests = test * (tasks + 1) / 2  # test sets seen after each task, summed
+    if name == "der":
+        return epochs, expanding_backbone_passes(train, test, tasks, epochs)
     if name in EVERY_TASK_PEFT:
         return epochs, train * epochs * BACKWARD_FACTOR + seen_tests + float(train + test)
     if peft is not None:
@@ -176,6 +178,14 @@ def cost_model(
         trained *= (tasks + 1) / 2
     cached = float(train + test) if getattr(strategy, "predicts_with_features", False) else 0.0
     return epochs, trained + seen_tests + cached
+
+
+def expanding_backbone_passes(train: int, test: int, tasks: int, epochs: int) -> float:
+    """DER: task t (from 0) trains its new backbone and forwards the t frozen ones on its
+    `train / tasks` images, then tests the seen classes through all t + 1."""
+    trained = train * epochs * (BACKWARD_FACTOR + (tasks - 1) / 2)
+    tested = test / tasks * sum((t + 1) ** 2 for t in range(tasks))
+    return trained + tested
 
 
 @functools.cache
@@ -217,7 +227,8 @@ def assumptions() -> list[str]:
         "passes: frozen features once per run (shared cache: an upper bound); first-session PEFT "
         "trains `epochs` on the first task, then forwards every image once more; trained "
         "backbones and prompts train `epochs` on every image and evaluate the seen test sets "
-        "after each task; joint retrains on all data seen so far",
+        "after each task; joint retrains on all data seen so far; DER forwards every earlier "
+        "task's frozen backbone beside the trained one",
         "not counted: data loading and decoding, the heads and classifiers trained on features "
         "(DKVB, SLCA's alignment, RanPAC's ridge), checkpoints",
     ]
