@@ -53,19 +53,7 @@ class TaskHeads(nn.Module):
         Pass `generator` for a reproducible initialisation; `freeze_old` stops the earlier heads
         from training.
         """
-        head = nn.Linear(self.dim, size)
-        with torch.no_grad():
-            if init == "trunc-normal":
-                head.weight.copy_(_trunc_normal(head.weight.shape, 0.02, generator))
-            else:
-                bound = (3.0 / self.dim) ** 0.5 if init == "kaiming-uniform" else self.dim**-0.5
-                uniform = torch.rand(head.weight.shape, generator=generator)
-                head.weight.copy_(uniform * 2 * bound - bound)
-            head.bias.zero_()
-            if init == "torch-linear":
-                uniform = torch.rand(head.bias.shape, generator=generator)
-                head.bias.copy_(uniform * 2 * bound - bound)
-        head.to(self.device)
+        head = new_linear(self.dim, size, generator, init).to(self.device)
         if freeze_old:
             self.heads.requires_grad_(False)
         self.heads.append(head)
@@ -79,6 +67,25 @@ class TaskHeads(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.cat([head(features) for head in self.heads], dim=1)
+
+
+def new_linear(
+    dim: int, size: int, generator: torch.Generator | None, init: HeadInit = "trunc-normal"
+) -> nn.Linear:
+    """A `Linear(dim, size)` on the CPU, initialised as `TaskHeads.grow` describes."""
+    head = nn.Linear(dim, size)
+    with torch.no_grad():
+        if init == "trunc-normal":
+            head.weight.copy_(_trunc_normal(head.weight.shape, 0.02, generator))
+        else:
+            bound = (3.0 / dim) ** 0.5 if init == "kaiming-uniform" else dim**-0.5
+            uniform = torch.rand(head.weight.shape, generator=generator)
+            head.weight.copy_(uniform * 2 * bound - bound)
+        head.bias.zero_()
+        if init == "torch-linear":
+            uniform = torch.rand(head.bias.shape, generator=generator)
+            head.bias.copy_(uniform * 2 * bound - bound)
+    return head
 
 
 def _trunc_normal(shape: torch.Size, std: float, generator: torch.Generator | None) -> torch.Tensor:
