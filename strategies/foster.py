@@ -22,12 +22,8 @@ concatenated features (shared memory, `cilbench.learn.exemplars`). Prediction: t
 logits (`predict_with=teacher`, what PILOT's trainer evaluates) or the compressed student's
 (`predict_with=student`, FOSTER's single-backbone model).
 
-Config: `first_epochs`, `first_lr`, `first_weight_decay` (experience 0, PILOT `init_*`);
-`epochs` (boosting), `compression_epochs`, `lr` (both phases), `weight_decay` (boosting;
-compression has none, as PILOT); SGD momentum 0.9, cosine schedule per phase; `beta1`, `beta2`,
-`temperature` (T), `lambda_okd`, `oofc`, `teacher_weight_align`/`student_weight_align` and
-`weight_align_value` (PILOT's weight aligning of the new rows, off in its configs),
-`predict_with`, `num_workers`, and the memory's `memory_size`, `memory_per_class`, `selection`.
+Config: `first_*` (experience 0, PILOT `init_*`), `epochs` (boosting), `compression_epochs`, `lr`,
+`weight_decay` (none while compressing), the method's settings and the memory's fields.
 
 Defaults and recipes come from LAMDA-PILOT at 5240714d (`models/foster.py`, FOSTERNet in
 `utils/inc_net.py`, `exps/foster.json`, `exps/foster_inr.json`). The authors' repository
@@ -50,12 +46,9 @@ Where cilbench differs, and why:
 - A run reports one accuracy: the teacher's logits by default (PILOT's `_eval_cnn` on
   `self._network`); PILOT also logs the student's ("darknet eval") and an NME curve, which
   cilbench does not offer. `--set predict_with=student` gives the compressed model.
-- Heads are drawn from the experience's generator (PILOT: the global torch seed); the student's
-  `fe_fc`, which PILOT creates but never trains or reads, is not built.
-- The memory holds positions into the training source, not pixels (class-incremental streams
-  only), and herding runs in float64 without PILOT's +1e-8 in the norm (as iCaRL's).
-- Data augmentation and preprocessing are the run's (`--set augment.*`), as for every trained
-  strategy; PILOT's are its per-dataset transforms.
+- Heads are drawn from the experience's generator (PILOT: the global seed); the student's unused
+  `fe_fc` is not built. Memory: positions, not pixels; herding in float64 (as iCaRL's).
+- Augmentation and preprocessing are the run's (`--set augment.*`), not PILOT's transforms.
 """
 
 from __future__ import annotations
@@ -79,7 +72,7 @@ from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.features import extract_features
 from cilbench.learn.distillation import class_balanced_weights, distillation_loss
 from cilbench.learn.exemplars import ExemplarMemory, MemoryConfig, describe
-from cilbench.learn.heads import new_linear
+from cilbench.learn.heads import FosterNetwork, new_linear, weight_align
 from cilbench.learn.training import TrainSettings, fit, for_experience
 
 Phase = Literal["first", "boosting", "compression"]
@@ -133,55 +126,6 @@ class FosterConfig(TrainSettings, MemoryConfig):
         if phase == "compression":
             return replace(base, epochs=self.compression_epochs, weight_decay=0.0)
         return base
-
-
-class FosterNetwork(nn.Module):
-    """Backbones whose features are concatenated, the head `fc` over all of them, and, while
-    boosting, `fe_fc` over the last backbone's features and the frozen `old_fc` over the others."""
-
-    def __init__(self, backbones: list[nn.Module], fc: nn.Linear):
-        super().__init__()
-        self.backbones = nn.ModuleList(backbones)
-        self.fc = fc
-        self.fe_fc: nn.Linear | None = None
-        self.old_fc: nn.Linear | None = None
-
-    @property
-    def dim(self) -> int:
-        """Features of one backbone."""
-        return cast(int, self.backbones[0].num_features)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([backbone(images) for backbone in self.backbones], dim=1)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(images))
-
-    def boosting_outputs(
-        self, images: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits of `fc`, of `fe_fc` (new features) and of `old_fc` (old features)."""
-        assert self.fe_fc is not None and self.old_fc is not None
-        features = self.features(images)
-        old, new = features[:, : -self.dim], features[:, -self.dim :]
-        return self.fc(features), self.fe_fc(new), self.old_fc(old)
-
-    def train(self, mode: bool = True) -> FosterNetwork:
-        super().train(mode)
-        for backbone in self.backbones:
-            if not any(p.requires_grad for p in backbone.parameters()):
-                backbone.eval()  # the frozen old backbone (PILOT's `train()`)
-        return self
-
-
-def weight_align(fc: nn.Linear, new: int, value: float) -> None:
-    """Scale the last `new` rows of `fc` by mean old row norm / mean new row norm x
-    value^(old / new) (PILOT `FOSTERNet.weight_align`)."""
-    with torch.no_grad():
-        norms = fc.weight.norm(dim=1)
-        old = len(norms) - new
-        gamma = norms[:old].mean() / norms[old:].mean() * value ** (old / new)
-        fc.weight[old:] *= gamma
 
 
 def _pilot(config: str, table: str) -> Recipe:
@@ -248,8 +192,7 @@ class Foster(BaseStrategy):
         """The boosted network of the last experience (None after experience 0: the student)."""
         self.boosted = False
         """Whether the last experience boosted and compressed (every one after the first)."""
-        self.losses: dict[str, list[float]] = {}
-        """Mean loss of every epoch, per phase of each experience trained in this process."""
+        self.losses: dict[str, list[float]] = {}  # per phase of each experience trained here
         self.class_weights: dict[str, list[float]] = {}
 
     def train_experience(self, experience: Experience) -> None:
@@ -260,9 +203,12 @@ class Foster(BaseStrategy):
             data_views.append(self.memory.view(experience.train.source))
         if self.student is None:
             backbone = self.backbone.build_model()
-            network = FosterNetwork([backbone], self._linear(self._dim(backbone), seen, generator))
-            self._fit(network, self._first_loss(network), network.parameters(), data_views, "first",
-                      experience.index, generator)  # fmt: skip
+            network = FosterNetwork(
+                [backbone], self._linear(cast(int, backbone.num_features), seen, generator)
+            )
+            loss = lambda images, labels: F.cross_entropy(network(images), labels)  # noqa: E731
+            self._fit(network, loss, network.parameters(), data_views, "first", experience.index,
+                      generator)  # fmt: skip
             self.student, self.teacher = network, None
         else:
             counts = np.bincount(np.concatenate([v.labels for v in data_views]), minlength=seen)
@@ -275,17 +221,8 @@ class Foster(BaseStrategy):
         if self.config.predict_with == "student":
             self.teacher = None
 
-    def _dim(self, backbone: nn.Module) -> int:
-        return cast(int, backbone.num_features)
-
     def _linear(self, dim: int, size: int, generator: torch.Generator) -> nn.Linear:
         return new_linear(dim, size, generator, "kaiming-uniform").to(self.backbone.device)
-
-    def _first_loss(self, network: FosterNetwork) -> Callable:
-        def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(network(images), labels)
-
-        return loss_fn
 
     def _boost(
         self,

@@ -14,7 +14,8 @@ from cilbench.core.config import resolve
 from cilbench.core.errors import ConfigError
 from cilbench.engine.spec import RunSpec
 from cilbench.learn.distillation import class_balanced_weights, distillation_loss
-from cilbench.strategies.foster import FosterConfig, weight_align
+from cilbench.learn.heads import weight_align
+from cilbench.strategies.foster import FosterConfig
 from cilbench.testing import (
     interrupted_and_unbroken,
     make_strategy,
