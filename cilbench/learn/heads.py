@@ -204,3 +204,52 @@ def heads_accuracy(
             correct += int((predicted == labels).sum())
             total += len(labels)
     return 100.0 * correct / total
+
+
+class FosterNetwork(nn.Module):
+    """Backbones whose features are concatenated, the head `fc` over all of them, and, while
+    boosting, `fe_fc` over the last backbone's features and the frozen `old_fc` over the others."""
+
+    def __init__(self, backbones: list[nn.Module], fc: nn.Linear):
+        super().__init__()
+        self.backbones = nn.ModuleList(backbones)
+        self.fc = fc
+        self.fe_fc: nn.Linear | None = None
+        self.old_fc: nn.Linear | None = None
+
+    @property
+    def dim(self) -> int:
+        """Features of one backbone."""
+        return cast(int, self.backbones[0].num_features)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([backbone(images) for backbone in self.backbones], dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(images))
+
+    def boosting_outputs(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits of `fc`, of `fe_fc` (new features) and of `old_fc` (old features)."""
+        assert self.fe_fc is not None and self.old_fc is not None
+        features = self.features(images)
+        old, new = features[:, : -self.dim], features[:, -self.dim :]
+        return self.fc(features), self.fe_fc(new), self.old_fc(old)
+
+    def train(self, mode: bool = True) -> FosterNetwork:
+        super().train(mode)
+        for backbone in self.backbones:
+            if not any(p.requires_grad for p in backbone.parameters()):
+                backbone.eval()  # the frozen old backbone (PILOT's `train()`)
+        return self
+
+
+def weight_align(fc: nn.Linear, new: int, value: float) -> None:
+    """Scale the last `new` rows of `fc` by mean old row norm / mean new row norm x
+    value^(old / new) (PILOT `FOSTERNet.weight_align`)."""
+    with torch.no_grad():
+        norms = fc.weight.norm(dim=1)
+        old = len(norms) - new
+        gamma = norms[:old].mean() / norms[old:].mean() * value ** (old / new)
+        fc.weight[old:] *= gamma

@@ -197,11 +197,16 @@ def run_cilbench(inputs: Path, epochs: int, lr: float, batch: int, seed: int, pe
 
 
 def run_strategy(
-    inputs: Path, strategy: str, overrides: dict, seed: int, eval_batch: int | None = None
+    inputs: Path,
+    strategy: str,
+    overrides: dict,
+    seed: int,
+    eval_batch: int | None = None,
+    results: list | None = None,
 ) -> list[float]:
     """A cilbench strategy through cilbench.run on the npz stream and weights: accuracy (%) over
     the classes seen so far after each task (`eval_batch`: the evaluation batch size, if not the
-    run's default)."""
+    run's default; `results`: a list the `RunResult` is appended to)."""
     from cilbench.backbones.spec import BackboneSpec
     from cilbench.data.sources import ArraySource
     from cilbench.data.streams import ClassIncrementalOptions, class_incremental_stream
@@ -230,6 +235,8 @@ def run_strategy(
         if eval_batch is not None:
             spec = dataclasses.replace(spec, batch_size=eval_batch)
         result = run(spec)
+    if results is not None:
+        results.append(result)
     matrix = np.array(result.accuracy_matrix, dtype=float)
     # equal test sets per task: accuracy over seen classes = mean of the row's seen entries
     accuracy = [float(np.mean(matrix[t, : t + 1])) for t in range(len(matrix))]
