@@ -67,6 +67,14 @@ def test_the_cost_model_counts_passes_by_hand():
     # t + 1 backbones: 5 x (1 + 4 + 9 + 16) = 150
     assert cost_model("der", Trained(), Config(), sizes) == (2, 900 + 150)
 
+    class Foster:
+        first_epochs, epochs, compression_epochs = 2, 1, 3
+
+    # FOSTER: task 0's 25 images x 2 epochs x 3 = 150; each of 3 later tasks 25 x (1 x (3 + 1)
+    # + 3 x (3 + 2)) = 475; tests after task t: 5 (t + 1) images through 1, then 2 backbones:
+    # 5 x (1 + 2 x (2 + 3 + 4)) = 95
+    assert cost_model("foster", Trained(), Foster(), sizes) == (1, 150 + 3 * 475 + 95)
+
 
 def _grid(path: Path) -> Path:
     path.write_text(

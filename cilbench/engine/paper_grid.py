@@ -163,6 +163,8 @@ def cost_model(
     seen_tests = test * (tasks + 1) / 2  # test sets seen after each task, summed
     if name == "der":
         return epochs, expanding_backbone_passes(train, test, tasks, epochs)
+    if name == "foster":
+        return epochs, boosting_passes(train, test, tasks, config)
     if name in EVERY_TASK_PEFT:
         return epochs, train * epochs * BACKWARD_FACTOR + seen_tests + float(train + test)
     if peft is not None:
@@ -185,6 +187,19 @@ def expanding_backbone_passes(train: int, test: int, tasks: int, epochs: int) ->
     `train / tasks` images, then tests the seen classes through all t + 1."""
     trained = train * epochs * (BACKWARD_FACTOR + (tasks - 1) / 2)
     tested = test / tasks * sum((t + 1) ** 2 for t in range(tasks))
+    return trained + tested
+
+
+def boosting_passes(train: int, test: int, tasks: int, config: Any) -> float:
+    """FOSTER: experience 0 trains one backbone (`first_epochs`); every later task boosts (trains
+    a new backbone beside the frozen old one, `epochs`), then compresses (trains a student under
+    the two-backbone teacher, `compression_epochs`); tests go through the teacher."""
+    per_task = train / tasks
+    later = config.epochs * (BACKWARD_FACTOR + 1) + config.compression_epochs * (
+        BACKWARD_FACTOR + 2
+    )
+    trained = per_task * (config.first_epochs * BACKWARD_FACTOR + (tasks - 1) * later)
+    tested = test / tasks * sum((t + 1) * (1 if t == 0 else 2) for t in range(tasks))
     return trained + tested
 
 
@@ -228,7 +243,8 @@ def assumptions() -> list[str]:
         "trains `epochs` on the first task, then forwards every image once more; trained "
         "backbones and prompts train `epochs` on every image and evaluate the seen test sets "
         "after each task; joint retrains on all data seen so far; DER forwards every earlier "
-        "task's frozen backbone beside the trained one",
+        "task's frozen backbone beside the trained one; FOSTER boosts beside the old backbone, "
+        "then compresses under both",
         "not counted: data loading and decoding, the heads and classifiers trained on features "
         "(DKVB, SLCA's alignment, RanPAC's ridge), checkpoints",
     ]
