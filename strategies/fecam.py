@@ -117,7 +117,9 @@ class FeCAM(FirstSessionFeatures):
     recipes: ClassVar[Mapping[str, Any]] = {
         "synthetic": {"epochs": 1, "batch_size": 16},
         "split-fashion-mnist-mini": [
-            own_recipe({"peft": "none"}),  # any backbone: the Mahalanobis classifier alone
+            # any backbone: the Mahalanobis classifier alone, with the authors' covariance steps
+            own_recipe({"peft": "none", "shrink1": 1.0, "shrink_mode": "relative",
+                        "normalise": "correlation", "feature_norm": "statistics"}),
             vit_demo_recipe({"peft": "adapter", "epochs": 10, "batch_size": 16, "lr": 0.1}),
         ],
         "split-cifar100": [
