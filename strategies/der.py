@@ -64,22 +64,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cilbench.api import BaseStrategy, RunContext, register_strategy
+from cilbench.api import RunContext, register_strategy
 from cilbench.backbones.model import Backbone
 from cilbench.core.config import NonNegative
 from cilbench.data.augment import training_data
-from cilbench.data.sources import DatasetView, loader_workers
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
-from cilbench.features import extract_features
 from cilbench.learn.exemplars import (
     ExemplarMemory,
     MemoryConfig,
-    class_means,
     describe,
     nme_scores,
 )
 from cilbench.learn.heads import linear_head
+from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import TrainSettings, fit, for_experience
 
 
@@ -245,7 +243,7 @@ RECIPES: dict[str, Any] = {
 
 
 @register_strategy("der")
-class DER(BaseStrategy):
+class DER(RehearsalStrategy):
     """One feature extractor per experience, earlier ones frozen, one classifier over all."""
 
     Config = DERConfig
@@ -270,12 +268,10 @@ class DER(BaseStrategy):
         self._train(experience, generator, known)
         self.network.aux = None  # used for this experience's training only
         self.num_seen = seen
-        train = experience.train
-        herding = self.config.selection == "herding"
-        features = self._features(train, "exemplar selection") if herding else None
-        self.memory.add_experience(train, features, generator, seen)
-        kept = self.memory.view(train.source)
-        self.class_means = class_means(self._features(kept, "exemplar means"), kept.labels, seen)
+        self.network.eval()
+        extractors = self.network.extractors
+        self.select_exemplars(experience.train, extractors, generator, seen)
+        self.class_means = self.exemplar_class_means(extractors, experience.train.source, seen)
 
     def _train(self, experience: Experience, generator: torch.Generator, known: int) -> None:
         """The DER loss on the new images and the exemplars; the newest extractor, the
@@ -302,28 +298,11 @@ class DER(BaseStrategy):
             device=self.device,
             progress=self.progress,
             description=f"der: experience {experience.index}",
-            num_workers=self._workers(),
+            num_workers=self.workers(),
             precision=self.backbone.precision,
             compile=self.backbone.compile,
         )
         network.eval()
-
-    def _workers(self) -> int | None:
-        workers = self.config.num_workers
-        return self.context.num_workers if workers is None else workers
-
-    def _features(self, view: DatasetView, what: str) -> torch.Tensor:
-        """Every extractor's features of `view`'s images, concatenated (test preprocessing)."""
-        self.network.eval()
-        return extract_features(
-            self.network.extractors,
-            self.backbone,
-            view.with_transform(self.backbone.preprocessing.sample_transform()),
-            batch_size=self.config.batch_size,
-            num_workers=loader_workers(self._workers(), [view.source], self.device),
-            progress=self.progress,
-            description=f"der: {what}",
-        )
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         self.network.eval()

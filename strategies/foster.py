@@ -63,16 +63,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cilbench.api import BaseStrategy, RunContext, register_strategy
+from cilbench.api import RunContext, register_strategy
 from cilbench.core.config import NonNegative, Positive, Range
 from cilbench.data.augment import training_data
-from cilbench.data.sources import DatasetView, loader_workers
+from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
-from cilbench.features import extract_features
 from cilbench.learn.distillation import class_balanced_weights, distillation_loss
 from cilbench.learn.exemplars import ExemplarMemory, MemoryConfig, describe
 from cilbench.learn.heads import FosterNetwork, linear_head, weight_align
+from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import TrainSettings, fit, for_experience
 
 Phase = Literal["first", "boosting", "compression"]
@@ -174,7 +174,7 @@ RECIPES: dict[str, Any] = {
 
 
 @register_strategy("foster")
-class Foster(BaseStrategy):
+class Foster(RehearsalStrategy):
     """Feature boosting (a new backbone on the residual) and compression (back to one)."""
 
     Config = FosterConfig
@@ -321,39 +321,19 @@ class Foster(BaseStrategy):
             device=self.device,
             progress=self.progress,
             description=f"foster: experience {index}, {phase}",
-            num_workers=self._workers(),
+            num_workers=self.workers(),
             precision=self.backbone.precision,
             compile=self.backbone.compile,
         )
         network.eval()
 
-    def _workers(self) -> int | None:
-        workers = self.config.num_workers
-        return self.context.num_workers if workers is None else workers
-
     def _update_memory(self, experience: Experience, generator: torch.Generator, seen: int) -> None:
         """Shrink old classes to the quota, herd the new classes' exemplars on the teacher's
         concatenated features (PILOT `build_rehearsal_memory` on its `_network`)."""
-        train = experience.train
-        self.memory.rebalance(seen)
-        features = None
-        if self.config.selection == "herding":
-            network = self.teacher or self.student
-            assert network is not None
-            network.eval()
-            features = extract_features(
-                network.features,
-                self.backbone,
-                train.with_transform(self.backbone.preprocessing.sample_transform()),
-                batch_size=self.config.batch_size,
-                num_workers=loader_workers(self._workers(), [train.source], self.device),
-                progress=self.progress,
-                description="foster: exemplar selection",
-            )
-        for label in train.classes():
-            rows = np.flatnonzero(train.labels == label)
-            chosen = features[torch.as_tensor(rows)] if features is not None else None
-            self.memory.add_class(label, train.indices[rows], chosen, generator, seen)
+        network = self.teacher or self.student
+        assert network is not None
+        network.eval()
+        self.select_exemplars(experience.train, network.features, generator, seen)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         network = self.teacher if self.config.predict_with == "teacher" else None

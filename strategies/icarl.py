@@ -56,22 +56,20 @@ from typing import Annotated, Any, Literal
 import torch
 import torch.nn.functional as F
 
-from cilbench.api import BaseStrategy, RunContext, register_strategy
+from cilbench.api import RunContext, register_strategy
 from cilbench.core.config import NonNegative, Positive
 from cilbench.data.augment import training_data
-from cilbench.data.sources import DatasetView, loader_workers
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
-from cilbench.features import extract_features
 from cilbench.learn.distillation import distillation_loss
 from cilbench.learn.exemplars import (
     ExemplarMemory,
     MemoryConfig,
-    class_means,
     describe,
     nme_scores,
 )
 from cilbench.learn.heads import HeadedNetwork, load_network, network_state
+from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import (
     TrainSettings,
     fit,
@@ -142,7 +140,7 @@ RECIPES: dict[str, Any] = {
 
 
 @register_strategy("icarl")
-class ICaRL(BaseStrategy):
+class ICaRL(RehearsalStrategy):
     """Whole network trained with rehearsal + distillation; nearest-mean-of-exemplars prediction."""
 
     Config = ICaRLConfig
@@ -215,38 +213,19 @@ class ICaRL(BaseStrategy):
             device=self.device,
             progress=self.progress,
             description=f"icarl: experience {experience.index}",
-            num_workers=self._workers(),
+            num_workers=self.workers(),
             precision=self.backbone.precision,
             compile=self.backbone.compile,
         )
         network.eval()
 
-    def _workers(self) -> int | None:
-        workers = self.config.num_workers
-        return self.context.num_workers if workers is None else workers
-
-    def _features(self, view: DatasetView, what: str) -> torch.Tensor:
-        """The trained network's features of `view`'s images (test-time preprocessing)."""
-        self.network.eval()
-        return extract_features(
-            self.network.backbone,
-            self.backbone,
-            view.with_transform(self.backbone.preprocessing.sample_transform()),
-            batch_size=self.config.batch_size,
-            num_workers=loader_workers(self._workers(), [view.source], self.device),
-            progress=self.progress,
-            description=f"icarl: {what}",
-        )
-
     def _update_memory(self, experience: Experience, generator: torch.Generator, seen: int) -> None:
         """Shrink old classes to the new quota, herd the new classes' exemplars, and recompute
         every class's exemplar mean with the trained network (PILOT `build_rehearsal_memory`)."""
-        train = experience.train
-        herding = self.config.selection == "herding"
-        features = self._features(train, "exemplar selection") if herding else None
-        self.memory.add_experience(train, features, generator, seen)
-        kept = self.memory.view(train.source)
-        self.class_means = class_means(self._features(kept, "exemplar means"), kept.labels, seen)
+        self.network.eval()
+        backbone = self.network.backbone
+        self.select_exemplars(experience.train, backbone, generator, seen)
+        self.class_means = self.exemplar_class_means(backbone, experience.train.source, seen)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         self.network.eval()

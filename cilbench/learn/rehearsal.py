@@ -1,0 +1,62 @@
+"""What the rehearsal strategies that train whole networks share (iCaRL, DER, FOSTER): their
+loader processes, the features of a view through their trained network, and the memory update
+after an experience (PILOT's `build_rehearsal_memory`: herding on those features, then each
+class's exemplar mean)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from cilbench.api import BaseStrategy
+from cilbench.data.sources import DatasetView, ImageSource, loader_workers
+from cilbench.features import extract_features
+from cilbench.learn.exemplars import ExemplarMemory, class_means
+
+
+class RehearsalStrategy(BaseStrategy):
+    """A `BaseStrategy` with an exemplar `memory`, whose Config has `num_workers` (None: the
+    run's `--workers`), `batch_size` and the memory's `selection`."""
+
+    memory: ExemplarMemory
+
+    def workers(self) -> int | None:
+        """Loader processes: the config's `num_workers`, else the run's `--workers` setting."""
+        configured = self.config.num_workers
+        return self.context.num_workers if configured is None else configured
+
+    def trained_features(
+        self, model: Callable[[torch.Tensor], torch.Tensor], view: DatasetView, what: str
+    ) -> torch.Tensor:
+        """`model`'s features of `view`'s images under test-time preprocessing (no augmentation),
+        in batches of the config's `batch_size`; `what` names the step in the progress bar."""
+        return extract_features(
+            model,
+            self.backbone,
+            view.with_transform(self.backbone.preprocessing.sample_transform()),
+            batch_size=self.config.batch_size,
+            num_workers=loader_workers(self.workers(), [view.source], self.device),
+            progress=self.progress,
+            description=f"{type(self).__name__.lower()}: {what}",
+        )
+
+    def select_exemplars(
+        self,
+        train: DatasetView,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        generator: torch.Generator,
+        seen_classes: int,
+    ) -> None:
+        """Shrink the old classes to the quota and choose `train`'s classes' exemplars (herding
+        on `model`'s features; random selection reads none)."""
+        herding = self.config.selection == "herding"
+        features = self.trained_features(model, train, "exemplar selection") if herding else None
+        self.memory.add_experience(train, features, generator, seen_classes)
+
+    def exemplar_class_means(
+        self, model: Callable[[torch.Tensor], torch.Tensor], source: ImageSource, seen: int
+    ) -> torch.Tensor:
+        """Every seen class's mean of `model`'s features of its kept exemplars (iCaRL's NME)."""
+        kept = self.memory.view(source)
+        return class_means(self.trained_features(model, kept, "exemplar means"), kept.labels, seen)
