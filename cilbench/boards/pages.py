@@ -331,7 +331,7 @@ CSV. Times and peak memory are per run, on the machine in each result's `environ
 `train+eval s / run` leaves out feature extraction and waits on another run's cache lock;
 `features extracted` names the seeds that paid for the shared feature cache; the details table
 keeps the total wall time. A row marked "did not train" records trainable parameters, but its
-first-session loss stayed at chance or its accuracy matrix equals a frozen baseline's (NMC,
+first-session loss never fell below chance or its accuracy matrix equals a frozen baseline's (NMC,
 SimpleCIL) of the same seed and backbone (`cilbench/boards/training_checks.py`). A row marked
 "written before a change" holds results computed before a code change that alters them without
 changing their settings (`cilbench/boards/stale_rows.py` names the change); rerun it. Flags: `?`
