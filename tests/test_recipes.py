@@ -361,6 +361,29 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
             ("vtab", "vtab", IN1K),
         ]
     ],
+    # DER: LAMDA-PILOT exps/der*.json (fixed_memory false on CIFAR, true on ImageNet-R).
+    *[
+        ("der", stream, {}, {
+            "epochs": 10, "lr": 1e-3, "weight_decay": 2e-4, "first_weight_decay": 5e-4,
+            "batch_size": batch, "milestones": (80, 120, 150), **memory,
+            "backbone": IN1K, **LAMDA,
+        }, f"{PILOT}{config}; models/der.py")
+        for stream, config, batch, memory in [
+            ("split-cifar100", "der.json", 32, {"memory_size": 2000, "memory_per_class": 0}),
+            ("split-imagenet-r", "der_inr.json", 64, {"memory_per_class": 20}),
+        ]
+    ],
+    # FOSTER: LAMDA-PILOT exps/foster*.json (fixed_memory true: 20 a class on both).
+    *[
+        ("foster", stream, {}, {
+            "first_epochs": 20, "first_lr": 1e-3, "first_weight_decay": 5e-4, "epochs": 20,
+            "compression_epochs": 20, "lr": 1e-3, "weight_decay": 5e-4, "batch_size": 32,
+            "beta1": 0.96, "beta2": 0.97, "temperature": 2.0, "lambda_okd": 1.0, "oofc": "ft",
+            "memory_per_class": 20, "backbone": IN1K, **LAMDA,
+        }, f"{PILOT}{config}; models/foster.py")
+        for stream, config in [("split-cifar100", "foster.json"),
+                               ("split-imagenet-r", "foster_inr.json")]
+    ],
     # NMC (Janson et al.): Resize without crop on CIFAR, iCaRL order, bilinear, no normalisation.
     ("nmc", "split-cifar100", {}, {
         "stream.class_order": "icarl", "backbone.crop_pct": 1.0,
