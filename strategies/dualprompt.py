@@ -14,12 +14,13 @@ Config defaults (source: `configs/cifar100_dualprompt.py`): `general_length` 5 o
 `general_layers` (0, 1); `pool_size` 10, `prompt_length` 5, `top_k` 1 on `prompt_layers` (2, 3, 4),
 prefix-tuning (key and value prefixes of `length` tokens each, the original layout); `pull_coeff`
 1.0; Adam, constant lr 0.03 x 24 / 256 (the reference's linear scaling rule with batch 24),
-`grad_clip` 1.0, 5 epochs. The other fields are L2P's (see `cilbench.strategies.l2p`).
+`grad_clip` 1.0, 5 epochs. The other fields are L2P's
+(`cilbench.learn.keyed_prompts.KeyedPromptConfig`).
 
 Recipes: `default` (the original's, above) and `pilot`, LAMDA-PILOT's `exps/dualprompt.json` /
 `exps/dualprompt_inr.json` (IN-1k ViT): lr 0.001, pull 0.1, batch 24, E-prompt length 5 on
 ImageNet-R too, 5 / 10 epochs, with L2P's `pilot` choices (prompts and keys uniform in [-1, 1),
-no gradient clipping, the batch vote with `torch.topk` ties; see `cilbench.strategies.l2p`).
+no gradient clipping, the batch vote with `torch.topk` ties; see `strategies/l2p.py`).
 
 Where cilbench differs: as L2P (per-sample prompt choice by default; with the vote on, PILOT's
 test batches straddle tasks and cilbench's do not; shared frozen backbone as the query model with
@@ -51,7 +52,7 @@ from typing import Any, ClassVar, Literal
 
 from cilbench.api import register_strategy
 from cilbench.engine.recipes import own_recipe, pilot_recipe, vit_demo_recipe
-from cilbench.strategies.l2p import L2P, PILOT_PROMPTS, L2PConfig
+from cilbench.learn.keyed_prompts import PILOT_PROMPTS, KeyedPromptConfig, KeyedPromptLearner
 
 DUALPROMPT_PILOT: dict[str, Any] = {
     **PILOT_PROMPTS,
@@ -70,7 +71,7 @@ DUALPROMPT_PILOT: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class DualPromptConfig(L2PConfig):
+class DualPromptConfig(KeyedPromptConfig):
     """L2P's fields with DualPrompt's defaults."""
 
     batch_size: int = 24
@@ -87,7 +88,7 @@ class DualPromptConfig(L2PConfig):
 
 
 @register_strategy("dualprompt")
-class DualPrompt(L2P):
+class DualPrompt(KeyedPromptLearner):
     """G-prompt + task-keyed E-prompts, prefix-tuned (L2P with DualPrompt's configuration)."""
 
     Config = DualPromptConfig

@@ -2,9 +2,9 @@
 
 After every experience, a fresh model (pre-trained backbone, new linear head over all seen
 classes) is trained on the union of all training data seen so far, so row t of the accuracy matrix
-is what non-incremental training on experiences 0..t reaches. Same Config as `finetune` (with
-`loss=seen`), including `train_backbone=false` for a frozen-backbone linear probe on cached
-features.
+is what non-incremental training on experiences 0..t reaches. Same Config and learner as
+`finetune` (`cilbench.learn.finetuning`, with `loss=seen`), including `train_backbone=false` for a
+frozen-backbone linear probe on cached features.
 
 Recipes: `ranpac` (default) is RanPAC's "joint full fine-tuning" (args/<dataset>_publish.csv row
 ID 1: body lr 1e-4, head lr 0.01, 30 epochs, constant lr, batch 128; RanPAC trains it once on all
@@ -30,7 +30,7 @@ from cilbench.core.errors import CilbenchError, ConfigError
 from cilbench.data.sources import DatasetView, ImageSource
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, RANPAC, Recipe, shared_head_recipe
-from cilbench.strategies.finetune import Finetune
+from cilbench.learn.finetuning import Finetuner
 
 
 def _ranpac(dataset: str, published: str) -> Recipe:
@@ -56,7 +56,7 @@ def _shared_head(epochs: int) -> Recipe:
 
 
 @register_strategy("joint")
-class Joint(Finetune):
+class Joint(Finetuner):
     """Retrain from the pre-trained backbone on all data seen so far, after every experience."""
 
     recipes: ClassVar[Mapping[str, Any]] = {

@@ -7,7 +7,8 @@ Wang et al., "Learning to Prompt for Continual Learning" (CVPR 2022); follows th
 `top_k` prompts with the most similar keys, whose tokens are inserted before block 0; the head reads
 the mean of the output prompt tokens. Loss: cross-entropy over the seen classes with the other
 experiences' logits masked, minus `pull_coeff` x the pull constraint (which draws the chosen keys
-towards the queries). Shared pieces: `cilbench.learn.prompts`, `cilbench.learn.prompt_learner`.
+towards the queries). Shared pieces: `cilbench.learn.prompts`, `cilbench.learn.prompt_learner`,
+`cilbench.learn.keyed_prompts` (the Config and prompter, shared with DualPrompt).
 
 Config (defaults, source): `pool_size` 10, `prompt_length` 5, `top_k` 5, `prompt_layers` (0,)
 (prompt-tuning; `prefix=true` prefix-tunes them instead), `readout` "prompts" (the reference's
@@ -62,67 +63,11 @@ Where cilbench differs from the reference, and why:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
-
-import torch
+from typing import Any, ClassVar
 
 from cilbench.api import register_strategy
-from cilbench.data.streams import StreamInfo
 from cilbench.engine.recipes import own_recipe, pilot_recipe, vit_demo_recipe
-from cilbench.learn.prompt_learner import PromptLearner, PromptLearnerConfig
-from cilbench.learn.prompts import (
-    KeyedPrompter,
-    Prompter,
-    PromptPool,
-    Readout,
-    VoteTies,
-    check_prompt_layers,
-    class_position,
-)
-
-
-@dataclass(frozen=True)
-class L2PConfig(PromptLearnerConfig):
-    """See the module docstring; DualPrompt's Config changes only the defaults."""
-
-    epochs: int = 5
-    batch_size: int = 16
-    lr: float = 0.03 * 16 / 256
-    grad_clip: float | None = 1.0
-    pull_coeff: float = 0.1
-    pool_size: int = 10
-    prompt_length: int = 5
-    top_k: int = 5
-    prompt_layers: tuple[int, ...] = (0,)
-    prefix: bool = False
-    general_length: int = 0
-    general_layers: tuple[int, ...] = ()
-    task_masked: bool = False
-    share_previous: bool = False
-    readout: Literal["prompts", "token"] = "prompts"
-    init_scale: float = 0.01
-    init_symmetric: bool = False
-    """Prompts and keys uniform in [-init_scale, init_scale) (LAMDA-PILOT: scale 1), not [0, s)."""
-    prompt_position: Literal["none", "cls"] = "none"
-    vote_ties: VoteTies = "lower-id"
-    """How the batch vote breaks equal counts: lower id, or as LAMDA-PILOT's `torch.topk`."""
-
-
-PILOT_PROMPTS: dict[str, Any] = {
-    "optimizer": "adam",
-    "schedule": "constant",
-    "weight_decay": 0.0,
-    "grad_clip": None,
-    "init_symmetric": True,
-    "init_scale": 1.0,
-    "batchwise_prompt": True,
-    "vote_ties": "topk",
-}
-"""What LAMDA-PILOT's L2P and DualPrompt share (`exps/l2p*.json`, `exps/dualprompt*.json`,
-`models/l2p.py`, `backbone/prompt.py`): Adam, constant lr, no weight decay, no gradient clipping,
-prompts and keys uniform in [-1, 1), the batch vote with `torch.topk`'s tie order."""
-
+from cilbench.learn.keyed_prompts import PILOT_PROMPTS, KeyedPromptLearner
 
 L2P_PILOT: dict[str, Any] = {
     **PILOT_PROMPTS,
@@ -139,10 +84,9 @@ L2P_PILOT: dict[str, Any] = {
 
 
 @register_strategy("l2p")
-class L2P(PromptLearner):
-    """A keyed prompt pool on a frozen ViT; DualPrompt is this with another Config."""
+class L2P(KeyedPromptLearner):
+    """A keyed prompt pool on a frozen ViT, with L2P's defaults (`KeyedPromptConfig`'s)."""
 
-    Config = L2PConfig
     recipes: ClassVar[Mapping[str, Any]] = {
         # google-research/l2p configs/cifar100_l2p.py (first release); batch 16 as LAMDA-PILOT.
         "split-cifar100": [
@@ -164,37 +108,3 @@ class L2P(PromptLearner):
             vit_demo_recipe({"epochs": 2, "batch_size": 16, "lr": 0.01}),
         ],
     }
-
-    @property
-    def readout(self) -> Readout:  # type: ignore[override]
-        return self.config.readout
-
-    def build_prompter(self, model: Any, info: StreamInfo) -> Prompter:
-        config = self.config
-        name = type(self).__name__
-        check_prompt_layers(model, config.prompt_layers + config.general_layers, name)
-        dim = int(model.embed_dim)
-        generator = self.generator(-1)
-        pool = PromptPool(
-            dim, config.pool_size, config.prompt_length, config.prompt_layers, config.prefix
-        )
-        pool.reset_parameters(generator, config.init_scale, config.init_symmetric)
-        general = None
-        if config.general_length > 0 and config.general_layers:
-            general = PromptPool(
-                dim, 1, config.general_length, config.general_layers, prefix=True, keyed=False
-            )
-            general.reset_parameters(generator, config.init_scale, config.init_symmetric)
-        position: torch.Tensor | None = None
-        if config.prompt_position == "cls":
-            position = class_position(model)
-        return KeyedPrompter(
-            pool,
-            config.top_k,
-            general=general,
-            batchwise=config.batchwise_prompt,
-            task_masked=config.task_masked,
-            share_previous=config.share_previous,
-            position=position,
-            ties=config.vote_ties,
-        )

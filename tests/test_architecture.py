@@ -37,6 +37,16 @@ def test_no_module_is_too_long_to_read(folder):
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
+def test_no_strategy_imports_another_through_the_registry_alias():
+    """import-linter's independence contract sees `strategies.x`, not the `cilbench.strategies.x`
+    alias the registry installs; a piece two strategies share belongs in `cilbench/learn/`."""
+    alias = re.compile(r"^\s*(from|import)\s+(cilbench\.)?strategies\.", re.MULTILINE)
+    offenders = [
+        str(p.relative_to(ROOT)) for p in _modules("strategies") if alias.search(p.read_text())
+    ]
+    assert not offenders, f"strategies importing another strategy: {offenders}"
+
+
 def test_help_and_argument_errors_import_no_torch():
     """`import cilbench`, `cilbench --help` and a mistyped option load nothing heavy: the CLI
     imports torch only inside the commands that need it."""
