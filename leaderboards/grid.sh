@@ -15,9 +15,6 @@
 #   - trained strategies on the full split-fashion-mnist: CPU cost; the frozen-feature ones cover it;
 #   - finetune, joint, icarl and the avalanche methods on the real DINOv2 ViT-S preset: CPU cost;
 #     ViT rows run at 56 px for the same reason.
-# Not yet run (no result files, so the board has no rows for them): icarl, der, foster and
-# avalanche-dark-er on EfficientNet-Lite0 (the stored avalanche-der rows are the same method under
-# its deprecated name, written before 087d125 and marked so on the board).
 set -euo pipefail
 
 SEEDS=0,1,2
