@@ -28,8 +28,9 @@ copies of the weights; lambda 10 because with full fine-tuning at SGD lr 0.01 + 
 accumulated penalty made training collapse (1000) or diverge at the fourth experience (100) on the
 offline demo); LwF `lwf_alpha`, `lwf_temperature`; replay and dark ER `mem_size`; dark ER
 `der_alpha` (logit MSE), `der_beta` (replay cross-entropy; > 0 is DER++); the field names keep
-avalanche's (and the results stored under the old name `avalanche-der`, a deprecated alias that
-still runs: its results replay with `run --from` and stay on the boards).
+avalanche's (and results stored under the old name `avalanche-der`, a deprecated alias that still
+runs, replay with `run --from`). Each experience's per-epoch training cross-entropy is reported
+(`epoch_losses`) and checkpointed.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cilbench.api import BaseStrategy, RunContext, register_strategy
@@ -53,6 +55,8 @@ from cilbench.core.errors import CilbenchError
 from cilbench.data.streams import Experience
 from cilbench.learn.heads import HeadedNetwork, load_network, network_state
 from cilbench.learn.training import (
+    EpochLosses,
+    EpochMeans,
     NonFiniteLossError,
     OptimizerName,
     Schedule,
@@ -183,8 +187,10 @@ class AvalancheStrategy(BaseStrategy):
         self.network.heads.grow(context.info.num_classes, self.generator(-1))
         self.model = _RawImageModel(self.network, backbone.preprocessing)
         self.template: Any = None
+        self.watch: Any = None
         self.num_seen = 0
         self.resumed = False
+        self.losses = EpochLosses()
 
     def template_arguments(self) -> dict[str, Any]:
         """The method's own keyword arguments for its avalanche template."""
@@ -228,7 +234,7 @@ class AvalancheStrategy(BaseStrategy):
             train_epochs=config.epochs,
             eval_mb_size=config.batch_size,
             device=self.device,
-            plugins=[scheduler, _finite_loss_plugin(type(self).__name__)],
+            plugins=[scheduler, self.watch],
             evaluator=EvaluationPlugin(loggers=[]),
             eval_every=-1,
             **self.template_arguments(),
@@ -272,33 +278,60 @@ class AvalancheStrategy(BaseStrategy):
 
     def _train(self, experience: Experience) -> None:
         if self.template is None:
+            self.watch = _training_watch(type(self).__name__)
             self.template = self._make_template()
+        self.watch.cross_entropy = EpochMeans()
         with seeded_global_rngs(self.generator(experience.index)):
             self.template.train(
                 self._avalanche_experience(experience), num_workers=self.config.num_workers
             )
+        self.losses.record(experience.index, self.watch.cross_entropy.means())
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         self.network.eval()
         return self.network(images)[:, : self.num_seen]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**network_state(self.network), "num_seen": torch.tensor(self.num_seen)}
+        return {
+            **network_state(self.network),
+            "num_seen": torch.tensor(self.num_seen),
+            **self.losses.state_dict(),
+        }
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         load_network(self.network, state)
         self.num_seen = int(state["num_seen"])
         self.resumed = self.num_seen > 0
+        self.losses.load_state_dict(state)
+
+    def report(self) -> dict[str, Any]:
+        """Each experience's per-epoch cross-entropy (the method's penalty not included)."""
+        return {"epoch_losses": self.losses.report()}
 
     def trainable_parameters(self) -> int:
         return self.network.parameter_count()
 
 
-def _finite_loss_plugin(name: str) -> Any:
-    """An avalanche plugin that stops training on a NaN/inf loss (penalties included)."""
+def _training_watch(name: str) -> Any:
+    """An avalanche plugin that keeps the per-epoch mean cross-entropy of the training batches
+    (in `cross_entropy`, set before each experience; the board's did-not-train check compares it
+    with chance, which the method's penalty would blur) and stops training on a NaN/inf loss
+    (penalties included)."""
     from avalanche.core import SupervisedPlugin
 
-    class FiniteLoss(SupervisedPlugin):
+    class TrainingWatch(SupervisedPlugin):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cross_entropy = EpochMeans()
+
+        def before_training_epoch(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+            self.cross_entropy.start_epoch(strategy.clock.train_exp_epochs)
+
+        def after_forward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+            labels = strategy.mb_y
+            loss = F.cross_entropy(strategy.mb_output.detach(), labels)
+            self.cross_entropy.add(loss, len(labels))
+
         def before_update(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
             if not torch.isfinite(strategy.loss):
                 clock = strategy.clock
@@ -308,7 +341,7 @@ def _finite_loss_plugin(name: str) -> Any:
                     "method's penalty weight; the last checkpoint (previous experience) is intact."
                 )
 
-    return FiniteLoss()
+    return TrainingWatch()
 
 
 def _identity(image: torch.Tensor) -> torch.Tensor:

@@ -530,6 +530,7 @@ def test_a_trained_row_that_did_not_train_is_flagged(tmp_path: Path):
         ({"epoch_losses": {"0": [0.69, 0.6], "1": [0.1]}}, [0.69, 0.6]),  # EpochLosses
         ({"adapter_losses": [[0.7, 0.4], [0.3]]}, [0.7, 0.4]),  # one list per experience
         ({"losses": [[0.5], [0.1]], "merge_similarities": [[0.9]]}, [0.5]),  # DUCT
+        ({"epoch_losses": {"0.first": [0.6, 0.4], "1.boosting": [1.7]}}, [0.6, 0.4]),  # FOSTER
         ({"epoch_losses": {"1": [0.2]}}, []),  # a report without the first experience
     ],
 )

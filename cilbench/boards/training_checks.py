@@ -35,7 +35,8 @@ def first_session_losses(result: RunResult) -> list[float]:
 
     A `losses` or `*_losses` entry of `strategy_report` is the first session's list (ADAM's
     `first_session_losses`), one list per experience (MOS, LAE, DUCT), or lists keyed by the
-    experience index (`EpochLosses`: SLCA, the prompt methods, iCaRL).
+    experience index (`EpochLosses`: SLCA, the prompt methods, iCaRL), or by experience and stage
+    (`"0.first"`: FOSTER).
     """
     losses: list[float] = []
     for key, value in sorted(result.strategy_report.items()):
@@ -45,8 +46,8 @@ def first_session_losses(result: RunResult) -> list[float]:
 
 
 def _first_experience(value: object) -> list:
-    if isinstance(value, dict):
-        value = value.get("0", [])
+    if isinstance(value, dict):  # "0", or "0.<stage>" for each stage (FOSTER's "0.first")
+        value = [v for k, part in sorted(value.items()) if k.split(".")[0] == "0" for v in part]
     elif isinstance(value, list) and value and isinstance(value[0], list):
         value = value[0]
     return value if isinstance(value, list) else []
