@@ -305,8 +305,12 @@ class AvalancheStrategy(BaseStrategy):
         self.losses.load_state_dict(state)
 
     def report(self) -> dict[str, Any]:
-        """Each experience's per-epoch cross-entropy (the method's penalty not included)."""
-        return {"epoch_losses": self.losses.report()}
+        """Each experience's per-epoch cross-entropy (the method's penalty not included), over
+        the head's logits for every class of the stream (so chance is ln of their number)."""
+        return {
+            "epoch_losses": self.losses.report(),
+            "loss_classes": self.network.heads.num_classes,
+        }
 
     def trainable_parameters(self) -> int:
         return self.network.parameter_count()

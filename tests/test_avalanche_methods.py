@@ -157,6 +157,7 @@ def test_epoch_losses_are_the_training_cross_entropy_of_each_experience(stream):
     )
     for experience in stream.experiences[:2]:
         strategy.train_experience(experience)
+    assert strategy.report()["loss_classes"] == stream.info.num_classes
     report = strategy.report()["epoch_losses"]
     assert list(report) == ["0", "1"] and all(len(v) == 2 for v in report.values())
     transform = backbone.preprocessing.sample_transform()

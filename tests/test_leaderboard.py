@@ -509,6 +509,12 @@ def test_a_trained_row_that_did_not_train_is_flagged(tmp_path: Path):
     assert did_not_train(at_chance, board) == [
         "training loss never fell below chance (ln 2 = 0.693)"
     ]
+    at_chance.strategy_report["loss_classes"] = 4  # the loss spans 4 logits: chance is ln 4
+    assert did_not_train(at_chance, board) == []
+    at_chance.strategy_report["epoch_losses"] = {"0": [1.40, 1.39]}
+    assert did_not_train(at_chance, board) == [
+        "training loss never fell below chance (ln 4 = 1.386)"
+    ]
     assert did_not_train(copy, board) == ["accuracy matrix equals simplecil's (seed 0)"]
     assert did_not_train(learned, board) == [] and did_not_train(baseline, board) == []
     add(_files(tmp_path, copy, baseline, learned), tmp_path / "b")

@@ -4,7 +4,9 @@ Two signs, both read from result files only:
 - the first-session training loss never fell below chance: every recorded epoch loss of the first
   experience (see `first_session_losses`) above ln(classes of the first task), the cross-entropy
   of a uniform guess, less `CHANCE_TOLERANCE` (a loss that starts and stays above it, as a
-  randomly initialised head's can, has not left chance either);
+  randomly initialised head's can, has not left chance either). A strategy whose loss covers more
+  logits than the first task's classes (the Avalanche adapter's head spans the whole stream)
+  reports how many as `loss_classes`, and chance is ln of that;
 - the accuracy matrix equals, cell for cell, a frozen baseline's (`FROZEN_BASELINES`) of the same
   seed, backbone and backbone settings on the same board: whatever trained did not move a single
   prediction that counts.
@@ -56,7 +58,9 @@ def _first_experience(value: object) -> list:
 def loss_at_chance(result: RunResult) -> str | None:
     """The reason when no recorded first-session loss fell below chance, else None."""
     losses = first_session_losses(result)
-    classes = len(result.stream["experience_classes"][0])
+    classes = int(result.strategy_report.get("loss_classes", 0)) or len(
+        result.stream["experience_classes"][0]
+    )
     if not losses or classes < 2:
         return None
     chance = math.log(classes)
