@@ -3,7 +3,8 @@
 A change that alters what a strategy computes without changing its run record (same settings,
 other floats: e.g. how augmented pixels are interpolated) leaves the rows written before it on the
 board under the same run id. `RESULT_CHANGES` lists each such change with the run ids it made
-stale. A listed result stays marked until it is rerun: a rerun records the commit it ran at
+stale (a row replaced by a run with other settings, hence another run id, leaves the list). A
+listed result stays marked until it is rerun: a rerun records the commit it ran at
 (`environment.git_commit`, recorded since after every change listed here), an older file does not.
 """
 
@@ -29,12 +30,6 @@ RESULT_CHANGES = (
         what="training augmentation builds its crop grid from box coordinates (other pixels)",
         run_ids=frozenset(
             {
-                "split-fashion-mnist-mini/adam-efficientnet-lite0-pypi-seed0-4e9f2aa834",
-                "split-fashion-mnist-mini/adam-efficientnet-lite0-pypi-seed1-24a440a2ba",
-                "split-fashion-mnist-mini/adam-efficientnet-lite0-pypi-seed2-0798fecf63",
-                "split-fashion-mnist-mini/avalanche-ewc-efficientnet-lite0-pypi-seed0-e5977be361",
-                "split-fashion-mnist-mini/avalanche-ewc-efficientnet-lite0-pypi-seed1-e842339ff6",
-                "split-fashion-mnist-mini/avalanche-ewc-efficientnet-lite0-pypi-seed2-8447f20feb",
                 "split-fashion-mnist-mini/avalanche-lwf-efficientnet-lite0-pypi-seed0-2cce8d34e8",
                 "split-fashion-mnist-mini/avalanche-lwf-efficientnet-lite0-pypi-seed1-5f5609ad12",
                 "split-fashion-mnist-mini/avalanche-lwf-efficientnet-lite0-pypi-seed2-ed49155f75",
