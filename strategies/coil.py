@@ -33,20 +33,21 @@ exemplar memory's `memory_size`, `memory_per_class`, `selection`.
 Defaults and recipes come from LAMDA-PILOT at 5240714d (`models/coil.py`, `utils/inc_net.py`
 `SimpleCosineIncrementalNet`, `backbone/linears.py` `CosineLinear`, `models/base.py`,
 `exps/coil.json`, `exps/coil_inr.json`); its `coil.py` is the authors' `models/COIL.py`
-(zhoudw-zdw/MM21-Coil f4ebcc1) with the hard-coded settings moved into the exps files. `pilot`
+(zhoudw-zdw/MM21-Coil f4ebcc1) with the hard-coded settings moved into the exps files (the
+paper's text was not available here: cilbench follows the two codes, which agree). `pilot`
 recipes: SGD momentum 0.9, lr 1e-3, weight decay 5e-4 on every experience (milestones 80,120 not
 reached), batch 64, T 2, sinkhorn 0.464, norm_term 3, reg_term 1e-3, IN-1k ViT-B/16; CIFAR-100:
 10 epochs, 2000 exemplars in total; ImageNet-R: 20 epochs, 20 per class. Noticed in the reference,
 kept: the configs' `calibration_term` (1.5) is never used (the first prospective solve overwrites
-it with gamma before anything reads it); both marginals are 1/n_old per class, so with more old
-than new classes they are unbalanced and POT stops at 1000 iterations without converging; the
+it with gamma before anything reads it); both marginals are 1/n_old per class, so when old and new
+class counts differ they are unbalanced and POT stops at 1000 iterations without converging; the
 retrospective rows' scale (n_old x gamma) is removed by the normalisation in the loss; the
 prospective epoch-0 weight max(1 - (epoch / 2)^2, 0) is 1 on the only epoch it applies to.
 GPU memory (estimated, not measured): a trained ViT-B/16 with gradients and SGD momentum (1 GiB)
 and its frozen copy (0.33 GiB) plus the activations of batch 64 at 224 px (about 8 GiB in fp32,
-half under bf16): about 10 GiB, a 16 GiB GPU. The feature passes for the plans cost more than
-training: on CIFAR-100 each experience re-solves the retrospective plan about 4 times an epoch,
-each a pass over the new classes' images and the exemplars.
+half under bf16): about 10 GiB, a 16 GiB GPU. The plans' feature passes cost nearly as much as
+training: on CIFAR-100 each later experience re-solves the retrospective plan 4 times an epoch,
+each a forward pass over the new classes' images and the exemplars (7000 images).
 
 Where cilbench differs, and why:
 - `old_means=training` (the default, PILOT's and the authors') reads every old class's full
