@@ -22,13 +22,10 @@ Experience 0 trains with cross-entropy alone. After training, exemplars are chos
 (shared memory, `cilbench.learn.exemplars`). Prediction: the cosine classifier (`classifier=cnn`,
 Coil's) or the nearest mean of exemplars (`classifier=nme`, the second accuracy PILOT logs).
 
-Config: the shared training settings (`epochs`, `batch_size`, `lr`, SGD `momentum`,
-`weight_decay` for every parameter, `schedule`, `milestones`, `gamma`), `sinkhorn_reg` (PILOT
-`sinkhorn`), `cost_norm` (PILOT `norm_term`, the p of the distance), `prospective_weight` (PILOT's
-literal 0.001), `retrospective_weight` (PILOT `reg_term`), `resolve_every` (PILOT's literal 30),
-`temperature` (T), `old_means` (`training`: PILOT's prospective means over the old classes' full
-training images; `exemplars`: over the kept exemplars only), `classifier`, `num_workers` and the
-exemplar memory's `memory_size`, `memory_per_class`, `selection`.
+Config: the shared training settings (SGD, every parameter at `lr`), the transport's settings
+(`sinkhorn_reg`, `cost_norm`, `prospective_weight`, `retrospective_weight`, `resolve_every`,
+`old_means`; PILOT's names in each field's docstring), `temperature`, `classifier`,
+`num_workers` and the exemplar memory's `memory_size`, `memory_per_class`, `selection`.
 
 Defaults and recipes come from LAMDA-PILOT at 5240714d (`models/coil.py`, `utils/inc_net.py`
 `SimpleCosineIncrementalNet`, `backbone/linears.py` `CosineLinear`, `models/base.py`,
@@ -43,11 +40,10 @@ it with gamma before anything reads it); both marginals are 1/n_old per class, s
 class counts differ they are unbalanced and POT stops at 1000 iterations without converging; the
 retrospective rows' scale (n_old x gamma) is removed by the normalisation in the loss; the
 prospective epoch-0 weight max(1 - (epoch / 2)^2, 0) is 1 on the only epoch it applies to.
-GPU memory (estimated, not measured): a trained ViT-B/16 with gradients and SGD momentum (1 GiB)
-and its frozen copy (0.33 GiB) plus the activations of batch 64 at 224 px (about 8 GiB in fp32,
-half under bf16): about 10 GiB, a 16 GiB GPU. The plans' feature passes cost nearly as much as
-training: on CIFAR-100 each later experience re-solves the retrospective plan 4 times an epoch,
-each a forward pass over the new classes' images and the exemplars (7000 images).
+GPU memory (estimated, not measured): a trained ViT-B/16 with gradients and momentum, its frozen
+copy and batch-64 activations at 224 px: about 10 GiB in fp32, a 16 GiB GPU. The plans' feature
+passes cost nearly as much as training (CIFAR-100: 4 retrospective plans an epoch, each a forward
+pass over the new classes' images and the exemplars, 7000 images).
 
 Where cilbench differs, and why:
 - `old_means=training` (the default, PILOT's and the authors') reads every old class's full
@@ -57,13 +53,10 @@ Where cilbench differs, and why:
 - The prospective plan is solved at the start of experience t (PILOT: after experience t - 1,
   peeking at task t's data): the same network and images, so the same plan. The new classes are
   the experience's own (PILOT sizes them by task 1's class count).
-- The first experience's rows are drawn U(-1/sqrt D, 1/sqrt D) (`CosineLinear`) from the
-  experience's generator (PILOT: the global seed); class means are float64 averages of float32
-  features (PILOT: numpy float32), herding as `icarl`'s. Exemplar means are computed only for
-  `classifier=nme`.
-- The memory holds positions into the training source (class-incremental streams only).
-- Augmentation and preprocessing are the run's (`--set augment.*`); the means use test-time
-  preprocessing, as PILOT's.
+- The first rows are drawn U(-1/sqrt D, 1/sqrt D) (`CosineLinear`) from the experience's
+  generator (PILOT: the global seed); class means are float64 averages of float32 features;
+  herding as `icarl`'s; exemplar means only for `classifier=nme`; the memory holds positions
+  (class-incremental streams only); augmentation is the run's, the means use test preprocessing.
 """
 
 from __future__ import annotations
@@ -74,7 +67,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -228,8 +220,8 @@ class Coil(RehearsalStrategy):
         self.num_seen = 0
         self.gamma = torch.ones(())
         """Norm calibration of the last prospective rows (PILOT's `calibration_term`)."""
-        self.trained_on: dict[int, np.ndarray] = {}
-        """Per class, the positions of all its training images (the prospective old means)."""
+        self.trained_on = ExemplarMemory(self.config)
+        """Every class's training images, all kept as positions (the prospective old means)."""
         self.class_means = torch.zeros(0, 0)
         self.losses = EpochLosses()
         self.resolves: dict[str, int] = {}
@@ -248,8 +240,9 @@ class Coil(RehearsalStrategy):
         self.network.grow(rows)
         self._train(experience, generator, known, seen, old, target)
         self.num_seen = seen
-        for label in experience.train.classes():
-            self.trained_on[int(label)] = experience.train.indices[experience.train.labels == label]
+        train = experience.train
+        for label in train.classes():
+            self.trained_on.positions[int(label)] = train.indices[train.labels == label]
         self.network.eval()
         backbone = self.network.backbone
         self.select_exemplars(experience.train, backbone, generator, seen)
@@ -265,13 +258,8 @@ class Coil(RehearsalStrategy):
 
     def _old_view(self, source: Any) -> DatasetView:
         """The old classes' images for the prospective means (`old_means`)."""
-        if self.config.old_means == "exemplars":
-            return self.memory.view(source)
-        labels = sorted(self.trained_on)
-        positions = [self.trained_on[c] for c in labels]
-        counts = [len(p) for p in positions]
-        return DatasetView(source, np.concatenate(positions),
-                           np.repeat(np.asarray(labels, dtype=np.int64), counts))  # fmt: skip
+        memory = self.memory if self.config.old_means == "exemplars" else self.trained_on
+        return memory.view(source)
 
     def _prospective(self, experience: Experience, known: int) -> torch.Tensor:
         """The new classes' initial rows from the old ones (the network before training)."""
@@ -393,6 +381,7 @@ class Coil(RehearsalStrategy):
             **self.memory.report(),
             "classifier": self.config.classifier,
             "old_means": self.config.old_means,
+            "training_images_kept_as_positions": len(self.trained_on),
             "gamma": float(self.gamma),
             "sigma": float(self.network.head.sigma.detach()),
             "retrospective_plans": self.resolves,
@@ -401,11 +390,9 @@ class Coil(RehearsalStrategy):
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         weights = {f"network.{k}": v for k, v in self.network.state_dict().items()}
-        seen = {f"trained_on.{c}": torch.as_tensor(p, dtype=torch.long)
-                for c, p in self.trained_on.items()}  # fmt: skip
         return {
             **weights,
-            **seen,
+            **self.trained_on.state_dict("trained_on."),
             **self.memory.state_dict(),
             **self.losses.state_dict(),
             "num_seen": torch.tensor(self.num_seen),
@@ -420,11 +407,7 @@ class Coil(RehearsalStrategy):
         prefix = "network."
         weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         self.network.load_state_dict(weights)
-        self.trained_on = {
-            int(k[len("trained_on.") :]): v.numpy().astype(np.int64)
-            for k, v in state.items()
-            if k.startswith("trained_on.")
-        }
+        self.trained_on.load_state_dict(state, "trained_on.")
         self.memory.load_state_dict(state)
         self.losses.load_state_dict(state)
         self.gamma = state["gamma"].clone()

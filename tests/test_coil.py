@@ -170,7 +170,7 @@ def test_memory_plans_and_report(trained):
     for experience in stream.experiences:
         for label in experience.train.classes():
             count = int((experience.train.labels == label).sum())
-            assert len(strategy.trained_on[int(label)]) == count
+            assert len(strategy.trained_on.positions[int(label)]) == count
     report = strategy.report()
     # synthetic recipe: 2 epochs, resolve every 2 steps of epoch 1; none on experience 0
     assert report["retrospective_plans"]["0"] == 0
