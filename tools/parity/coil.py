@@ -180,12 +180,13 @@ def compare(args: argparse.Namespace) -> None:
             print_identical_table(reference[classifier], ours[classifier])
     if args.seeds <= 0:
         return
+    what = "CNN (the cosine classifier, Coil's)" if args.classifier == "cnn" else "NME"
     print(
         f"\n## trained: {args.epochs} epochs a task, SGD lr {args.lr}, batch {args.batch}, "
-        f"memory_size {args.memory}, CNN (the cosine classifier, Coil's), seeds 0..{args.seeds - 1}"
+        f"memory_size {args.memory}, {what}, seeds 0..{args.seeds - 1}"
     )
-    pairs = [sides(s, args.lr, "cnn") for s in range(args.seeds)]
-    print_seed_table([(p["cnn"], c["cnn"]) for p, c in pairs])
+    pairs = [sides(s, args.lr, args.classifier) for s in range(args.seeds)]
+    print_seed_table([(p[args.classifier], c[args.classifier]) for p, c in pairs])
 
 
 def main() -> None:
@@ -212,6 +213,7 @@ def main() -> None:
             p.add_argument("--seeds", type=int, default=3)
             p.add_argument("--frozen-lr", type=float, default=1e-12)
             p.add_argument("--skip-deterministic", action="store_true")
+            p.add_argument("--classifier", default="cnn", choices=("nme", "cnn"))
     args = parser.parse_args()
     settings = {
         "epochs": args.epochs, "lr": args.lr, "batch": args.batch, "memory": args.memory,
