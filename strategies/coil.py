@@ -57,6 +57,7 @@ Where cilbench differs, and why:
   generator (PILOT: the global seed); class means are float64 averages of float32 features;
   herding as `icarl`'s; exemplar means only for `classifier=nme`; the memory holds positions
   (class-incremental streams only); augmentation is the run's, the means use test preprocessing.
+Per-task accuracies against PILOT's learner: `tools/parity/coil.py`, `coil-results.md`.
 """
 
 from __future__ import annotations
