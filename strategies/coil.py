@@ -58,6 +58,8 @@ Where cilbench differs, and why:
   herding as `icarl`'s; exemplar means only for `classifier=nme`; the memory holds positions
   (class-incremental streams only); augmentation is the run's, the means use test preprocessing.
 Per-task accuracies against PILOT's learner: `tools/parity/coil.py`, `coil-results.md`.
+The `split-fashion-mnist-mini` recipe is a CPU demo, not a reference setting (SGD lr 0.1, 5 epochs,
+100 exemplars): seed 0's first-session losses 0.673 -> 0.396, final accuracy 55.5 %.
 """
 
 from __future__ import annotations
