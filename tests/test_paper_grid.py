@@ -75,6 +75,16 @@ def test_the_cost_model_counts_passes_by_hand():
     # 5 x (1 + 2 x (2 + 3 + 4)) = 95
     assert cost_model("foster", Trained(), Foster(), sizes) == (1, 150 + 3 * 475 + 95)
 
+    class Coil:
+        epochs, batch_size, memory_size, resolve_every, old_means = 2, 4, 7, 3, "training"
+
+    # Coil: task 0's 25 images x 2 epochs x 3 = 150; each of 3 later tasks 25 + 7 = 32 images x
+    # 2 epochs x (3 + 1 old network) = 256, plus epoch 1's ceil(8 steps / 3) = 3 plans of 32 = 96;
+    # prospective plans before tasks 1-3: 25 x (2 + 3 + 4) = 225; herding 100; tests 50
+    assert cost_model("coil", Trained(), Coil(), sizes) == (2, 150 + 3 * 352 + 225 + 100 + 50)
+    Coil.old_means = "exemplars"  # the memory and the new task, 32 a plan
+    assert cost_model("coil", Trained(), Coil(), sizes) == (2, 150 + 3 * 352 + 96 + 100 + 50)
+
 
 def _grid(path: Path) -> Path:
     path.write_text(

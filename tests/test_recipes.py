@@ -384,6 +384,21 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
         for stream, config in [("split-cifar100", "foster.json"),
                                ("split-imagenet-r", "foster_inr.json")]
     ],
+    # Coil: LAMDA-PILOT exps/coil*.json (fixed_memory false on CIFAR, true on ImageNet-R);
+    # sinkhorn -> sinkhorn_reg, norm_term -> cost_norm, reg_term -> retrospective_weight.
+    *[
+        ("coil", stream, {}, {
+            "epochs": epochs, "lr": 1e-3, "batch_size": 64, "weight_decay": 5e-4,
+            "milestones": (80, 120), "gamma": 0.1, "sinkhorn_reg": 0.464, "cost_norm": 3.0,
+            "retrospective_weight": 1e-3, "prospective_weight": 1e-3, "resolve_every": 30,
+            "temperature": 2.0, "old_means": "training", "classifier": "cnn", **memory,
+            "backbone": IN1K, **LAMDA,
+        }, f"{PILOT}{config}; models/coil.py")
+        for stream, config, epochs, memory in [
+            ("split-cifar100", "coil.json", 10, {"memory_size": 2000, "memory_per_class": 0}),
+            ("split-imagenet-r", "coil_inr.json", 20, {"memory_per_class": 20}),
+        ]
+    ],
     # NMC (Janson et al.): Resize without crop on CIFAR, iCaRL order, bilinear, no normalisation.
     ("nmc", "split-cifar100", {}, {
         "stream.class_order": "icarl", "backbone.crop_pct": 1.0,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -165,6 +166,8 @@ def cost_model(
         return epochs, expanding_backbone_passes(train, test, tasks, epochs)
     if name == "foster":
         return epochs, boosting_passes(train, test, tasks, config)
+    if name == "coil":
+        return epochs, transport_passes(train, test, tasks, config)
     if name in EVERY_TASK_PEFT:
         return epochs, train * epochs * BACKWARD_FACTOR + seen_tests + float(train + test)
     if peft is not None:
@@ -201,6 +204,26 @@ def boosting_passes(train: int, test: int, tasks: int, config: Any) -> float:
     trained = per_task * (config.first_epochs * BACKWARD_FACTOR + (tasks - 1) * later)
     tested = test / tasks * sum((t + 1) * (1 if t == 0 else 2) for t in range(tasks))
     return trained + tested
+
+
+def transport_passes(train: int, test: int, tasks: int, config: Any) -> float:
+    """Coil: every task trains on its `train / tasks` images (x 3), later tasks also on
+    `memory_size` exemplars with the frozen old network beside (x 1); from epoch 1 on each of
+    `ceil(steps / resolve_every)` retrospective plans a step forwards those images once more; the
+    prospective plan of task t forwards the training images of every class seen by then (t + 1
+    tasks' worth; `old_means=exemplars`: the memory and the new task); herding forwards each
+    task's images once; then the seen test sets."""
+    per_task = train / tasks
+    data = per_task + config.memory_size
+    steps = math.ceil(data / config.batch_size)
+    plans = (config.epochs - 1) * math.ceil(steps / config.resolve_every)
+    later = data * config.epochs * (BACKWARD_FACTOR + 1) + plans * data
+    if config.old_means == "training":
+        prospective = per_task * sum(t + 1 for t in range(1, tasks))
+    else:
+        prospective = data * (tasks - 1)
+    trained = per_task * config.epochs * BACKWARD_FACTOR + (tasks - 1) * later
+    return trained + prospective + train + test * (tasks + 1) / 2
 
 
 @functools.cache
@@ -244,7 +267,8 @@ def assumptions() -> list[str]:
         "backbones and prompts train `epochs` on every image and evaluate the seen test sets "
         "after each task; joint retrains on all data seen so far; DER forwards every earlier "
         "task's frozen backbone beside the trained one; FOSTER boosts beside the old backbone, "
-        "then compresses under both",
+        "then compresses under both; Coil adds the exemplars with the old network beside, the "
+        "feature passes of its transport plans and herding",
         "not counted: data loading and decoding, the heads and classifiers trained on features "
         "(DKVB, SLCA's alignment, RanPAC's ridge), checkpoints",
     ]
