@@ -20,13 +20,13 @@ importances, LwF's previous model, the replay and dark-ER buffers), so training 
 experience after a resume is refused with a clear message instead of silently diverging from an
 uninterrupted run.
 
-Config (all methods): `epochs`, `batch_size`, `lr`, `backbone_lr_scale`, `optimizer`,
-`momentum`, `weight_decay`, `schedule`, `milestones`, `gamma` (reset every experience),
-`train_backbone`, `num_workers`. Per method: EWC `ewc_lambda`, `ewc_mode`, `ewc_decay` (online EWC
-by default: one accumulated importance instead of one per experience, so memory stays at two
-copies of the weights; lambda 3 because with full fine-tuning at SGD lr 0.01 + momentum the
-accumulated penalty made training collapse (1000) or diverge at the fourth experience (100; 10 on
-seed 1 with one thread) on the offline demo); LwF `lwf_alpha`, `lwf_temperature`; replay and dark ER `mem_size`; dark ER
+Config (all methods): `epochs`, `batch_size`, `lr`, `backbone_lr_scale`, `optimizer`, `momentum`,
+`weight_decay`, `schedule`, `milestones`, `gamma` (reset every experience), `train_backbone`,
+`num_workers`. Per method: EWC `ewc_lambda`, `ewc_mode`, `ewc_decay` (online EWC by default: one
+accumulated importance instead of one per experience, so memory stays at two copies of the weights;
+lambda 3 because with full fine-tuning at SGD lr 0.01 + momentum the accumulated penalty made
+training collapse (1000) or diverge at the fourth experience (100; 10 on seed 1 with one thread) on
+the offline demo); LwF `lwf_alpha`, `lwf_temperature`; replay and dark ER `mem_size`; dark ER
 `der_alpha` (logit MSE), `der_beta` (replay cross-entropy; > 0 is DER++); the field names keep
 avalanche's (and results stored under the old name `avalanche-der`, a deprecated alias that still
 runs, replay with `run --from`). Each experience's per-epoch training cross-entropy is reported
