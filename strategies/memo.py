@@ -50,6 +50,10 @@ Where cilbench differs, and why:
   zero bias) drawn from the experience's generator.
 - Step decay: PILOT's milestones (60,120,170 / 80,120,150) are never reached in 10 or 20 epochs;
   the recipes keep the later ones for every experience, the same schedule.
+- NME: PILOT's `models/memo.py` overrides `_construct_exemplar` with the exemplar-mean line
+  outside its class loop, so on CIFAR (`fixed_memory` false) only each task's last class gets a
+  mean and PILOT's logged NME accuracy is wrong (its reported one is the CNN's); cilbench keeps
+  every class's mean, as PILOT's base method does (tools/parity/memo-results.md).
 - Herding in float64 without PILOT's +1e-8 (see `icarl`); the memory holds positions into the
   training source (class-incremental streams only); one classifier's accuracy per run.
 - Data augmentation and preprocessing are the run's (`--set augment.*`); PILOT's are its own.
