@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -161,8 +162,9 @@ def _family(model: nn.Module) -> str:
 class Trunk(nn.Module):
     """A timm model's stem and first blocks: `forward_features` stopped before the tail."""
 
-    def __init__(self, model: nn.Module, shared: int):
+    def __init__(self, timm_model: nn.Module, shared: int):
         super().__init__()
+        model: Any = timm_model
         model.blocks = model.blocks[:shared]
         for name in _TAILS[_family(model)]:
             setattr(model, name, nn.Identity())
@@ -175,8 +177,9 @@ class Trunk(nn.Module):
 class DeepStack(nn.Module):
     """A timm model's last blocks, its tail and its pooling: the trunk's output -> features."""
 
-    def __init__(self, model: nn.Module, shared: int):
+    def __init__(self, timm_model: nn.Module, shared: int):
         super().__init__()
+        model: Any = timm_model
         self.family = _family(model)
         model.blocks = model.blocks[shared:]
         for name in _STEMS[self.family]:
