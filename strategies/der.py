@@ -55,17 +55,13 @@ Where cilbench differs, and why:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from cilbench.api import RunContext, register_strategy
-from cilbench.backbones.model import Backbone
 from cilbench.core.config import NonNegative
 from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
@@ -76,7 +72,7 @@ from cilbench.learn.exemplars import (
     describe,
     nme_scores,
 )
-from cilbench.learn.heads import linear_head
+from cilbench.learn.expansion import ExpandingNetwork, der_loss
 from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import TrainSettings, fit, for_experience
 
@@ -99,102 +95,6 @@ class DERConfig(TrainSettings, MemoryConfig):
     classifier: Literal["cnn", "nme"] = "cnn"
     """cnn: the classifier's logits (DER's); nme: nearest mean of exemplars."""
     num_workers: Annotated[int | None, NonNegative()] = None
-
-
-class Extractors(nn.Module):
-    """The feature extractors, one per experience; their features concatenated in order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.models = nn.ModuleList()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model(images) for model in self.models], dim=1)
-
-    def train(self, mode: bool = True) -> Extractors:
-        """Only the newest extractor trains; the frozen ones stay in eval mode (PILOT's
-        `Learner.train`)."""
-        super().train(False)
-        if len(self.models):
-            self.models[-1].train(mode)
-        return self
-
-
-class DERNetwork(nn.Module):
-    """Extractors, the classifier over their concatenated features, the auxiliary head."""
-
-    def __init__(self, backbone: Backbone):
-        super().__init__()
-        self.source = backbone
-        self.width = backbone.feature_dim
-        self.extractors = Extractors()
-        self.classifier: nn.Linear | None = None
-        self.aux: nn.Linear | None = None
-
-    def expand(self, seen: int, generator: torch.Generator) -> None:
-        """Experience start: freeze every extractor, add a trainable copy of the newest (of the
-        pinned weights on the first), widen the classifier to `seen` classes (old block kept) and
-        build a fresh auxiliary head over the new classes + 1 (from the second extractor on)."""
-        models = self.extractors.models
-        models.requires_grad_(False)
-        new = self.source.build_model() if not len(models) else copy.deepcopy(models[-1])
-        models.append(new.requires_grad_(True))
-        old = self.classifier
-        wider = linear_head(self.width * len(models), seen, generator, "kaiming-uniform")
-        known = 0
-        if old is not None:
-            known = old.out_features
-            with torch.no_grad():
-                wider.weight[:known, : old.in_features] = old.weight.cpu()
-                wider.bias[:known] = old.bias.cpu()
-        self.classifier = wider.to(self.source.device)
-        if len(models) > 1:
-            aux = linear_head(self.width, seen - known + 1, generator, "kaiming-uniform")
-            self.aux = aux.to(self.source.device)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits over every class seen so far."""
-        return self.logits_and_aux(images)[0]
-
-    def logits_and_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The classifier's logits and the auxiliary head's (None before the second extractor)
-        on the newest extractor's part of the features."""
-        if self.classifier is None:
-            raise RuntimeError("DERNetwork.expand must run before the network predicts")
-        features = self.extractors(images)
-        aux = self.aux(features[:, -self.width :]) if self.aux is not None else None
-        return self.classifier(features), aux
-
-    def resize(self, extractors: int, classes: int) -> None:
-        """Rebuild the shapes a checkpoint holds (before `load_state_dict`)."""
-        models = self.extractors.models
-        while len(models) < extractors:
-            models.append(self.source.build_model().requires_grad_(False))
-        models[-1].requires_grad_(True)
-        self.classifier = nn.Linear(self.width * extractors, classes).to(self.source.device)
-        self.aux = None
-
-
-def aux_labels(labels: torch.Tensor, known: int) -> torch.Tensor:
-    """The auxiliary head's targets: every old class (label < `known`) is 0, new class
-    `known + j` is `j + 1`."""
-    return torch.where(labels >= known, labels - known + 1, torch.zeros_like(labels))
-
-
-def der_loss(
-    logits: torch.Tensor,
-    aux_logits: torch.Tensor | None,
-    labels: torch.Tensor,
-    known: int,
-    aux_weight: float,
-) -> torch.Tensor:
-    """Cross-entropy over every seen class, plus `aux_weight` x the auxiliary head's
-    cross-entropy on `aux_labels` (PILOT `_update_representation`; experience 0 has no
-    auxiliary head: the first term alone, PILOT `_init_train`)."""
-    loss = F.cross_entropy(logits, labels)
-    if aux_logits is None:
-        return loss
-    return loss + aux_weight * F.cross_entropy(aux_logits, aux_labels(labels, known))
 
 
 def _pilot(config: str, table: str, batch_size: int, memory: dict[str, int]) -> Recipe:
@@ -254,7 +154,8 @@ class DER(RehearsalStrategy):
 
     def setup(self, context: RunContext) -> None:
         super().setup(context)
-        self.network = DERNetwork(self.backbone)
+        backbone = self.backbone
+        self.network = ExpandingNetwork(backbone.build_model, backbone.feature_dim, backbone.device)
         self.memory = ExemplarMemory(self.config)
         self.num_seen = 0
         self.class_means = torch.zeros(0, 0)
@@ -309,7 +210,7 @@ class DER(RehearsalStrategy):
         if self.config.classifier == "cnn":
             return self.network(images)
         means = self.class_means.to(images.device)
-        return nme_scores(self.network.extractors(images).float(), means)
+        return nme_scores(self.network.features(images).float(), means)
 
     def exemplar_budget(self) -> str | None:
         return describe(self.config)

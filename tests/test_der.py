@@ -14,7 +14,8 @@ from cilbench.core.config import resolve
 from cilbench.core.errors import ConfigError
 from cilbench.engine.spec import RunSpec
 from cilbench.learn.exemplars import nme_scores
-from cilbench.strategies.der import DERConfig, aux_labels, der_loss
+from cilbench.learn.expansion import aux_labels, der_loss
+from cilbench.strategies.der import DERConfig
 from cilbench.testing import (
     interrupted_and_unbroken,
     make_strategy,

@@ -85,6 +85,15 @@ def test_the_cost_model_counts_passes_by_hand():
     Coil.old_means = "exemplars"  # the memory and the new task, 32 a plan
     assert cost_model("coil", Trained(), Coil(), sizes) == (2, 150 + 3 * 352 + 96 + 100 + 50)
 
+    class Memo:
+        first_epochs, epochs, deep_blocks = 2, 1, 3
+
+    # MEMO, deep stacks 3 of 12 blocks (f = 1/4): task 0 trains everything, 25 x 2 x 3 = 150;
+    # task t: 25 x (shared 3/4 + t frozen stacks t/4 + the new one 3 x 1/4) = 43.75, 50, 56.25;
+    # tests after task t: 5 (t + 1) images, shared 3/4 + (t + 1)/4 each:
+    # 5 x (1 x 1 + 2 x 1.25 + 3 x 1.5 + 4 x 1.75) = 75
+    assert cost_model("memo", Trained(), Memo(), sizes) == (1, 150 + 43.75 + 50 + 56.25 + 75)
+
 
 def _grid(path: Path) -> Path:
     path.write_text(

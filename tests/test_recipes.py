@@ -373,6 +373,21 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
             ("split-imagenet-r", "der_inr.json", 64, {"memory_per_class": 20}),
         ]
     ],
+    # MEMO: LAMDA-PILOT exps/memo*.json (fixed_memory false on CIFAR, true on ImageNet-R);
+    # deep_init fresh: PILOT's vit_memo leaves the specialized block at PyTorch's init.
+    *[
+        ("memo", stream, {}, {
+            "first_epochs": 10, "epochs": epochs, "lr": 1e-3, "first_weight_decay": 5e-4,
+            "weight_decay": 2e-4, "batch_size": 32, "milestones": (80, 120, 150),
+            "aux_weight": 1.0, "deep_blocks": 1, "deep_init": "fresh", **memory,
+            "backbone": IN1K, **LAMDA,
+        }, f"{PILOT}{config}; models/memo.py")
+        for stream, config, epochs, memory in [
+            ("split-cifar100", "memo.json", 20, {"memory_size": 2000, "memory_per_class": 0}),
+            ("split-imagenet-r", "memo_inr.json", 10, {"memory_size": 4000,
+                                                       "memory_per_class": 20}),
+        ]
+    ],
     # FOSTER: LAMDA-PILOT exps/foster*.json (fixed_memory true: 20 a class on both).
     *[
         ("foster", stream, {}, {

@@ -168,6 +168,8 @@ def cost_model(
         return epochs, boosting_passes(train, test, tasks, config)
     if name == "coil":
         return epochs, transport_passes(train, test, tasks, config)
+    if name == "memo":
+        return epochs, shared_trunk_passes(train, test, tasks, config)
     if name in EVERY_TASK_PEFT:
         return epochs, train * epochs * BACKWARD_FACTOR + seen_tests + float(train + test)
     if peft is not None:
@@ -226,6 +228,24 @@ def transport_passes(train: int, test: int, tasks: int, config: Any) -> float:
     return trained + prospective + train + test * (tasks + 1) / 2
 
 
+REFERENCE_DEPTH = 12
+"""Blocks of the recipes' ViT-B/16: MEMO's deep stacks are `deep_blocks / REFERENCE_DEPTH` of a
+forward pass (the blocks' FLOPs; the patch embedding and pooling are left out)."""
+
+
+def shared_trunk_passes(train: int, test: int, tasks: int, config: Any) -> float:
+    """MEMO: experience 0 trains the whole backbone (`first_epochs`); task t >= 1 forwards the
+    frozen shared blocks once (1 - f of a pass), the t frozen deep stacks (f each) and trains the
+    new one (f x 3), `epochs` times, f = deep_blocks / 12; tests go through the shared blocks
+    once and every stack."""
+    deep = config.deep_blocks / REFERENCE_DEPTH
+    per_task = train / tasks
+    later = sum((1 - deep) + t * deep + deep * BACKWARD_FACTOR for t in range(1, tasks))
+    trained = per_task * (config.first_epochs * BACKWARD_FACTOR + config.epochs * later)
+    tested = test / tasks * sum((t + 1) * (1 - deep + (t + 1) * deep) for t in range(tasks))
+    return trained + tested
+
+
 @functools.cache
 def forward_gflops(
     architecture: str, model_kwargs: tuple[tuple[str, Any], ...], size: int
@@ -269,6 +289,8 @@ def assumptions() -> list[str]:
         "task's frozen backbone beside the trained one; FOSTER boosts beside the old backbone, "
         "then compresses under both; Coil adds the exemplars with the old network beside, the "
         "feature passes of its transport plans and herding",
+        "then compresses under both; MEMO trains the whole backbone on task 0, then forwards the "
+        "shared blocks once, every task's deep block and trains the newest",
         "not counted: data loading and decoding, the heads and classifiers trained on features "
         "(DKVB, SLCA's alignment, RanPAC's ridge), checkpoints",
     ]

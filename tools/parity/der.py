@@ -18,7 +18,7 @@ read after every task (icarl.py's `drive_both`): `_eval_cnn` (the classifier, DE
 
 `--fixed-init` (both sides): every linear layer the method builds (the widened classifier, the
 auxiliary head) starts from `fixed_pattern` instead of a random draw: PILOT's
-`SimpleLinear.reset_parameters` and cilbench's `strategies.der.linear_head` are replaced in the
+`SimpleLinear.reset_parameters` and cilbench's `learn.expansion.linear_head` are replaced in the
 harness process. With a batch larger than the training set (one full batch a step, so the data
 order does not matter) a trained run is then deterministic on both sides.
 """
@@ -116,7 +116,7 @@ def run_cilbench(inputs: Path, settings: dict, seed: int, classifier: str) -> di
         "recipe": "pilot", "augment.preset": "none",
     }  # fmt: skip
     if settings["fixed_init"]:
-        import cilbench.strategies.der as der
+        import cilbench.learn.expansion as der
 
         drawn = der.linear_head
 
