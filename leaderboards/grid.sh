@@ -20,7 +20,7 @@ set -euo pipefail
 SEEDS=0,1,2
 OUT=runs/leaderboard
 # Every strategy that runs on the offline demo stream with EfficientNet-Lite0 (recipes in strategies/).
-DEMO=nmc,simplecil,ranpac,dkvb,adam,slca,finetune,joint,icarl,der,foster,avalanche-ewc,avalanche-lwf,avalanche-replay,avalanche-dark-er
+DEMO=nmc,simplecil,ranpac,dkvb,adam,slca,finetune,joint,icarl,der,foster,memo,dgr,coil,avalanche-ewc,avalanche-lwf,avalanche-replay,avalanche-dark-er
 # The frozen-feature strategies, on all 70 000 Fashion-MNIST images (Debian dataset-fashion-mnist,
 # --data-root, or --set stream.download=true).
 FROZEN=nmc,simplecil,ranpac,dkvb
