@@ -25,7 +25,12 @@ from cilbench.strategies.dgr import (
     log_prior,
     reweighting_factors,
 )
-from cilbench.testing import interrupted_and_unbroken, make_strategy, synthetic_stream, tiny_backbone
+from cilbench.testing import (
+    interrupted_and_unbroken,
+    make_strategy,
+    synthetic_stream,
+    tiny_backbone,
+)
 
 
 def test_first_experience_factors_by_hand():
