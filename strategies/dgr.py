@@ -64,11 +64,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cilbench.api import RunContext, register_strategy
 from cilbench.core.config import NonNegative, Positive
@@ -153,9 +154,9 @@ class GradientReweighting:
 
     def _grads(self, loss: torch.Tensor, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight rows, bias) of `loss`'s gradient on the first `blocks` heads."""
-        heads = list(self.heads.heads)[:blocks]
-        weights = [h.weight for h in heads]  # type: ignore[union-attr]
-        biases = [h.bias for h in heads]  # type: ignore[union-attr]
+        heads = _linears(self.heads)[:blocks]
+        weights: list[torch.Tensor] = [h.weight for h in heads]
+        biases: list[torch.Tensor] = [h.bias for h in heads]
         grads = torch.autograd.grad(loss, weights + biases, retain_graph=True)
         return _rows(list(grads[: len(heads)])), _rows(list(grads[len(heads) :]))[:, 0]
 
@@ -167,10 +168,10 @@ class GradientReweighting:
 
     def apply(self) -> None:
         """Accumulate this step's norms and write the reweighted gradients into the head."""
-        heads = list(self.heads.heads)
+        heads = _linears(self.heads)
         if self.ce is None:  # experience 0: the whole loss's gradient, already in place
-            weight = _rows([h.weight.grad for h in heads])  # type: ignore[misc,union-attr]
-            bias = _rows([h.bias.grad for h in heads])[:, 0]  # type: ignore[misc,union-attr]
+            weight = _rows([cast(torch.Tensor, h.weight.grad) for h in heads])
+            bias = _rows([cast(torch.Tensor, h.bias.grad) for h in heads])[:, 0]
         else:
             weight, bias = self.ce
         ce_norms = torch.norm(weight, dim=1).detach().cpu().numpy()
@@ -190,11 +191,15 @@ class GradientReweighting:
             self.last_scale = scale
         start = 0
         for head in heads:
-            size = head.weight.shape[0]  # type: ignore[union-attr]
-            head.weight.grad = new_weight[start : start + size].detach().clone()  # type: ignore[union-attr]
-            head.bias.grad = new_bias[start : start + size].detach().clone()  # type: ignore[union-attr]
+            size = head.out_features
+            head.weight.grad = new_weight[start : start + size].detach().clone()
+            head.bias.grad = new_bias[start : start + size].detach().clone()
             start += size
         self.ce = self.kd = None
+
+
+def _linears(heads: TaskHeads) -> list[nn.Linear]:
+    return [cast(nn.Linear, head) for head in heads.heads]
 
 
 def _blocks_below(heads: TaskHeads, known: int) -> list[int]:
