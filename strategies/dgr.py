@@ -39,8 +39,13 @@ cosine, ...), `temperature` (PILOT `T`), `kd_weight` (PILOT `lambda`), `gamma_r`
 `num_workers`, and the shared exemplar memory's `memory_size`, `memory_per_class`, `selection`.
 
 Defaults and recipes come from LAMDA-PILOT at 5240714d (`models/dgr.py`, `models/base.py`,
-`utils/inc_net.py` `IncrementalNet`, `exps/dgr.json`, `exps/dgr_inr.json`); the author's code
-(JiangpengHe/imbalanced_cil) is not mirrored here. `pilot` recipes: SGD momentum 0.9, cosine
+`utils/inc_net.py` `IncrementalNet`, `exps/dgr.json`, `exps/dgr_inr.json`). The author's
+repository (JiangpengHe/imbalanced_cil at 3118f67b) holds byte-identical copies of that `dgr.py`
+and both exps files under "Continual Learning with Pretrained Models/"; its ResNet code for the
+paper's long-tailed experiments (`src/approach/DGR.py`) differs from PILOT's in the distillation
+(the paper's distribution-aware DAKD: teacher targets reweighted by a class prior, times T^2 and
+a ratio; no exp damping but a constant `gamma` on the new classes; gradient noise), which PILOT's
+pre-trained-model version does not have: cilbench follows PILOT. `pilot` recipes: SGD momentum 0.9, cosine
 over 20 epochs per experience, weight decay 5e-4, T 2, lambda 1, gamma_r 1, IN-1k ViT-B/16;
 CIFAR-100: lr 1e-3, batch 128, 2000 exemplars in total; ImageNet-R: lr 5e-4, batch 32, 20 per
 class. (PILOT's `init_lr`/`init_weight_decay` equal `lrate`/`weight_decay` in both files, so one
