@@ -45,11 +45,12 @@ and both exps files under "Continual Learning with Pretrained Models/"; its ResN
 paper's long-tailed experiments (`src/approach/DGR.py`) differs from PILOT's in the distillation
 (the paper's distribution-aware DAKD: teacher targets reweighted by a class prior, times T^2 and
 a ratio; no exp damping but a constant `gamma` on the new classes; gradient noise), which PILOT's
-pre-trained-model version does not have: cilbench follows PILOT. `pilot` recipes: SGD momentum 0.9, cosine
-over 20 epochs per experience, weight decay 5e-4, T 2, lambda 1, gamma_r 1, IN-1k ViT-B/16;
-CIFAR-100: lr 1e-3, batch 128, 2000 exemplars in total; ImageNet-R: lr 5e-4, batch 32, 20 per
-class. (PILOT's `init_lr`/`init_weight_decay` equal `lrate`/`weight_decay` in both files, so one
-setting serves every experience.)
+pre-trained-model version does not have: cilbench follows PILOT.
+
+`pilot` recipes: SGD momentum 0.9, cosine over 20 epochs per experience, weight decay 5e-4, T 2,
+lambda 1, gamma_r 1, IN-1k ViT-B/16; CIFAR-100: lr 1e-3, batch 128, 2000 exemplars in total;
+ImageNet-R: lr 5e-4, batch 32, 20 per class. (PILOT's `init_lr`/`init_weight_decay` equal
+`lrate`/`weight_decay` in both files, so one setting serves every experience.)
 
 Where cilbench differs, and why:
 - A zero distillation gradient: when the new network's old logits equal the teacher's to the
@@ -227,11 +228,13 @@ def _pilot(config: str, table: str, lr: float, batch_size: int, memory: dict[str
         name="pilot",
         backbone=IN1K,
         notes="SGD momentum 0.9, cosine over the 20 epochs of each experience (models/dgr.py). "
-        "GPU memory, estimated (not measured on a GPU): two ViT-B/16 (the trained one with "
-        "gradients and momentum, the frozen teacher), about 1.7 GB, plus the trained one's "
-        "saved activations at batch " + (
-            "128, 224 px, fp32: about 18 GB, a 24 GB GPU (40 GB to be safe; bf16 halves them)"
-            if batch_size == 128 else "32, 224 px, fp32: about 5 GB, a 12 GB GPU"),
+        "GPU memory, estimated on the meta device (tools/parity/foster.py memory; not measured "
+        "on a GPU): the frozen teacher ViT-B/16 + the trained one (weights, gradients, momentum: "
+        "1.4 GB) + its saved activations at batch " + (
+            "128, 224 px, fp32 (<= 21.1 GB): about 22.5 GB and the CUDA context, a 40 GB GPU "
+            "(bf16 autocast about halves the activations: 24 GB)"
+            if batch_size == 128 else "32, 224 px, fp32 (<= 5.5 GB): about 6.9 GB and the CUDA "
+            "context, a 12 GB GPU"),
     )  # fmt: skip
 
 
