@@ -21,6 +21,15 @@ after every task (icarl.py's `drive_both`): `_eval_cnn` (the head, DGR's) and `_
 draw. PILOT builds a new `SimpleLinear` over every seen class per task and copies the old rows in,
 so its new rows hold the pattern's rows K..N-1 of an N-row matrix; cilbench's new head block gets
 the same rows (`TaskHeads.grow` wrapped in the harness process).
+
+`--teacher-scale X` (both sides): the distillation teacher's head (weights and bias) is multiplied
+by X when the teacher is made (PILOT: after `after_task`; cilbench: `strategies.dgr.frozen_copy`
+wrapped). Unscaled, the new network's old logits equal the teacher's at the first step of every
+task, so the distillation gradient there is float rounding and PILOT's scale `s` (its
+`ratio_kd`) blows that noise up to the cross-entropy gradient's size: the two sides then take
+different first steps however exactly they agree otherwise. A scaled teacher gives a real
+distillation gradient from the first step, so a fixed-init, full-batch run is deterministic on
+both sides and must agree up to float rounding.
 """
 
 from __future__ import annotations
@@ -90,6 +99,18 @@ def run_pilot(pilot: Path, inputs: Path, settings: dict, seed: int) -> dict:
     manager = data_manager.DataManager("harness", False, seed, INCREMENT, INCREMENT, args)
     learner = dgr.Learner(args)
     learner.topk = 1
+    scale = settings["teacher_scale"]
+    if scale != 1.0:
+        after_task = learner.after_task
+
+        def scaled_after_task() -> None:
+            """PILOT's `after_task`, then the teacher's head scaled (see --teacher-scale)."""
+            after_task()
+            with torch.no_grad():
+                learner._old_network.fc.weight.mul_(scale)
+                learner._old_network.fc.bias.mul_(scale)
+
+        learner.after_task = scaled_after_task
     return {"side": "pilot", "seed": seed, "accuracy": drive_both(learner, manager)}
 
 
@@ -120,6 +141,24 @@ def run_cilbench(inputs: Path, settings: dict, seed: int, classifier: str) -> di
             return head
 
         TaskHeads.grow = fixed_grow  # type: ignore[method-assign]
+    scale = settings["teacher_scale"]
+    if scale != 1.0:
+        import torch
+
+        import cilbench.strategies.dgr as dgr
+
+        frozen_copy = dgr.frozen_copy
+
+        def scaled_copy(network: Any) -> Any:
+            """cilbench's teacher, its head scaled (see --teacher-scale)."""
+            old = frozen_copy(network)
+            with torch.no_grad():
+                for head in old.heads.heads:
+                    head.weight.mul_(scale)
+                    head.bias.mul_(scale)
+            return old
+
+        dgr.frozen_copy = scaled_copy
     accuracy = run_strategy(inputs, "dgr", overrides, seed)
     return {"side": "cilbench", "seed": seed, "accuracy": {classifier: accuracy}}
 
@@ -162,10 +201,12 @@ def compare(args: argparse.Namespace) -> None:
         print(
             f"\n## trained from a shared fixed head initialisation (`--fixed-init`), one full "
             f"batch a step (batch {FULL_BATCH}): {args.fixed_epochs} epochs a task, SGD lr "
-            f"{args.fixed_lr}, CNN then NME"
+            f"{args.fixed_lr}, the teacher's head x {args.teacher_scale:g} on both sides, CNN "
+            "then NME"
         )
+        fixed = ["--fixed-init", "--teacher-scale", str(args.teacher_scale)]
         for classifier in ("cnn", "nme"):
-            reference, ours = sides(0, args.fixed_lr, classifier, ["--fixed-init"])
+            reference, ours = sides(0, args.fixed_lr, classifier, fixed)
             print(f"\n{classifier}:")
             print_identical_table(reference[classifier], ours[classifier])
     if "trained" not in args.regimes or args.seeds <= 0:
@@ -203,9 +244,11 @@ def main() -> None:
             p.add_argument("--classifier", default="cnn", choices=("nme", "cnn"))
         if name in ("pilot", "cilbench"):
             p.add_argument("--fixed-init", action="store_true", help="fixed_pattern heads")
+            p.add_argument("--teacher-scale", type=float, default=1.0, help="teacher head x")
         if name == "compare":
             p.add_argument("--regimes", default="frozen,fixed,trained")
-            p.add_argument("--fixed-lr", type=float, default=0.1)
+            p.add_argument("--fixed-lr", type=float, default=0.01)
+            p.add_argument("--teacher-scale", type=float, default=1.5)
             p.add_argument("--fixed-epochs", type=int, default=20)
             p.add_argument("--pilot-python", default="/tmp/pilot-venv/bin/python")
             p.add_argument("--seeds", type=int, default=5)
@@ -215,6 +258,7 @@ def main() -> None:
     settings = {
         "epochs": args.epochs, "lr": args.lr, "batch": args.batch, "memory": args.memory,
         "fixed_init": getattr(args, "fixed_init", False),
+        "teacher_scale": getattr(args, "teacher_scale", 1.0),
     }  # fmt: skip
     if args.command == "pilot":
         result = run_pilot(args.pilot, args.inputs, settings, args.seed)
