@@ -48,7 +48,6 @@ Where cilbench differs, and why:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -68,7 +67,7 @@ from cilbench.learn.exemplars import (
     describe,
     nme_scores,
 )
-from cilbench.learn.heads import HeadedNetwork, load_network, network_state
+from cilbench.learn.heads import HeadedNetwork, frozen_copy, load_network, network_state
 from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import (
     TrainSettings,
@@ -163,15 +162,10 @@ class ICaRL(RehearsalStrategy):
         extra = seen - self.network.heads.num_classes
         if extra > 0:
             self.network.heads.grow(extra, generator, init="kaiming-uniform")
-        old = self._frozen_copy() if known > 0 else None
+        old = frozen_copy(self.network) if known > 0 else None
         self._train(experience, generator, known, seen, old)
         self.num_seen = seen
         self._update_memory(experience, generator, seen)
-
-    def _frozen_copy(self) -> HeadedNetwork:
-        """The network as the previous experience left it, frozen (the distillation teacher)."""
-        old = copy.deepcopy(self.network).eval()
-        return old.requires_grad_(False)
 
     def _train(
         self,

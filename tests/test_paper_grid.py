@@ -66,6 +66,12 @@ def test_the_cost_model_counts_passes_by_hand():
     # 50 x (3 + 0 + 3 + 1 + 3 + 2 + 3 + 3) = 900; after task t, (t + 1) x 5 test images through
     # t + 1 backbones: 5 x (1 + 4 + 9 + 16) = 150
     assert cost_model("der", Trained(), Config(), sizes) == (2, 900 + 150)
+    # DGR is priced as iCaRL is (no case of its own): the whole network trained, 2 epochs x 100
+    # images x 3, + the seen test sets 50; neither prices the frozen teacher's forward
+    assert cost_model("dgr", Trained(), Config(), sizes) == (2, 600 + 50)
+    assert cost_model("dgr", Trained(), Config(), sizes) == cost_model(
+        "icarl", Trained(), Config(), sizes
+    )
 
     class Foster:
         first_epochs, epochs, compression_epochs = 2, 1, 3

@@ -388,6 +388,21 @@ REFERENCE: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
                                                        "memory_per_class": 20}),
         ]
     ],
+    # DGR: LAMDA-PILOT exps/dgr*.json (fixed_memory false on CIFAR, true on ImageNet-R; T 2,
+    # lambda 1, gammar_r 1; init_lr / init_weight_decay equal lrate / weight_decay).
+    *[
+        ("dgr", stream, {}, {
+            "epochs": 20, "lr": lr, "weight_decay": 5e-4, "batch_size": batch,
+            "schedule": "cosine", "temperature": 2.0, "kd_weight": 1.0, "gamma_r": 1.0,
+            "classifier": "cnn", "selection": "herding", **memory, "backbone": IN1K, **LAMDA,
+        }, f"{PILOT}{config}; models/dgr.py")
+        for stream, config, lr, batch, memory in [
+            ("split-cifar100", "dgr.json", 1e-3, 128,
+             {"memory_size": 2000, "memory_per_class": 0}),
+            ("split-imagenet-r", "dgr_inr.json", 5e-4, 32,
+             {"memory_size": 4000, "memory_per_class": 20}),
+        ]
+    ],
     # FOSTER: LAMDA-PILOT exps/foster*.json (fixed_memory true: 20 a class on both).
     *[
         ("foster", stream, {}, {

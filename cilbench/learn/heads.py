@@ -8,6 +8,7 @@ the backbone in front of it; used by every strategy that fine-tunes images end t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from typing import Literal, cast
 
@@ -143,6 +144,12 @@ class HeadedNetwork(nn.Module):
         """Parameters the strategy trains: the heads, plus the backbone when it is trained."""
         modules = [self.backbone, self.heads] if self.train_backbone else [self.heads]
         return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def frozen_copy(network: HeadedNetwork) -> HeadedNetwork:
+    """A deep copy of `network` in eval mode with no trainable parameter: the distillation
+    teacher of iCaRL and DGR (PILOT's `self._network.copy().freeze()`)."""
+    return copy.deepcopy(network).eval().requires_grad_(False)
 
 
 def replace_final_norm(model: nn.Module, tag: str) -> None:

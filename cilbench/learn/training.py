@@ -144,6 +144,7 @@ def fit(
     precision: str = "auto",
     compile: bool = False,
     before_epoch: Callable[[int], None] | None = None,
+    before_step: Callable[[], None] | None = None,
     after_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """Minimise `loss_fn(prepare(images), labels)` over `data`; the mean loss of every epoch.
@@ -154,8 +155,10 @@ def fit(
     `data.sources`, which `augment.training_data` datasets name). A dataset with a
     `sampler(generator)` method (per-image augmentation) supplies its own shuffled keys.
     `before_epoch(epoch)` runs before each epoch (LAE freezes its prefixes for the first ones:
-    a parameter the optimiser holds gets no update while it has no gradient), `after_step()`
-    after every optimiser step (LAE's EMA of the prefixes, MOS's adapter merge).
+    a parameter the optimiser holds gets no update while it has no gradient), `before_step()`
+    after every backward pass, before clipping and the optimiser step (DGR rewrites its head's
+    gradients there), `after_step()` after every optimiser step (LAE's EMA of the prefixes, MOS's
+    adapter merge).
     """
     loss_fn = compiled(loss_fn, compile)
     optimizer = make_optimizer(groups, settings)
@@ -192,6 +195,8 @@ def fit(
                     loss = loss_fn(prepare(images), labels.to(device, non_blocking=True))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if before_step is not None:
+                    before_step()
                 if settings.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
                 optimizer.step()
