@@ -288,9 +288,9 @@ def assumptions() -> list[str]:
         "after each task; joint retrains on all data seen so far; DER forwards every earlier "
         "task's frozen backbone beside the trained one; FOSTER boosts beside the old backbone, "
         "then compresses under both; Coil adds the exemplars with the old network beside, the "
-        "feature passes of its transport plans and herding",
-        "then compresses under both; MEMO trains the whole backbone on task 0, then forwards the "
-        "shared blocks once, every task's deep block and trains the newest",
+        "feature passes of its transport plans and herding; MEMO trains the whole backbone on "
+        "task 0, then forwards the shared blocks once, every task's deep block and trains the "
+        "newest",
         "not counted: data loading and decoding, the heads and classifiers trained on features "
         "(DKVB, SLCA's alignment, RanPAC's ridge), checkpoints",
     ]
