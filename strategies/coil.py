@@ -84,9 +84,7 @@ from cilbench.learn.distillation import distillation_loss
 from cilbench.learn.exemplars import (
     ExemplarMemory,
     MemoryConfig,
-    describe,
     exemplar_mean,
-    nme_scores,
 )
 from cilbench.learn.first_session import CosineHead
 from cilbench.learn.rehearsal import RehearsalStrategy
@@ -162,6 +160,9 @@ class CosineNetwork(nn.Module):
         """Append `rows` to the classifier (sigma and the old rows kept)."""
         weight = torch.cat([self.head.weight.detach(), rows.detach().to(self.head.weight)])
         self.head.weight = nn.Parameter(weight)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the backbone's features."""
@@ -366,18 +367,8 @@ class Coil(RehearsalStrategy):
         self.resolves[str(experience.index)] = resolves
         network.eval()
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        self.network.eval()
-        if self.config.classifier == "cnn":
-            return self.network(images)[0][:, : self.num_seen]
-        features = self.network.backbone(images).float()
-        return nme_scores(features, self.class_means.to(images.device))
-
-    def exemplar_budget(self) -> str | None:
-        return describe(self.config)
-
-    def exemplar_images(self) -> int:
-        return len(self.memory)
+    def classifier_scores(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)[0][:, : self.num_seen]
 
     def report(self) -> dict[str, Any]:
         return {

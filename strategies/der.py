@@ -69,8 +69,6 @@ from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.learn.exemplars import (
     ExemplarMemory,
     MemoryConfig,
-    describe,
-    nme_scores,
 )
 from cilbench.learn.expansion import ExpandingNetwork, der_loss
 from cilbench.learn.rehearsal import RehearsalStrategy
@@ -204,19 +202,6 @@ class DER(RehearsalStrategy):
             compile=self.backbone.compile,
         )
         network.eval()
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        self.network.eval()
-        if self.config.classifier == "cnn":
-            return self.network(images)
-        means = self.class_means.to(images.device)
-        return nme_scores(self.network.features(images).float(), means)
-
-    def exemplar_budget(self) -> str | None:
-        return describe(self.config)
-
-    def exemplar_images(self) -> int:
-        return len(self.memory)
 
     def report(self) -> dict[str, Any]:
         models = self.network.extractors.models

@@ -86,7 +86,7 @@ from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.learn.distillation import distillation_loss
-from cilbench.learn.exemplars import ExemplarMemory, MemoryConfig, describe, nme_scores
+from cilbench.learn.exemplars import ExemplarMemory, MemoryConfig
 from cilbench.learn.heads import HeadedNetwork, TaskHeads, frozen_copy, load_network, network_state
 from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import EpochLosses, TrainSettings, fit
@@ -336,19 +336,6 @@ class DGR(RehearsalStrategy):
         self.losses.record(experience.index, losses)
         self.factors[str(experience.index)] = reweighting.last_factors.tolist()
         network.eval()
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        self.network.eval()
-        if self.config.classifier == "cnn":
-            return self.network(images)[:, : self.num_seen]
-        means = self.class_means.to(images.device)
-        return nme_scores(self.network.backbone(images).float(), means)
-
-    def exemplar_budget(self) -> str | None:
-        return describe(self.config)
-
-    def exemplar_images(self) -> int:
-        return len(self.memory)
 
     def report(self) -> dict[str, Any]:
         return {

@@ -70,7 +70,7 @@ from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.learn.distillation import class_balanced_weights, distillation_loss
-from cilbench.learn.exemplars import ExemplarMemory, MemoryConfig, describe
+from cilbench.learn.exemplars import ExemplarMemory, MemoryConfig
 from cilbench.learn.heads import FosterNetwork, linear_head, weight_align
 from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import TrainSettings, fit, for_experience
@@ -341,12 +341,6 @@ class Foster(RehearsalStrategy):
         assert network is not None
         network.eval()
         return network(images)[:, : self.num_seen]
-
-    def exemplar_budget(self) -> str | None:
-        return describe(self.config)
-
-    def exemplar_images(self) -> int:
-        return len(self.memory)
 
     def report(self) -> dict[str, Any]:
         return {

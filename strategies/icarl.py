@@ -64,8 +64,6 @@ from cilbench.learn.distillation import distillation_loss
 from cilbench.learn.exemplars import (
     ExemplarMemory,
     MemoryConfig,
-    describe,
-    nme_scores,
 )
 from cilbench.learn.heads import HeadedNetwork, frozen_copy, load_network, network_state
 from cilbench.learn.rehearsal import RehearsalStrategy
@@ -220,19 +218,6 @@ class ICaRL(RehearsalStrategy):
         backbone = self.network.backbone
         self.select_exemplars(experience.train, backbone, generator, seen)
         self.class_means = self.exemplar_class_means(backbone, experience.train.source, seen)
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        self.network.eval()
-        if self.config.classifier == "cnn":
-            return self.network(images)[:, : self.num_seen]
-        means = self.class_means.to(images.device)
-        return nme_scores(self.network.backbone(images).float(), means)
-
-    def exemplar_budget(self) -> str | None:
-        return describe(self.config)
-
-    def exemplar_images(self) -> int:
-        return len(self.memory)
 
     def report(self) -> dict[str, Any]:
         return {

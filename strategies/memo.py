@@ -72,7 +72,7 @@ from cilbench.core.config import NonNegative, Positive
 from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
-from cilbench.learn.exemplars import ExemplarMemory, MemoryConfig, describe, nme_scores
+from cilbench.learn.exemplars import ExemplarMemory, MemoryConfig
 from cilbench.learn.expansion import DeepStack, ExpandingNetwork, der_loss, split_blocks
 from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import TrainSettings, fit, for_experience
@@ -232,19 +232,6 @@ class MEMO(RehearsalStrategy):
             compile=self.backbone.compile,
         )
         network.eval()
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        self.network.eval()
-        if self.config.classifier == "cnn":
-            return self.network(images)
-        means = self.class_means.to(images.device)
-        return nme_scores(self.network.features(images).float(), means)
-
-    def exemplar_budget(self) -> str | None:
-        return describe(self.config)
-
-    def exemplar_images(self) -> int:
-        return len(self.memory)
 
     def report(self) -> dict[str, Any]:
         network = self.network

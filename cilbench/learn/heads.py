@@ -136,6 +136,10 @@ class HeadedNetwork(nn.Module):
                     module.eval()
         return self
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of a prepared batch."""
+        return self.backbone(images)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits over all heads for a prepared batch."""
         return self.heads(self.backbone(images))

@@ -6,20 +6,43 @@ each class's exemplar mean)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from cilbench.api import BaseStrategy
 from cilbench.data.sources import DatasetView, ImageSource, loader_workers
 from cilbench.features import extract_features
-from cilbench.learn.exemplars import ExemplarMemory, class_means
+from cilbench.learn.exemplars import ExemplarMemory, class_means, describe, nme_scores
 
 
 class RehearsalStrategy(BaseStrategy):
     """A `BaseStrategy` with an exemplar `memory`, whose Config has `num_workers` (None: the
-    run's `--workers`), `batch_size` and the memory's `selection`."""
+    run's `--workers`), `batch_size`, the memory's `selection` and (unless the strategy
+    predicts otherwise, as FOSTER) `classifier`: "cnn" (the network's logits) or "nme" (the
+    nearest mean of exemplars of the `network`'s `features`, the `class_means` kept)."""
 
     memory: ExemplarMemory
+    network: Any
+    class_means: torch.Tensor
+    num_seen: int
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        self.network.eval()
+        if self.config.classifier == "nme":
+            features = self.network.features(images).float()
+            return nme_scores(features, self.class_means.to(images.device))
+        return self.classifier_scores(images)
+
+    def classifier_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's logits over the classes seen so far."""
+        return self.network(images)[:, : self.num_seen]
+
+    def exemplar_budget(self) -> str | None:
+        return describe(self.config)
+
+    def exemplar_images(self) -> int:
+        return len(self.memory)
 
     def workers(self) -> int | None:
         """Loader processes: the config's `num_workers`, else the run's `--workers` setting."""
