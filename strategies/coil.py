@@ -212,21 +212,15 @@ class Coil(RehearsalStrategy):
 
     Config = CoilConfig
     recipes = RECIPES
-    uses_exemplars = True
-    class_incremental_only = True
-    frozen_backbone = False
 
     def setup(self, context: RunContext) -> None:
         super().setup(context)
         self.network = CosineNetwork(self.backbone.build_model(), self.backbone.feature_dim)
         self.network.to(self.device)
-        self.memory = ExemplarMemory(self.config)
-        self.num_seen = 0
         self.gamma = torch.ones(())
         """Norm calibration of the last prospective rows (PILOT's `calibration_term`)."""
         self.trained_on = ExemplarMemory(self.config)
         """Every class's training images, all kept as positions (the prospective old means)."""
-        self.class_means = torch.zeros(0, 0)
         self.losses = EpochLosses()
         self.resolves: dict[str, int] = {}
 

@@ -67,7 +67,6 @@ from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.learn.exemplars import (
-    ExemplarMemory,
     MemoryConfig,
 )
 from cilbench.learn.expansion import ExpandingNetwork, der_loss
@@ -146,17 +145,11 @@ class DER(RehearsalStrategy):
 
     Config = DERConfig
     recipes = RECIPES
-    uses_exemplars = True
-    class_incremental_only = True
-    frozen_backbone = False
 
     def setup(self, context: RunContext) -> None:
         super().setup(context)
         backbone = self.backbone
         self.network = ExpandingNetwork(backbone.build_model, backbone.feature_dim, backbone.device)
-        self.memory = ExemplarMemory(self.config)
-        self.num_seen = 0
-        self.class_means = torch.zeros(0, 0)
         self.losses: dict[str, list[float]] = {}
         """Mean loss of every epoch, per experience trained in this process."""
 

@@ -86,7 +86,7 @@ from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.learn.distillation import distillation_loss
-from cilbench.learn.exemplars import ExemplarMemory, MemoryConfig
+from cilbench.learn.exemplars import MemoryConfig
 from cilbench.learn.heads import HeadedNetwork, TaskHeads, frozen_copy, load_network, network_state
 from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import EpochLosses, TrainSettings, fit
@@ -262,16 +262,10 @@ class DGR(RehearsalStrategy):
 
     Config = DGRConfig
     recipes = RECIPES
-    uses_exemplars = True
-    class_incremental_only = True
-    frozen_backbone = False
 
     def setup(self, context: RunContext) -> None:
         super().setup(context)
         self.network = HeadedNetwork(self.backbone, train_backbone=True)
-        self.memory = ExemplarMemory(self.config)
-        self.num_seen = 0
-        self.class_means = torch.zeros(0, 0)
         self.losses = EpochLosses()
         self.factors: dict[str, list[float]] = {}
         """The last step's reweighting factors of each experience trained in this process."""

@@ -70,7 +70,7 @@ from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.learn.distillation import class_balanced_weights, distillation_loss
-from cilbench.learn.exemplars import ExemplarMemory, MemoryConfig
+from cilbench.learn.exemplars import MemoryConfig
 from cilbench.learn.heads import FosterNetwork, linear_head, weight_align
 from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import TrainSettings, fit, for_experience
@@ -179,13 +179,9 @@ class Foster(RehearsalStrategy):
 
     Config = FosterConfig
     recipes = RECIPES
-    class_incremental_only = True
-    frozen_backbone = False
 
     def setup(self, context: RunContext) -> None:
         super().setup(context)
-        self.memory = ExemplarMemory(self.config)
-        self.num_seen = 0
         self.student: FosterNetwork | None = None
         """The single-backbone network the next experience boosts."""
         self.teacher: FosterNetwork | None = None

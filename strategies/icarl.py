@@ -62,7 +62,6 @@ from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.learn.distillation import distillation_loss
 from cilbench.learn.exemplars import (
-    ExemplarMemory,
     MemoryConfig,
 )
 from cilbench.learn.heads import HeadedNetwork, frozen_copy, load_network, network_state
@@ -142,15 +141,10 @@ class ICaRL(RehearsalStrategy):
 
     Config = ICaRLConfig
     recipes = RECIPES
-    class_incremental_only = True
-    frozen_backbone = False
 
     def setup(self, context: RunContext) -> None:
         super().setup(context)
         self.network = HeadedNetwork(self.backbone, train_backbone=True)
-        self.memory = ExemplarMemory(self.config)
-        self.num_seen = 0
-        self.class_means = torch.zeros(0, 0)
         self.losses: dict[str, list[float]] = {}
         """Mean loss of every epoch, per experience trained in this process."""
 

@@ -72,7 +72,7 @@ from cilbench.core.config import NonNegative, Positive
 from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
-from cilbench.learn.exemplars import ExemplarMemory, MemoryConfig
+from cilbench.learn.exemplars import MemoryConfig
 from cilbench.learn.expansion import DeepStack, ExpandingNetwork, der_loss, split_blocks
 from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import TrainSettings, fit, for_experience
@@ -162,9 +162,6 @@ class MEMO(RehearsalStrategy):
 
     Config = MEMOConfig
     recipes = RECIPES
-    uses_exemplars = True
-    class_incremental_only = True
-    frozen_backbone = False
 
     def setup(self, context: RunContext) -> None:
         super().setup(context)
@@ -178,9 +175,6 @@ class MEMO(RehearsalStrategy):
             return made if made is not None else split_blocks(backbone.build_model(), deep)[1]
 
         self.network = ExpandingNetwork(build, backbone.feature_dim, backbone.device, trunk)
-        self.memory = ExemplarMemory(self.config)
-        self.num_seen = 0
-        self.class_means = torch.zeros(0, 0)
         self.losses: dict[str, list[float]] = {}
         """Mean loss of every epoch, per experience trained in this process."""
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cilbench.api import BaseStrategy
+from cilbench.api import BaseStrategy, RunContext
 from cilbench.data.sources import DatasetView, ImageSource, loader_workers
 from cilbench.features import extract_features
 from cilbench.learn.exemplars import ExemplarMemory, class_means, describe, nme_scores
@@ -22,10 +22,18 @@ class RehearsalStrategy(BaseStrategy):
     predicts otherwise, as FOSTER) `classifier`: "cnn" (the network's logits) or "nme" (the
     nearest mean of exemplars of the `network`'s `features`, the `class_means` kept)."""
 
-    memory: ExemplarMemory
+    uses_exemplars = True
+    class_incremental_only = True
+    frozen_backbone = False
+
     network: Any
-    class_means: torch.Tensor
-    num_seen: int
+
+    def setup(self, context: RunContext) -> None:
+        super().setup(context)
+        self.memory = ExemplarMemory(self.config)
+        self.num_seen = 0
+        self.class_means = torch.zeros(0, 0)
+        """Each seen class's mean of its exemplars' features (NME), once computed."""
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         self.network.eval()
