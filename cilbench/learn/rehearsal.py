@@ -1,7 +1,8 @@
-"""What the rehearsal strategies that train whole networks share (iCaRL, DER, FOSTER, MEMO, Coil):
-their loader processes, the features of a view through their trained network, and the memory
-update after an experience (PILOT's `build_rehearsal_memory`: herding on those features, then
-each class's exemplar mean)."""
+"""What the rehearsal strategies that train whole networks share (iCaRL, DER, FOSTER, MEMO, DGR,
+Coil): the exemplar memory, their loader processes, the features of a view through their trained
+network, and the memory update after an experience (PILOT's `build_rehearsal_memory`: herding on
+those features, then each class's exemplar mean), prediction (logits or nearest mean of
+exemplars) and the budget."""
 
 from __future__ import annotations
 
