@@ -76,7 +76,6 @@ from torch import nn
 
 from cilbench.api import RunContext, register_strategy
 from cilbench.core.config import NonNegative, Positive
-from cilbench.data.augment import training_data
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
@@ -88,7 +87,7 @@ from cilbench.learn.exemplars import (
 )
 from cilbench.learn.first_session import CosineHead
 from cilbench.learn.rehearsal import RehearsalStrategy
-from cilbench.learn.training import EpochLosses, TrainSettings, fit
+from cilbench.learn.training import EpochLosses, TrainSettings
 from cilbench.learn.transport import prospective_rows, retrospective_rows
 
 
@@ -296,12 +295,9 @@ class Coil(RehearsalStrategy):
         parameter at `lr`."""
         config = self.config
         network = self.network
-        views = [experience.train]
-        if len(self.memory):
-            views.append(self.memory.view(experience.train.source))
-        data, prepare = training_data(self.backbone, views, self.context.augmentation)
+        views = self.views_with_exemplars(experience)
         lam = known / seen
-        steps = math.ceil(len(data) / config.batch_size)  # type: ignore[arg-type]
+        steps = math.ceil(sum(len(view.indices) for view in views) / config.batch_size)
         state: dict[str, Any] = {"epoch": 0, "step": 0, "rows": None}
         resolves = 0
 
@@ -341,19 +337,13 @@ class Coil(RehearsalStrategy):
 
         prospective = prospective.to(self.device)
         network.train()
-        losses = fit(
+        losses = self.fit_views(
             loss_fn,
             [{"params": list(network.parameters()), "lr": config.lr}],
-            data,
-            prepare,
+            views,
             config.train_settings(),
             generator,
-            device=self.device,
-            progress=self.progress,
-            description=f"coil: experience {experience.index}",
-            num_workers=self.workers(),
-            precision=self.backbone.precision,
-            compile=self.backbone.compile,
+            f"experience {experience.index}",
             before_epoch=before_epoch,
             after_step=after_step,
         )

@@ -63,7 +63,6 @@ import torch
 
 from cilbench.api import RunContext, register_strategy
 from cilbench.core.config import NonNegative
-from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.learn.exemplars import (
@@ -71,7 +70,7 @@ from cilbench.learn.exemplars import (
 )
 from cilbench.learn.expansion import ExpandingNetwork, der_loss
 from cilbench.learn.rehearsal import RehearsalStrategy
-from cilbench.learn.training import TrainSettings, fit, for_experience
+from cilbench.learn.training import TrainSettings, for_experience
 
 
 @dataclass(frozen=True)
@@ -170,29 +169,19 @@ class DER(RehearsalStrategy):
         classifier and the auxiliary head train at `lr`."""
         config = self.config
         network = self.network
-        views = [experience.train]
-        if len(self.memory):
-            views.append(self.memory.view(experience.train.source))
-        data, prepare = training_data(self.backbone, views, self.context.augmentation)
+        views = self.views_with_exemplars(experience)
 
         def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             logits, aux = network.logits_and_aux(images)
             return der_loss(logits, aux, labels, known, config.aux_weight)
 
         network.train()
-        self.losses[str(experience.index)] = fit(
-            loss_fn,
-            [{"params": list(network.parameters()), "lr": config.lr}],
-            data,
-            prepare,
-            for_experience(config.train_settings(), experience.index, config.first_weight_decay),
-            generator,
-            device=self.device,
-            progress=self.progress,
-            description=f"der: experience {experience.index}",
-            num_workers=self.workers(),
-            precision=self.backbone.precision,
-            compile=self.backbone.compile,
+        settings = for_experience(
+            config.train_settings(), experience.index, config.first_weight_decay
+        )
+        groups = [{"params": list(network.parameters()), "lr": config.lr}]
+        self.losses[str(experience.index)] = self.fit_views(
+            loss_fn, groups, views, settings, generator, f"experience {experience.index}"
         )
         network.eval()
 

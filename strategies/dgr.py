@@ -82,14 +82,13 @@ from torch import nn
 
 from cilbench.api import RunContext, register_strategy
 from cilbench.core.config import NonNegative, Positive
-from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.learn.distillation import distillation_loss
 from cilbench.learn.exemplars import MemoryConfig
 from cilbench.learn.heads import HeadedNetwork, TaskHeads, frozen_copy, load_network, network_state
 from cilbench.learn.rehearsal import RehearsalStrategy
-from cilbench.learn.training import EpochLosses, TrainSettings, fit
+from cilbench.learn.training import EpochLosses, TrainSettings
 
 
 @dataclass(frozen=True)
@@ -291,12 +290,9 @@ class DGR(RehearsalStrategy):
         images and the exemplars, every parameter at `lr`, the head's gradients reweighted."""
         config = self.config
         network = self.network
-        views = [experience.train]
-        if len(self.memory):
-            views.append(self.memory.view(experience.train.source))
+        views = self.views_with_exemplars(experience)
         counts = np.bincount(np.concatenate([v.labels for v in views]), minlength=seen)
         prior = log_prior(counts).to(self.device)
-        data, prepare = training_data(self.backbone, views, self.context.augmentation)
         old = frozen_copy(network) if known > 0 else None
         reweighting = GradientReweighting(network.heads, known, seen, config.gamma_r)
         kd_scale = config.kd_weight * known / max(seen - known, 1)
@@ -313,18 +309,14 @@ class DGR(RehearsalStrategy):
             return ce + kd_scale * kd
 
         network.train()
-        losses = fit(
+        losses = self.fit_views(
             loss_fn,
             [{"params": list(network.parameters()), "lr": config.lr}],
-            data,
-            prepare,
+            views,
             config.train_settings(),
             generator,
-            device=self.device,
-            progress=self.progress,
-            description=f"dgr: experience {experience.index}",
-            num_workers=self.workers(),
-            precision=self.backbone.precision,
+            f"experience {experience.index}",
+            compile=False,  # the loss calls autograd.grad
             before_step=reweighting.apply,
         )
         self.losses.record(experience.index, losses)

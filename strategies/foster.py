@@ -65,7 +65,6 @@ from torch import nn
 
 from cilbench.api import RunContext, register_strategy
 from cilbench.core.config import NonNegative, Positive, Range
-from cilbench.data.augment import training_data
 from cilbench.data.sources import DatasetView
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
@@ -73,7 +72,7 @@ from cilbench.learn.distillation import class_balanced_weights, distillation_los
 from cilbench.learn.exemplars import MemoryConfig
 from cilbench.learn.heads import FosterNetwork, linear_head, weight_align
 from cilbench.learn.rehearsal import RehearsalStrategy
-from cilbench.learn.training import TrainSettings, fit, for_experience
+from cilbench.learn.training import TrainSettings, for_experience
 
 Phase = Literal["first", "boosting", "compression"]
 
@@ -194,9 +193,7 @@ class Foster(RehearsalStrategy):
     def train_experience(self, experience: Experience) -> None:
         generator = self.generator(experience.index)
         known, seen = self.num_seen, experience.num_seen_classes
-        data_views = [experience.train]
-        if len(self.memory):
-            data_views.append(self.memory.view(experience.train.source))
+        data_views = self.views_with_exemplars(experience)
         if self.student is None:
             backbone = self.backbone.build_model()
             network = FosterNetwork(
@@ -305,21 +302,14 @@ class Foster(RehearsalStrategy):
         index: int,
         generator: torch.Generator,
     ) -> None:
-        data, prepare = training_data(self.backbone, views, self.context.augmentation)
         network.train()
-        self.losses[f"{index}.{phase}"] = fit(
+        self.losses[f"{index}.{phase}"] = self.fit_views(
             loss_fn,
             [{"params": list(parameters)}],
-            data,
-            prepare,
+            views,
             self.config.phase_settings(phase),
             generator,
-            device=self.device,
-            progress=self.progress,
-            description=f"foster: experience {index}, {phase}",
-            num_workers=self.workers(),
-            precision=self.backbone.precision,
-            compile=self.backbone.compile,
+            f"experience {index}, {phase}",
         )
         network.eval()
 

@@ -57,7 +57,6 @@ import torch.nn.functional as F
 
 from cilbench.api import RunContext, register_strategy
 from cilbench.core.config import NonNegative, Positive
-from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.learn.distillation import distillation_loss
@@ -68,7 +67,6 @@ from cilbench.learn.heads import HeadedNetwork, frozen_copy, load_network, netwo
 from cilbench.learn.rehearsal import RehearsalStrategy
 from cilbench.learn.training import (
     TrainSettings,
-    fit,
     for_experience,
     head_and_backbone_groups,
 )
@@ -171,10 +169,7 @@ class ICaRL(RehearsalStrategy):
         images and the exemplars, every parameter at `lr`."""
         config = self.config
         network = self.network
-        views = [experience.train]
-        if len(self.memory):
-            views.append(self.memory.view(experience.train.source))
-        data, prepare = training_data(self.backbone, views, self.context.augmentation)
+        views = self.views_with_exemplars(experience)
 
         def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             logits = network(images)[:, :seen]
@@ -189,19 +184,11 @@ class ICaRL(RehearsalStrategy):
             network.heads.parameters(), network.backbone, config.lr, 1.0
         )
         network.train()
-        self.losses[str(experience.index)] = fit(
-            loss_fn,
-            groups,
-            data,
-            prepare,
-            for_experience(config.train_settings(), experience.index, config.first_weight_decay),
-            generator,
-            device=self.device,
-            progress=self.progress,
-            description=f"icarl: experience {experience.index}",
-            num_workers=self.workers(),
-            precision=self.backbone.precision,
-            compile=self.backbone.compile,
+        settings = for_experience(
+            config.train_settings(), experience.index, config.first_weight_decay
+        )
+        self.losses[str(experience.index)] = self.fit_views(
+            loss_fn, groups, views, settings, generator, f"experience {experience.index}"
         )
         network.eval()
 

@@ -69,13 +69,12 @@ import torch
 
 from cilbench.api import RunContext, register_strategy
 from cilbench.core.config import NonNegative, Positive
-from cilbench.data.augment import training_data
 from cilbench.data.streams import Experience
 from cilbench.engine.recipes import IN1K, PILOT, Recipe
 from cilbench.learn.exemplars import MemoryConfig
 from cilbench.learn.expansion import DeepStack, ExpandingNetwork, der_loss, split_blocks
 from cilbench.learn.rehearsal import RehearsalStrategy
-from cilbench.learn.training import TrainSettings, fit, for_experience
+from cilbench.learn.training import TrainSettings, for_experience
 
 
 @dataclass(frozen=True)
@@ -201,29 +200,17 @@ class MEMO(RehearsalStrategy):
         exemplars; whatever requires gradients trains at `lr`."""
         config = self.config
         network = self.network
-        views = [experience.train]
-        if len(self.memory):
-            views.append(self.memory.view(experience.train.source))
-        data, prepare = training_data(self.backbone, views, self.context.augmentation)
+        views = self.views_with_exemplars(experience)
 
         def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             logits, aux = network.logits_and_aux(images)
             return der_loss(logits, aux, labels, known, config.aux_weight)
 
         network.train()
-        self.losses[str(experience.index)] = fit(
-            loss_fn,
-            [{"params": list(network.parameters()), "lr": config.lr}],
-            data,
-            prepare,
-            config.experience_settings(experience.index),
-            generator,
-            device=self.device,
-            progress=self.progress,
-            description=f"memo: experience {experience.index}",
-            num_workers=self.workers(),
-            precision=self.backbone.precision,
-            compile=self.backbone.compile,
+        groups = [{"params": list(network.parameters()), "lr": config.lr}]
+        settings = config.experience_settings(experience.index)
+        self.losses[str(experience.index)] = self.fit_views(
+            loss_fn, groups, views, settings, generator, f"experience {experience.index}"
         )
         network.eval()
 

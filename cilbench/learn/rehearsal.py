@@ -12,9 +12,12 @@ from typing import Any
 import torch
 
 from cilbench.api import BaseStrategy, RunContext
+from cilbench.data.augment import training_data
 from cilbench.data.sources import DatasetView, ImageSource, loader_workers
+from cilbench.data.streams import Experience
 from cilbench.features import extract_features
 from cilbench.learn.exemplars import ExemplarMemory, class_means, describe, nme_scores
+from cilbench.learn.training import TrainSettings, fit
 
 
 class RehearsalStrategy(BaseStrategy):
@@ -52,6 +55,43 @@ class RehearsalStrategy(BaseStrategy):
 
     def exemplar_images(self) -> int:
         return len(self.memory)
+
+    def views_with_exemplars(self, experience: Experience) -> list[DatasetView]:
+        """What an experience trains on: its own training images and the exemplars kept so far."""
+        views = [experience.train]
+        if len(self.memory):
+            views.append(self.memory.view(experience.train.source))
+        return views
+
+    def fit_views(
+        self,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        groups: list[dict[str, Any]],
+        views: list[DatasetView],
+        settings: TrainSettings,
+        generator: torch.Generator,
+        what: str,
+        **options: Any,
+    ) -> list[float]:
+        """`fit` on `views`' augmented images with the run's device, precision, compilation,
+        progress bar and loader processes; `what` names the step, `options` go to `fit` (its
+        hooks, or `compile=False`); the mean loss of every epoch."""
+        data, prepare = training_data(self.backbone, views, self.context.augmentation)
+        options = {"compile": self.backbone.compile, **options}
+        return fit(
+            loss_fn,
+            groups,
+            data,
+            prepare,
+            settings,
+            generator,
+            device=self.device,
+            progress=self.progress,
+            description=f"{type(self).__name__.lower()}: {what}",
+            num_workers=self.workers(),
+            precision=self.backbone.precision,
+            **options,
+        )
 
     def workers(self) -> int | None:
         """Loader processes: the config's `num_workers`, else the run's `--workers` setting."""
