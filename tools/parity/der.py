@@ -26,7 +26,6 @@ order does not matter) a trained run is then deterministic on both sides.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +41,7 @@ from fecam import (
     run_strategy,
     vit_arguments,
 )
+from harness_cli import harness_main
 from icarl import drive_both
 
 FULL_BATCH = 128
@@ -185,43 +185,20 @@ def compare(args: argparse.Namespace) -> None:
     print_seed_table(nme)
 
 
+def _arguments(name: str, p: argparse.ArgumentParser) -> None:
+    if name in ("pilot", "cilbench"):
+        p.add_argument("--fixed-init", action="store_true", help="fixed_pattern heads")
+    if name == "compare":
+        p.add_argument("--fixed-lr", type=float, default=0.1)
+        p.add_argument("--fixed-epochs", type=int, default=20)
+        p.add_argument("--nme", action="store_true", help="also cilbench's classifier=nme")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("pilot", "cilbench", "compare"):
-        p = sub.add_parser(name)
-        p.add_argument("--inputs", type=Path, required=True)
-        p.add_argument("--epochs", type=int, default=3)
-        p.add_argument("--lr", type=float, default=0.01)
-        p.add_argument("--batch", type=int, default=16)
-        p.add_argument("--memory", type=int, default=24, help="memory_size (a shared total)")
-        p.add_argument("--seed", type=int, default=0)
-        if name in ("pilot", "compare"):
-            p.add_argument("--pilot", type=Path, required=True, help="LAMDA-PILOT checkout")
-        if name == "cilbench":
-            p.add_argument("--classifier", default="cnn", choices=("nme", "cnn"))
-        if name in ("pilot", "cilbench"):
-            p.add_argument("--fixed-init", action="store_true", help="fixed_pattern heads")
-        if name == "compare":
-            p.add_argument("--fixed-lr", type=float, default=0.1)
-            p.add_argument("--fixed-epochs", type=int, default=20)
-            p.add_argument("--pilot-python", default="/tmp/pilot-venv/bin/python")
-            p.add_argument("--seeds", type=int, default=5)
-            p.add_argument("--frozen-lr", type=float, default=1e-12)
-            p.add_argument("--nme", action="store_true", help="also cilbench's classifier=nme")
-    args = parser.parse_args()
-    settings = {
-        "epochs": args.epochs, "lr": args.lr, "batch": args.batch, "memory": args.memory,
-        "fixed_init": getattr(args, "fixed_init", False),
-    }  # fmt: skip
-    if args.command == "pilot":
-        result = run_pilot(args.pilot, args.inputs, settings, args.seed)
-    elif args.command == "cilbench":
-        result = run_cilbench(args.inputs, settings, args.seed, args.classifier)
-    else:
-        compare(args)
-        return
-    print(json.dumps(result))
+    harness_main(
+        __doc__, run_pilot, run_cilbench, compare, add_arguments=_arguments,
+        settings={"fixed_init": False},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ read after every task: `_eval_nme` (nearest mean of exemplars, iCaRL's classifie
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from fecam import (
     run_strategy,
     vit_arguments,
 )
+from harness_cli import harness_main
 
 
 def drive_both(learner: Any, manager: Any) -> dict[str, list[float]]:
@@ -152,36 +152,15 @@ def compare(args: argparse.Namespace) -> None:
     print_seed_table(cnn)
 
 
+def _arguments(name: str, p: argparse.ArgumentParser) -> None:
+    if name == "compare":
+        p.add_argument("--cnn", action="store_true", help="also cilbench's classifier=cnn")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("pilot", "cilbench", "compare"):
-        p = sub.add_parser(name)
-        p.add_argument("--inputs", type=Path, required=True)
-        p.add_argument("--epochs", type=int, default=3)
-        p.add_argument("--lr", type=float, default=0.01)
-        p.add_argument("--batch", type=int, default=16)
-        p.add_argument("--memory", type=int, default=24, help="memory_size (a shared total)")
-        p.add_argument("--seed", type=int, default=0)
-        if name in ("pilot", "compare"):
-            p.add_argument("--pilot", type=Path, required=True, help="LAMDA-PILOT checkout")
-        if name == "cilbench":
-            p.add_argument("--classifier", default="nme", choices=("nme", "cnn"))
-        if name == "compare":
-            p.add_argument("--pilot-python", default="/tmp/pilot-venv/bin/python")
-            p.add_argument("--seeds", type=int, default=5)
-            p.add_argument("--frozen-lr", type=float, default=1e-12)
-            p.add_argument("--cnn", action="store_true", help="also cilbench's classifier=cnn")
-    args = parser.parse_args()
-    settings = {"epochs": args.epochs, "lr": args.lr, "batch": args.batch, "memory": args.memory}
-    if args.command == "pilot":
-        result = run_pilot(args.pilot, args.inputs, settings, args.seed)
-    elif args.command == "cilbench":
-        result = run_cilbench(args.inputs, settings, args.seed, args.classifier)
-    else:
-        compare(args)
-        return
-    print(json.dumps(result))
+    harness_main(
+        __doc__, run_pilot, run_cilbench, compare, classifier="nme", add_arguments=_arguments
+    )
 
 
 if __name__ == "__main__":
